@@ -1,0 +1,92 @@
+"""The `lorafleet` command: one typer app composed of one module per subcommand group.
+
+Commands are thin: parse arguments, call a library function, render the result. Data goes to
+stdout, messages to stderr. Known errors print one line and a hint and exit 1; a traceback appears
+only with LORAFLEET_DEBUG=1.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+
+from lorafleet import __version__
+from lorafleet.cli import (
+    base,
+    controller,
+    cost,
+    data,
+    eval,
+    finetune,
+    gateway,
+    monitor,
+    registry,
+    route,
+    serve,
+    train,
+)
+from lorafleet.errors import LorafleetError
+
+app = typer.Typer(
+    name="lorafleet",
+    help="From a labelled dataset to a fine-tuned LoRA adapter in production, and keeping it healthy there.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.add_typer(base.app, name="base")
+app.add_typer(data.app, name="data")
+app.command(name="train")(train.train)
+app.command(name="eval")(eval.evaluate)
+app.add_typer(registry.app, name="registry")
+app.command(name="finetune")(finetune.finetune)
+app.add_typer(serve.app, name="serve")
+app.command(name="gateway")(gateway.gateway)
+app.command(name="controller")(controller.controller)
+app.add_typer(route.app, name="route")
+app.add_typer(monitor.app, name="monitor")
+app.command(name="cost")(cost.cost)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(__version__)
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version."
+    ),
+) -> None:
+    """lorafleet: check data, train, evaluate, register, serve, route, roll out and monitor LoRA adapters."""
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=False)
+    except LorafleetError as exc:
+        if os.environ.get("LORAFLEET_DEBUG") == "1":
+            raise
+        print(f"error: {exc.message}", file=sys.stderr)
+        if exc.hint:
+            print(f"hint: {exc.hint}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        print("aborted", file=sys.stderr)
+        sys.exit(1)
+    except Exception as exc:  # click's usage errors arrive here in non-standalone mode
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise

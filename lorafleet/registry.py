@@ -1,0 +1,351 @@
+"""The adapter registry: immutable, date-versioned adapter versions on disk.
+
+This is the only hand-off between training and serving. Training writes versions; serve, router
+and monitor read them without importing torch.
+
+    <root>/
+      banking-v3-20261124/            one version, named <task>-v<N>-<YYYYMMDD>
+        adapter/                      the PEFT folder vLLM loads
+        README.md                     the model card (Hugging Face front matter; see modelcard.py)
+        version.json                  VersionInfo
+        eval.json                     the evaluation report (base vs tuned)
+        reference.json                ReferenceStats: what monitoring compares live traffic against
+        ...                           anything else training adds (config, plots)
+      .claims/banking-v3              N is claimed by mkdir before the version is written: never reused
+      .staging/<random>/              versions being written; renamed into place whole, or never
+
+Writes are atomic: a version is built in .staging and renamed to its name, so a reader sees it whole
+or not at all. Two concurrent registrations of one task claim different N because mkdir is atomic.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import errno
+import hashlib
+import json
+import os
+import re
+import shutil
+import stat
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from lorafleet.errors import (
+    AdapterNotFoundError,
+    InvalidVersionNameError,
+    RegistryError,
+)
+
+TASK_PATTERN = r"[a-z0-9](?:[a-z0-9_-]{0,46}[a-z0-9])?"
+_VERSION_RE = re.compile(rf"^(?P<task>{TASK_PATTERN})-v(?P<number>[1-9][0-9]*)-(?P<date>[0-9]{{8}})$")
+_TASK_RE = re.compile(rf"^{TASK_PATTERN}$")
+
+ADAPTER_DIR = "adapter"
+CARD_FILE = "README.md"
+INFO_FILE = "version.json"
+EVAL_FILE = "eval.json"
+REFERENCE_FILE = "reference.json"
+
+
+def validate_task(task: str) -> str:
+    """Return `task` if it is a valid task name, else raise InvalidVersionNameError."""
+    if not _TASK_RE.match(task) or re.search(r"-v[0-9]+-[0-9]{8}$", task):
+        raise InvalidVersionNameError(
+            f"invalid task name '{task}': use 1-48 lowercase letters, digits, '-' or '_', "
+            "starting and ending with a letter or digit",
+            hint="for example --task banking",
+        )
+    return task
+
+
+@dataclass(frozen=True, order=True)
+class AdapterRef:
+    """A version name: `<task>-v<N>-<YYYYMMDD>`. The only place that builds or parses one."""
+
+    task: str
+    number: int
+    date: dt.date
+
+    @classmethod
+    def parse(cls, name: str) -> AdapterRef:
+        m = _VERSION_RE.match(name)
+        if not m:
+            raise InvalidVersionNameError(
+                f"'{name}' is not a version name; expected <task>-v<N>-<YYYYMMDD>, e.g. banking-v3-20261124"
+            )
+        try:
+            date = dt.datetime.strptime(m["date"], "%Y%m%d").date()
+        except ValueError:
+            raise InvalidVersionNameError(f"'{name}' has an invalid date '{m['date']}'") from None
+        return cls(m["task"], int(m["number"]), date)
+
+    @classmethod
+    def is_version_name(cls, name: str) -> bool:
+        try:
+            cls.parse(name)
+        except InvalidVersionNameError:
+            return False
+        return True
+
+    def __str__(self) -> str:
+        return f"{self.task}-v{self.number}-{self.date:%Y%m%d}"
+
+
+class LabelStats(BaseModel):
+    """The label set of a classification task and how often each label occurs in training."""
+
+    labels: list[str]
+    distribution: dict[str, float] = Field(
+        description="Share of each label in the training data (sums to 1)."
+    )
+
+
+class Histogram(BaseModel):
+    """Counts over bins: `edges` has one more element than `counts`; the last bin is open-ended."""
+
+    edges: list[float]
+    counts: list[int]
+
+
+class ReferenceStats(BaseModel):
+    """What live traffic is compared against: statistics of the data a version was trained and tested on."""
+
+    examples: int = Field(ge=0)
+    labels: LabelStats | None = Field(default=None, description="None when the answers are not a label set.")
+    input_words: Histogram = Field(
+        description="Words per user input (whitespace split) in the training data."
+    )
+    vocabulary: dict[str, float] = Field(
+        description="Share of the most frequent lowercase input words; the rest is under '<other>'."
+    )
+    entropy_nats: Histogram | None = Field(
+        default=None, description="Mean token entropy of the tuned model's answers on the test split."
+    )
+    system_prompt: str | None = Field(default=None, description="The system prompt training used, if any.")
+
+
+class VersionInfo(BaseModel):
+    """version.json: identity and provenance of one version."""
+
+    name: str
+    task: str
+    number: int
+    created_at: dt.datetime
+    base_model: str = Field(description="The base model's name or local folder.")
+    adapter_sha256: str = Field(description="SHA-256 over the adapter folder's files, in name order.")
+    lora_rank: int
+    dataset_sha256: dict[str, str] = Field(default_factory=dict)
+    tags: dict[str, str] = Field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Version:
+    """One registered version, as read from disk."""
+
+    ref: AdapterRef
+    path: Path
+
+    @property
+    def name(self) -> str:
+        return str(self.ref)
+
+    @property
+    def adapter_path(self) -> Path:
+        return self.path / ADAPTER_DIR
+
+    def info(self) -> VersionInfo:
+        return VersionInfo.model_validate_json((self.path / INFO_FILE).read_text())
+
+    def reference(self) -> ReferenceStats | None:
+        f = self.path / REFERENCE_FILE
+        return ReferenceStats.model_validate_json(f.read_text()) if f.exists() else None
+
+    def eval_report(self) -> dict[str, Any] | None:
+        f = self.path / EVAL_FILE
+        return json.loads(f.read_text()) if f.exists() else None
+
+
+class Draft:
+    """A version being written: fill `path`, then the registry renames it into place."""
+
+    def __init__(self, ref: AdapterRef, path: Path) -> None:
+        self.ref = ref
+        self.path = path
+
+    @property
+    def adapter_path(self) -> Path:
+        return self.path / ADAPTER_DIR
+
+    def write_json(self, name: str, model: BaseModel | dict[str, Any]) -> Path:
+        data = (
+            model.model_dump_json(indent=2) if isinstance(model, BaseModel) else json.dumps(model, indent=2)
+        )
+        target = self.path / name
+        target.write_text(data + "\n")
+        return target
+
+
+def adapter_digest(folder: Path) -> str:
+    """SHA-256 over every file of a folder (relative names and contents, in name order)."""
+    h = hashlib.sha256()
+    for f in sorted(p for p in folder.rglob("*") if p.is_file()):
+        h.update(str(f.relative_to(folder)).encode() + b"\0")
+        with f.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def _fsync_tree(folder: Path) -> None:
+    for p in sorted(folder.rglob("*"), reverse=True):
+        if p.is_file():
+            with p.open("rb") as fh:
+                os.fsync(fh.fileno())
+    _fsync_dir(folder)
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _make_read_only(folder: Path) -> None:
+    for p in folder.rglob("*"):
+        mode = p.stat().st_mode
+        p.chmod(mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+
+
+class Registry:
+    """A folder of immutable adapter versions."""
+
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root).expanduser()
+
+    def __repr__(self) -> str:
+        return f"Registry({str(self.root)!r})"
+
+    def versions(self, task: str | None = None) -> list[Version]:
+        """Every complete version (of one task, if given), oldest first."""
+        if not self.root.is_dir():
+            return []
+        found = []
+        for entry in self.root.iterdir():
+            if entry.name.startswith(".") or not entry.is_dir():
+                continue
+            try:
+                ref = AdapterRef.parse(entry.name)
+            except InvalidVersionNameError:
+                continue
+            if task is None or ref.task == task:
+                found.append(Version(ref, entry))
+        return sorted(found, key=lambda v: (v.ref.task, v.ref.number))
+
+    def tasks(self) -> list[str]:
+        return sorted({v.ref.task for v in self.versions()})
+
+    def get(self, name: str) -> Version:
+        """The version called `name` (a full version name)."""
+        ref = AdapterRef.parse(name)
+        path = self.root / str(ref)
+        if not (path / INFO_FILE).is_file():
+            raise AdapterNotFoundError(name, self.root)
+        return Version(ref, path)
+
+    def resolve(self, task_or_version: str) -> Version:
+        """A version by its name, or the newest version of a task."""
+        if AdapterRef.is_version_name(task_or_version):
+            return self.get(task_or_version)
+        versions = self.versions(task_or_version)
+        if not versions:
+            raise AdapterNotFoundError(task_or_version, self.root)
+        return versions[-1]
+
+    def _claim(self, task: str, date: dt.date) -> AdapterRef:
+        claims = self.root / ".claims"
+        claims.mkdir(parents=True, exist_ok=True)
+        taken = [v.ref.number for v in self.versions(task)]
+        prefix = f"{task}-v"
+        for entry in claims.iterdir():
+            if entry.name.startswith(prefix) and entry.name[len(prefix) :].isdigit():
+                taken.append(int(entry.name[len(prefix) :]))
+        number = max(taken, default=0) + 1
+        while True:
+            try:
+                (claims / f"{task}-v{number}").mkdir()
+            except FileExistsError:
+                number += 1
+                continue
+            return AdapterRef(task, number, date)
+
+    @contextlib.contextmanager
+    def new_version(self, task: str, date: dt.date | None = None) -> Iterator[Draft]:
+        """Claim the next version number of `task` and yield a draft to fill.
+
+        On a clean exit the draft is checked and renamed into place; on an error (or a kill) it is
+        never visible, and its number stays claimed so that no name is ever reused.
+        """
+        validate_task(task)
+        ref = self._claim(task, date or dt.date.today())
+        staging = self.root / ".staging" / f"{ref}.{uuid.uuid4().hex[:8]}"
+        staging.mkdir(parents=True)
+        draft = Draft(ref, staging)
+        try:
+            yield draft
+            missing = [n for n in (INFO_FILE, CARD_FILE) if not (staging / n).is_file()]
+            if not (staging / ADAPTER_DIR / "adapter_config.json").is_file():
+                missing.append(f"{ADAPTER_DIR}/adapter_config.json")
+            if missing:
+                raise RegistryError(f"version {ref} is incomplete: missing {', '.join(missing)}")
+            _fsync_tree(staging)
+            _make_read_only(staging)
+            final = self.root / str(ref)
+            try:
+                os.rename(staging, final)
+            except OSError as exc:
+                if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                    raise RegistryError(f"version {ref} already exists in {self.root}") from exc
+                raise
+            _fsync_dir(self.root)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+
+    def clean_staging(self) -> list[Path]:
+        """Remove drafts left behind by killed registrations; return what was removed."""
+        staging = self.root / ".staging"
+        removed = []
+        if staging.is_dir():
+            for entry in staging.iterdir():
+                for p in [entry, *entry.rglob("*")]:
+                    with contextlib.suppress(OSError):
+                        p.chmod(p.stat().st_mode | stat.S_IWUSR)
+                shutil.rmtree(entry, ignore_errors=True)
+                removed.append(entry)
+        return removed
+
+    def summary(self, version: Version) -> dict[str, Any]:
+        """What `registry list/show --json` print for one version."""
+        info = version.info()
+        report = version.eval_report() or {}
+        return {
+            "name": version.name,
+            "task": info.task,
+            "number": info.number,
+            "created_at": info.created_at.isoformat(),
+            "base_model": info.base_model,
+            "path": str(version.path),
+            "adapter_path": str(version.adapter_path),
+            "lora_rank": info.lora_rank,
+            "adapter_sha256": info.adapter_sha256,
+            "metrics": report.get("summary", {}),
+        }
