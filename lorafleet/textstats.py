@@ -62,7 +62,7 @@ def token_entropy(top_logprobs: Sequence[float]) -> float:
     rest = 1.0 - sum(probs)
     if rest > 1e-12:
         h -= rest * math.log(rest)
-    return max(h, 0.0)
+    return h if h > 0 else 0.0
 
 
 def mean_entropy(tokens: Sequence[Sequence[float]]) -> float | None:
