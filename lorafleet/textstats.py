@@ -111,3 +111,17 @@ def reference_stats(
         entropy_nats=histogram(entropies, ENTROPY_EDGES_NATS) if entropies else None,
         system_prompt=system_prompt,
     )
+
+
+def normalise_answer(text: str) -> str:
+    """An answer as compared with a label: surrounding whitespace, quotes and trailing punctuation removed."""
+    return text.strip().strip("\"'`").strip().rstrip(".!;:,").strip()
+
+
+def match_label(answer: str, labels: Iterable[str]) -> str | None:
+    """The label an answer names (exactly, after normalisation, case-insensitively), else None."""
+    norm = normalise_answer(answer).lower()
+    for label in labels:
+        if normalise_answer(label).lower() == norm:
+            return label
+    return None
