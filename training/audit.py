@@ -414,10 +414,10 @@ def audit_file(
         training_tokens=training_tokens,
         tokens_per_second=tokens_per_second,
         gpu_hourly_usd=gpu_hourly_usd,
-        training_hours=round(hours, 4),
-        gpu_cost_usd=round(hours * gpu_hourly_usd, 4),
+        training_hours=hours,
+        gpu_cost_usd=hours * gpu_hourly_usd,
         api_price_per_1m_usd=api_price_per_1m_usd,
-        api_cost_usd=round(training_tokens / 1e6 * api_price_per_1m_usd, 4),
+        api_cost_usd=training_tokens / 1e6 * api_price_per_1m_usd,
     )
 
     return AuditReport(
