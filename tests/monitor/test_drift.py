@@ -178,7 +178,8 @@ def test_publish_sets_the_drift_gauges() -> None:
         )
         assert js == pytest.approx(score.js_distance)
     assert registry.get_sample_value("lorafleet_drift_window_requests", labels) == 12
-    assert registry.get_sample_value("lorafleet_drift_psi", {**labels, "feature": "input_length"}) >= 0.2
+    length_psi = registry.get_sample_value("lorafleet_drift_psi", {**labels, "feature": "input_length"})
+    assert length_psi is not None and length_psi >= PSI_SIGNIFICANT
 
 
 def test_window_validates_its_arguments() -> None:
@@ -229,7 +230,7 @@ def _reference(train: list[tuple[str, str]]) -> ReferenceStats:
     return reference_stats([t for t, _ in train], [lab for _, lab in train], labels)
 
 
-def _window(ref: ReferenceStats, rows: list[tuple[str, str | None]]) -> DriftWindow:
+def _window(ref: ReferenceStats, rows: Sequence[tuple[str, str | None]]) -> DriftWindow:
     window = DriftWindow(ref, size=len(rows), min_samples=min(len(rows), 150))
     for text, predicted in rows:
         window.observe(text, predicted, None)
