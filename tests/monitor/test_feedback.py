@@ -1,0 +1,177 @@
+"""The answer log and feedback store on a real SQLite file, across restarts and processes."""
+
+import datetime as dt
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from monitor.errors import FeedbackConflictError, InvalidFeedbackError, UnknownCompletionError
+from monitor.feedback import FeedbackOutcome, FeedbackStore
+
+ROOT = Path(__file__).resolve().parents[2]
+V1 = "banking-v1-20261124"
+V2 = "banking-v2-20261201"
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[FeedbackStore]:
+    with FeedbackStore(tmp_path / "feedback.sqlite3", lookup_grace_s=0) as s:
+        yield s
+
+
+def test_feedback_right_after_the_answer(store: FeedbackStore) -> None:
+    store.record_answer("chatcmpl-1", "banking", V1, "card_arrival", "card_arrival")
+    # No flush and no wait: the lookup writes this process's queue first.
+    record = store.add_feedback("chatcmpl-1", label="Card_Arrival", source="agent")
+    assert record.correct is True
+    assert record.outcome is FeedbackOutcome.CORRECT
+    assert (record.route, record.version, record.answer_label, record.source) == (
+        "banking",
+        V1,
+        "card_arrival",
+        "agent",
+    )
+
+
+def test_correctness_is_derived_from_the_label(store: FeedbackStore) -> None:
+    store.record_answer("a", "banking", V1, "card_arrival", "card_arrival")
+    store.record_answer("b", "banking", V1, "I think you want to change your PIN.", None)
+    store.record_answer("c", "banking", V1, " change_pin. ", "change_pin")
+    assert store.add_feedback("a", label="change_pin").correct is False
+    assert store.add_feedback("b", label="change_pin").correct is False  # a sentence is not the label
+    assert store.add_feedback("c", label="change_pin").correct is True
+    assert store.add_feedback("c", correct=True).label == "change_pin"  # consistent: the stored record
+
+
+def test_verdicts_without_label(store: FeedbackStore) -> None:
+    store.record_answer("summary-1", "summaries", V1, "A long summary.", None)
+    record = store.add_feedback("summary-1", correct=False, source="thumbs")
+    assert (record.correct, record.label, record.outcome) == (False, None, FeedbackOutcome.INCORRECT)
+
+
+def test_feedback_is_idempotent_and_append_only(store: FeedbackStore) -> None:
+    store.record_answer("x", "banking", V1, "card_arrival", "card_arrival")
+    first = store.add_feedback("x", label="card_arrival")
+    assert store.add_feedback("x", label="card_arrival ") == first
+    assert store.add_feedback("x", correct=True) == first
+    with pytest.raises(FeedbackConflictError, match="already has feedback"):
+        store.add_feedback("x", label="change_pin")
+    with pytest.raises(FeedbackConflictError):
+        store.add_feedback("x", correct=False)
+    assert store.feedback("x") == first
+
+
+def test_bad_feedback_is_refused(store: FeedbackStore) -> None:
+    with pytest.raises(UnknownCompletionError, match="nope"):
+        store.add_feedback("nope", correct=True)
+    store.record_answer("y", "banking", V1, "card_arrival", "card_arrival")
+    with pytest.raises(InvalidFeedbackError):
+        store.add_feedback("y")
+    with pytest.raises(InvalidFeedbackError):
+        store.add_feedback("y", label="card_arrival", correct=True)
+    assert store.feedback("y") is None
+
+
+def test_rolling_counts_the_last_verdicts_of_a_version(store: FeedbackStore) -> None:
+    verdicts = [True, False, True, True, False]
+    for i, ok in enumerate(verdicts):
+        store.record_answer(f"v1-{i}", "banking", V1, "card_arrival", "card_arrival")
+        store.add_feedback(f"v1-{i}", correct=ok)
+    store.record_answer("v2-0", "banking", V2, "card_arrival", "card_arrival")
+    store.add_feedback("v2-0", label="card_arrival")
+    assert store.rolling("banking", V1, last_n=100) == (3, 5)
+    assert store.rolling("banking", V1, last_n=3) == (2, 3)  # True, True, False
+    assert store.rolling("banking", V2, last_n=10) == (1, 1)
+    assert store.rolling("other", V1, last_n=10) == (0, 0)
+    assert store.versions_with_feedback() == [("banking", V1), ("banking", V2)]
+
+
+def test_everything_survives_a_restart(tmp_path: Path) -> None:
+    path = tmp_path / "fb.sqlite3"
+    with FeedbackStore(path) as first:
+        first.record_answer("p", "banking", V1, "card_arrival", "card_arrival")
+        first.record_answer("q", "banking", V1, "change_pin", "change_pin")  # never looked up: queued only
+        stored = first.add_feedback("p", label="card_arrival")
+    with FeedbackStore(path, lookup_grace_s=0) as second:
+        assert second.feedback("p") == stored
+        answer = second.answer("q")
+        assert answer is not None and answer.label == "change_pin"
+        assert second.add_feedback("q", label="cancel_transfer").correct is False
+        assert second.rolling("banking", V1, 10) == (1, 2)
+
+
+def test_the_background_thread_writes_the_queue(tmp_path: Path) -> None:
+    path = tmp_path / "fb.sqlite3"
+    with (
+        FeedbackStore(path, flush_interval_s=0.05) as writer,
+        FeedbackStore(path, lookup_grace_s=0) as reader,
+    ):
+        writer.record_answer("bg", "banking", V1, "card_arrival", "card_arrival")
+        deadline = time.monotonic() + 10
+        while reader.answer("bg") is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert reader.answer("bg") is not None
+
+
+def test_old_rows_are_pruned_on_open(tmp_path: Path) -> None:
+    path = tmp_path / "fb.sqlite3"
+    old = dt.datetime.now(dt.UTC) - dt.timedelta(days=40)
+    with FeedbackStore(path) as s:
+        s.record_answer("old", "banking", V1, "card_arrival", "card_arrival", created_at=old)
+        s.record_answer("new", "banking", V1, "card_arrival", "card_arrival")
+    with FeedbackStore(path, lookup_grace_s=0) as s:
+        assert s.answer("old") is None
+        assert s.answer("new") is not None
+        with pytest.raises(UnknownCompletionError):
+            s.add_feedback("old", correct=True)
+    with FeedbackStore(path, retention=dt.timedelta(days=60)) as s:
+        s.record_answer("old2", "banking", V1, "x", None, created_at=old)
+    with FeedbackStore(path, retention=dt.timedelta(days=60)) as s:
+        assert s.answer("old2") is not None
+
+
+WORKER = textwrap.dedent(
+    """
+    import sys, time
+    from pathlib import Path
+    from monitor.feedback import FeedbackStore
+
+    store = FeedbackStore(Path(sys.argv[1]), flush_interval_s=0.1)
+    store.record_answer("worker-1", "banking", "{version}", "card_arrival", "card_arrival")
+    print("recorded", flush=True)
+    sys.stdin.readline()  # stay open, answer still queued or written by the flusher, until told
+    store.close()
+    """
+)
+
+
+def test_two_gateway_workers_share_one_file(tmp_path: Path) -> None:
+    """An answer logged by one worker process takes feedback in another, while both are open."""
+    path = tmp_path / "shared.sqlite3"
+    with FeedbackStore(path, lookup_grace_s=10) as here:
+        worker = subprocess.Popen(
+            [sys.executable, "-c", WORKER.format(version=V1), str(path)],
+            cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert worker.stdout is not None and worker.stdin is not None
+            assert worker.stdout.readline().strip() == "recorded"
+            record = here.add_feedback("worker-1", label="card_arrival", source="worker-test")
+            assert record.correct and record.version == V1
+            worker.stdin.write("\n")
+            worker.stdin.flush()
+            assert worker.wait(timeout=30) == 0
+        finally:
+            if worker.poll() is None:
+                worker.kill()
+                worker.wait()
+    with FeedbackStore(path) as again:
+        assert again.rolling("banking", V1, 10) == (1, 1)
