@@ -1,0 +1,135 @@
+"""The canary gate: pass, fail and inconclusive, check by check."""
+
+import pytest
+from pydantic import ValidationError
+
+from monitor.gate import (
+    CheckOutcome,
+    GateCheckName,
+    GateDecision,
+    GateThresholds,
+    VersionSignals,
+    evaluate_gate,
+)
+from monitor.metrics import GateResult
+
+STABLE = VersionSignals(
+    requests=900,
+    errors=9,
+    p95_latency_s=0.40,
+    mean_entropy_nats=0.10,
+    max_drift_psi=0.03,
+    feedback_correct=45,
+    feedback_total=50,
+)
+CANARY = VersionSignals(
+    requests=100,
+    errors=2,
+    p95_latency_s=0.45,
+    mean_entropy_nats=0.15,
+    max_drift_psi=0.05,
+    feedback_correct=44,
+    feedback_total=50,
+)
+
+
+def canary(**changes: object) -> VersionSignals:
+    return CANARY.model_copy(update=changes)
+
+
+def test_a_healthy_canary_passes() -> None:
+    decision = evaluate_gate(CANARY, STABLE, GateThresholds())
+    assert decision.result is GateResult.PASS
+    assert decision.reasons == []
+    assert [c.name for c in decision.checks] == list(GateCheckName)
+    assert all(c.outcome is CheckOutcome.PASS for c in decision.checks)
+    latency = decision.check(GateCheckName.P95_LATENCY)
+    assert latency.observed == pytest.approx(0.45 / 0.40)
+    assert latency.threshold == 1.5
+
+
+def test_too_little_canary_traffic_is_inconclusive() -> None:
+    decision = evaluate_gate(canary(requests=10, errors=5), STABLE)
+    assert decision.result is GateResult.INCONCLUSIVE
+    assert "10 requests" in decision.reasons[0]
+    assert decision.checks[0].outcome is CheckOutcome.INCONCLUSIVE
+
+
+@pytest.mark.parametrize(
+    ("changes", "check", "observed"),
+    [
+        ({"errors": 6}, GateCheckName.ERROR_RATIO, 0.06),
+        ({"p95_latency_s": 0.8}, GateCheckName.P95_LATENCY, 2.0),
+        ({"mean_entropy_nats": 0.5}, GateCheckName.ENTROPY_SHIFT, 0.4),
+        ({"max_drift_psi": 0.2}, GateCheckName.DRIFT_PSI, 0.2),
+    ],
+)
+def test_each_limit_fails_the_canary(
+    changes: dict[str, float], check: GateCheckName, observed: float
+) -> None:
+    decision = evaluate_gate(canary(**changes), STABLE)
+    assert decision.result is GateResult.FAIL
+    failed = [c for c in decision.checks if c.outcome is CheckOutcome.FAIL]
+    assert [c.name for c in failed] == [check]
+    assert failed[0].observed == pytest.approx(observed)
+    assert decision.reasons == [failed[0].detail]
+
+
+def test_error_ratio_at_the_limit_passes() -> None:
+    assert evaluate_gate(canary(errors=5), STABLE).result is GateResult.PASS
+
+
+def test_a_significantly_worse_live_accuracy_fails() -> None:
+    # 35/50 against 45/50: z = -2.5, p = 0.012 < 0.05.
+    decision = evaluate_gate(canary(feedback_correct=35), STABLE)
+    assert decision.result is GateResult.FAIL
+    check = decision.check(GateCheckName.LIVE_ACCURACY)
+    assert check.outcome is CheckOutcome.FAIL
+    assert check.observed == pytest.approx(0.012419, abs=1e-6)
+    assert "significantly worse" in check.detail
+
+
+def test_live_accuracy_only_fails_when_worse_and_significant() -> None:
+    better = STABLE.model_copy(update={"feedback_correct": 35})
+    assert evaluate_gate(CANARY, better).check(GateCheckName.LIVE_ACCURACY).outcome is CheckOutcome.PASS
+    slightly_worse = canary(feedback_correct=42)  # 42/50 vs 45/50: p = 0.39
+    assert evaluate_gate(slightly_worse, STABLE).result is GateResult.PASS
+    # The same shortfall fails at a looser alpha.
+    assert evaluate_gate(slightly_worse, STABLE, GateThresholds(accuracy_alpha=0.5)).result is GateResult.FAIL
+
+
+def test_live_accuracy_needs_enough_feedback_on_both_sides() -> None:
+    decision = evaluate_gate(canary(feedback_correct=5, feedback_total=29), STABLE)
+    assert decision.result is GateResult.PASS
+    assert decision.check(GateCheckName.LIVE_ACCURACY).outcome is CheckOutcome.SKIPPED
+
+
+def test_signals_a_route_does_not_produce_are_skipped() -> None:
+    bare = VersionSignals(requests=100, errors=0, p95_latency_s=0.5)
+    decision = evaluate_gate(bare, VersionSignals(requests=500, p95_latency_s=0.5))
+    assert decision.result is GateResult.PASS
+    skipped = {c.name for c in decision.checks if c.outcome is CheckOutcome.SKIPPED}
+    assert skipped == {GateCheckName.ENTROPY_SHIFT, GateCheckName.DRIFT_PSI, GateCheckName.LIVE_ACCURACY}
+
+
+def test_a_stable_version_without_traffic_leaves_latency_open() -> None:
+    decision = evaluate_gate(CANARY, STABLE.model_copy(update={"requests": 3}))
+    assert decision.result is GateResult.INCONCLUSIVE
+    assert decision.check(GateCheckName.P95_LATENCY).outcome is CheckOutcome.INCONCLUSIVE
+    # A failure elsewhere still fails: failed wins over inconclusive.
+    worse = evaluate_gate(canary(errors=50), STABLE.model_copy(update={"requests": 3}))
+    assert worse.result is GateResult.FAIL
+
+
+def test_decisions_round_trip_as_json() -> None:
+    decision = evaluate_gate(canary(errors=6, feedback_correct=35), STABLE)
+    again = GateDecision.model_validate_json(decision.model_dump_json())
+    assert again == decision
+    assert len(again.reasons) == 2
+
+
+def test_thresholds_are_validated() -> None:
+    with pytest.raises(ValidationError, match="max_error_ratio"):
+        GateThresholds(max_error_ratio=1.5)
+    with pytest.raises(ValidationError, match="requests"):
+        VersionSignals(requests=-1)
