@@ -73,7 +73,9 @@ def check(
             print(problem)
     info(result.summary())
     if result.problems:
-        raise typer.Exit(1)
+        # Not typer.Exit: lorafleet.cli.main runs the app with standalone_mode=False, where click
+        # returns typer.Exit's code instead of raising it, and the code would be lost.
+        raise SystemExit(1)
 
 
 @app.command()
