@@ -65,6 +65,8 @@ class VersionState(enum.StrEnum):
     SHADOW = "shadow"
     WEIGHTED = "weighted"
     RETIRING = "retiring"
+    PINNED = "pinned"
+    FALLBACK = "fallback"
 
 
 class GateResult(enum.StrEnum):

@@ -1,7 +1,138 @@
-"""`lorafleet serve`."""
+"""`lorafleet serve`: run a vLLM engine with LoRA enabled; load and unload adapter versions on one."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import signal
+from pathlib import Path
+from typing import Annotated
+
 import typer
 
-app = typer.Typer(help="serve commands.", no_args_is_help=True)
+from lorafleet import basemodel
+from lorafleet.cli._options import BaseModelOpt, JsonOpt, RegistryOpt, registry_path
+from lorafleet.cli._output import info, print_json, print_table
+from lorafleet.registry import Registry
+
+app = typer.Typer(
+    help="vLLM engines: run one, and load or unload adapter versions on it.", no_args_is_help=True
+)
+
+EngineOpt = Annotated[str, typer.Option("--engine", help="The engine's URL.")]
+
+
+@app.command()
+def engine(
+    base_model: BaseModelOpt = None,
+    host: str = typer.Option("127.0.0.1", help="Address to listen on."),
+    port: int = typer.Option(8100, help="Port to listen on."),
+    served_model_name: str = typer.Option("base", help="Name the base model is served under."),
+    max_loras: int = typer.Option(4, help="Adapters in one batch."),
+    max_lora_rank: int = typer.Option(16, help="Largest LoRA rank accepted."),
+    max_cpu_loras: int | None = typer.Option(None, help="Adapters cached in memory."),
+    max_model_len: int = typer.Option(2048, help="Context length."),
+    kv_cache_gib: float = typer.Option(1.0, help="KV cache size on the CPU, GiB."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    adapter: list[str] = typer.Option([], "--adapter", help="A version to load at start (repeatable)."),
+    registry: RegistryOpt = None,
+    log_file: Path | None = typer.Option(None, help="Write the engine's output here."),
+    startup_timeout_s: float = typer.Option(300.0, help="Seconds to wait for the engine to be healthy."),
+) -> None:
+    """Start a vLLM OpenAI server with LoRA enabled and keep it running (restarts it if it crashes)."""
+    from serve.engine import Engine, Supervisor
+    from serve.settings import Device, EngineSettings
+
+    settings = EngineSettings(
+        base_model=base_model,
+        host=host,
+        port=port,
+        served_model_name=served_model_name,
+        max_loras=max_loras,
+        max_lora_rank=max_lora_rank,
+        max_cpu_loras=max_cpu_loras,
+        max_model_len=max_model_len,
+        kv_cache_gib=kv_cache_gib,
+        device=Device(device),
+        log_file=str(log_file) if log_file else None,
+        startup_timeout_s=startup_timeout_s,
+    )
+    model_dir = basemodel.resolve(settings.base_model)
+    reg = Registry(registry_path(registry))
+    adapters = {name: reg.resolve(name).adapter_path for name in adapter}
+    supervisor = Supervisor(
+        Engine(settings, model_dir), {reg.resolve(n).name: p for n, p in adapters.items()}, info
+    )
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        runner = asyncio.create_task(supervisor.run())
+        waiter = asyncio.create_task(stop.wait())
+        await asyncio.wait({runner, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        info("stopping the engine")
+        await supervisor.stop()
+        runner.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await runner
+
+    info(f"engine: {settings.url} serving {model_dir} as '{settings.served_model_name}'")
+    asyncio.run(main())
+
+
+@app.command()
+def status(engine: EngineOpt = "http://127.0.0.1:8100", json: JsonOpt = False) -> None:
+    """List the adapters an engine holds."""
+    import httpx
+
+    from serve.adapters import AdapterClient
+
+    async def main() -> dict[str, str]:
+        async with httpx.AsyncClient(timeout=10) as http:
+            return await AdapterClient(engine, http).loaded()
+
+    loaded = asyncio.run(main())
+    if json:
+        print_json(loaded)
+    else:
+        print_table(["adapter", "path"], sorted(loaded.items()))
+
+
+@app.command()
+def load(
+    version: str = typer.Argument(..., help="A version name, or a task (its newest version)."),
+    engine: EngineOpt = "http://127.0.0.1:8100",
+    registry: RegistryOpt = None,
+) -> None:
+    """Load an adapter version from the registry onto a running engine (idempotent)."""
+    import httpx
+
+    from serve.adapters import AdapterClient
+
+    v = Registry(registry_path(registry)).resolve(version)
+
+    async def main() -> None:
+        async with httpx.AsyncClient(timeout=120) as http:
+            await AdapterClient(engine, http).load(v.name, v.adapter_path)
+
+    asyncio.run(main())
+    info(f"loaded {v.name} on {engine}")
+
+
+@app.command()
+def unload(
+    version: str = typer.Argument(..., help="The version name."), engine: EngineOpt = "http://127.0.0.1:8100"
+) -> None:
+    """Unload an adapter version from a running engine (idempotent)."""
+    import httpx
+
+    from serve.adapters import AdapterClient
+
+    async def main() -> None:
+        async with httpx.AsyncClient(timeout=60) as http:
+            await AdapterClient(engine, http).unload(version)
+
+    asyncio.run(main())
+    info(f"unloaded {version} from {engine}")

@@ -1,0 +1,282 @@
+"""The admin API under /admin: rollout status and changes. Every path requires the bearer token
+(checked by router/auth.py before routing, whatever the path spelling).
+
+    GET  /admin/status                      routes, versions and their states, canary progress, engines
+    GET  /admin/routes                      the routes file as JSON (with its revision)
+    GET  /admin/history?route=&limit=       the append-only change history
+    POST /admin/routes/{route}              create a route      {stable, fallback?}
+    POST /admin/routes/{route}/weights      fixed shares        {weights: {version: percent}}
+    POST /admin/routes/{route}/canary       start a canary      {version, steps? | weights?, step_duration_s?, min_requests?}
+    POST /admin/routes/{route}/promote      canary -> stable    {version?, step?: true = only end the current pause}
+    POST /admin/routes/{route}/rollback     abort the canary, or back to the previous stable
+    POST /admin/routes/{route}/abort        abort the canary
+    POST /admin/routes/{route}/shadow       mirror traffic      {version | null, percent?}
+    POST /admin/routes/{route}/pin          keep a version live for pinned requests {version}
+    POST /admin/routes/{route}/retire       unload a retiring/pinned/weighted version now {version}
+
+Writes take an optional `revision` (the one the caller read; a stale one gives 409) and `reason`;
+the actor comes from the X-Lorafleet-Actor header.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, Field, ValidationError
+from starlette.responses import JSONResponse
+
+from lorafleet.errors import describe_validation_error
+from router.errors import BadRequestError, ConflictError
+from router.gateway import Gateway
+from router.openai_api import read_json
+from router.policy import RoutesFile, Step, default_steps
+from router.rollout import Controller, Rollouts
+from router.settings import ControllerMode
+
+router = APIRouter(prefix="/admin")
+
+ACTOR_HEADER = "x-lorafleet-actor"
+_B = TypeVar("_B", bound=BaseModel)
+
+
+class _Write(BaseModel):
+    revision: int | None = Field(default=None, description="The revision the change is based on.")
+    reason: str = ""
+
+
+class CreateBody(_Write):
+    stable: str
+    fallback: str | None = None
+
+
+class WeightsBody(_Write):
+    weights: dict[str, int]
+
+
+class CanaryBody(_Write):
+    version: str
+    steps: list[Step] | None = None
+    weights: list[int] | None = Field(
+        default=None, description="Shorthand: set_weight/pause/analysis per weight."
+    )
+    step_duration_s: float = Field(default=60.0, ge=0)
+    min_requests: int = Field(default=20, ge=0)
+
+
+class PromoteBody(_Write):
+    version: str | None = None
+    step: bool = Field(default=False, description="Only end the current pause and go on to the next step.")
+
+
+class ShadowBody(_Write):
+    version: str | None
+    percent: int = Field(default=100, ge=0, le=100)
+
+
+class VersionBody(_Write):
+    version: str
+
+
+async def _parse(request: Request, model: type[_B]) -> _B:
+    body = await read_json(request, 1 << 20)
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        raise BadRequestError(describe_validation_error(exc, "body")) from None
+
+
+def _state(request: Request) -> tuple[Gateway, Rollouts, Controller | None]:
+    app_state = request.app.state
+    return app_state.gateway, app_state.rollouts, getattr(app_state, "controller", None)
+
+
+def _actor(request: Request) -> str:
+    return (request.headers.get(ACTOR_HEADER) or "admin")[:100]
+
+
+async def _write(request: Request, change: Callable[[], RoutesFile]) -> JSONResponse:
+    gateway, _, _ = _state(request)
+    if gateway.settings.controller is ControllerMode.EXTERNAL and not getattr(
+        request.app.state, "is_controller", False
+    ):
+        raise ConflictError("this gateway only reads the routes; send changes to the rollout controller")
+    routes = await asyncio.to_thread(change)
+    gateway.apply(routes)
+    return JSONResponse({"revision": routes.revision, "status": status(request)})
+
+
+def status(request: Request) -> dict[str, Any]:
+    gateway, rollouts, _ = _state(request)
+    state = rollouts.store.load_state()
+    now = gateway.clock()
+    routes: dict[str, Any] = {}
+    for name, route in gateway.routes.routes.items():
+        versions = []
+        for version, s in sorted(route.live(now).items(), key=lambda kv: kv[1]):
+            entry: dict[str, Any] = {
+                "version": version,
+                "state": s,
+                "loaded_on": [e.url for e in gateway.fleet.holders(version)],
+                "load_failures": {
+                    e.url: e.failures[version].reason
+                    for e in gateway.fleet.engines.values()
+                    if version in e.failures
+                },
+            }
+            if s == "retiring":
+                entry["until"] = route.retiring[version].isoformat()
+            if s in ("stable", "canary", "weighted"):
+                entry["weight"] = (
+                    route.weights.get(version)
+                    if s == "weighted"
+                    else route.canary.weight
+                    if s == "canary" and route.canary
+                    else 100 - sum(route.weights.values()) - (route.canary.weight if route.canary else 0)
+                )
+            versions.append(entry)
+        progress = state.routes.get(name)
+        routes[name] = {
+            "stable": route.stable,
+            "previous": route.previous,
+            "fallback": route.fallback,
+            "canary": None
+            if route.canary is None
+            else {
+                "version": route.canary.version,
+                "weight": route.canary.weight,
+                "steps": [s.model_dump() for s in route.canary.steps],
+                "progress": None if progress is None else progress.model_dump(mode="json"),
+            },
+            "shadow": None if route.shadow is None else route.shadow.model_dump(),
+            "versions": versions,
+        }
+    return {
+        "revision": gateway.routes.revision,
+        "reload_error": gateway.reload_error,
+        "now": now.isoformat(),
+        "routes": routes,
+        "engines": gateway.fleet.status(),
+    }
+
+
+@router.get("/status")
+async def get_status(request: Request) -> JSONResponse:
+    return JSONResponse(status(request))
+
+
+@router.get("/routes")
+async def get_routes(request: Request) -> JSONResponse:
+    gateway, _, _ = _state(request)
+    return JSONResponse(gateway.routes.model_dump(mode="json"))
+
+
+@router.get("/history")
+async def get_history(request: Request, route: str | None = None, limit: int = 50) -> JSONResponse:
+    _, rollouts, _ = _state(request)
+    events = await asyncio.to_thread(rollouts.store.history, route, max(1, min(limit, 1000)))
+    return JSONResponse({"events": [e.model_dump(mode="json") for e in events]})
+
+
+@router.post("/reload")
+async def reload(request: Request) -> JSONResponse:
+    gateway, _, _ = _state(request)
+    gateway.reload(force=True)
+    return JSONResponse({"revision": gateway.routes.revision, "reload_error": gateway.reload_error})
+
+
+@router.post("/routes/{route}")
+async def create_route(request: Request, route: str) -> JSONResponse:
+    body = await _parse(request, CreateBody)
+    _, rollouts, _ = _state(request)
+    return await _write(
+        request, lambda: rollouts.create(route, body.stable, body.fallback, _actor(request), body.revision)
+    )
+
+
+@router.post("/routes/{route}/weights")
+async def set_weights(request: Request, route: str) -> JSONResponse:
+    body = await _parse(request, WeightsBody)
+    _, rollouts, _ = _state(request)
+    return await _write(
+        request,
+        lambda: rollouts.set_weights(route, body.weights, _actor(request), body.reason, body.revision),
+    )
+
+
+@router.post("/routes/{route}/canary")
+async def start_canary(request: Request, route: str) -> JSONResponse:
+    body = await _parse(request, CanaryBody)
+    _, rollouts, _ = _state(request)
+    steps = body.steps
+    if steps is None and body.weights:
+        if any(not 0 <= w <= 100 for w in body.weights):
+            raise BadRequestError("canary weights are whole percents from 0 to 100", param="weights")
+        steps = default_steps(body.weights, body.step_duration_s, body.min_requests)
+    return await _write(
+        request,
+        lambda: rollouts.start_canary(
+            route, body.version, steps, _actor(request), body.reason, body.revision
+        ),
+    )
+
+
+@router.post("/routes/{route}/promote")
+async def promote(request: Request, route: str) -> JSONResponse:
+    body = await _parse(request, PromoteBody)
+    _, rollouts, controller = _state(request)
+    if body.step:
+        if controller is None:
+            raise ConflictError("this process runs no rollout controller; send --step to the controller")
+        return await _write(request, lambda: controller.resume(route, _actor(request)))
+    return await _write(
+        request, lambda: rollouts.promote(route, _actor(request), body.version, body.reason, body.revision)
+    )
+
+
+@router.post("/routes/{route}/rollback")
+async def rollback(request: Request, route: str) -> JSONResponse:
+    body = await _parse(request, _Write)
+    _, rollouts, _ = _state(request)
+    return await _write(
+        request, lambda: rollouts.rollback(route, _actor(request), body.reason, body.revision)
+    )
+
+
+@router.post("/routes/{route}/abort")
+async def abort(request: Request, route: str) -> JSONResponse:
+    body = await _parse(request, _Write)
+    _, rollouts, _ = _state(request)
+    return await _write(request, lambda: rollouts.abort(route, _actor(request), body.reason or "aborted"))
+
+
+@router.post("/routes/{route}/shadow")
+async def shadow(request: Request, route: str) -> JSONResponse:
+    body = await _parse(request, ShadowBody)
+    _, rollouts, _ = _state(request)
+    return await _write(
+        request,
+        lambda: rollouts.set_shadow(
+            route, body.version, body.percent, _actor(request), body.reason, body.revision
+        ),
+    )
+
+
+@router.post("/routes/{route}/pin")
+async def pin(request: Request, route: str) -> JSONResponse:
+    body = await _parse(request, VersionBody)
+    _, rollouts, _ = _state(request)
+    return await _write(
+        request, lambda: rollouts.pin(route, body.version, _actor(request), body.reason, body.revision)
+    )
+
+
+@router.post("/routes/{route}/retire")
+async def retire(request: Request, route: str) -> JSONResponse:
+    body = await _parse(request, VersionBody)
+    _, rollouts, _ = _state(request)
+    return await _write(
+        request, lambda: rollouts.retire(route, body.version, _actor(request), body.reason, body.revision)
+    )

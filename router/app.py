@@ -1,0 +1,203 @@
+"""The gateway application: `create_app(settings)` builds everything and the lifespan runs it.
+
+    lifespan:  one httpx client (the shared pool) -> Fleet (engines) -> Gateway (routes, forwarding)
+               -> Observer (metrics, drift, feedback) -> Rollouts (+ Controller when this process
+               is the one writer)
+    background tasks: routes-file reload, adapter reconcile, drift publishing, the controller
+
+Pass `transport` to talk to engines through any httpx transport (tests inject faults that way),
+`clock` to move time in tests (retention), `metrics_registry` for a fresh Prometheus registry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import os
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+import httpx
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import JSONResponse, Response
+
+from lorafleet import __version__
+from lorafleet.registry import Registry
+from monitor.feedback import FeedbackStore
+from monitor.metrics import build_metrics
+from monitor.signals import LocalSignals
+from router import admin, openai_api
+from router.auth import AuthMiddleware
+from router.errors import RouterError
+from router.gateway import Gateway, error_response, openai_error
+from router.observe import Observer
+from router.rollout import Controller, LeaderLock, LocalGateSource, PrometheusGateSource, Rollouts, utcnow
+from router.settings import ControllerMode, GatewaySettings
+from router.store import FileStore, RouteStore
+from router.upstream import build_client
+from serve.fleet import Fleet
+
+log = logging.getLogger("lorafleet.router")
+
+
+def _exposition_registry(own: CollectorRegistry) -> CollectorRegistry:
+    """With several workers (PROMETHEUS_MULTIPROC_DIR set), /metrics sums every worker's files."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        merged = CollectorRegistry()
+        multiprocess.MultiProcessCollector(merged)  # type: ignore[no-untyped-call]
+        return merged
+    return own
+
+
+async def _every(interval_s: float, what: str, fn: Callable[[], object]) -> None:
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            result = fn()
+            if asyncio.iscoroutine(result):
+                await result
+        except Exception:
+            log.exception("%s failed; trying again in %.0f s", what, interval_s)
+
+
+def create_app(
+    settings: GatewaySettings,
+    transport: httpx.AsyncBaseTransport | None = None,
+    *,
+    store: RouteStore | None = None,
+    clock: Callable[[], dt.datetime] = utcnow,
+    metrics_registry: CollectorRegistry | None = None,
+    run_controller: bool | None = None,
+) -> FastAPI:
+    registry_metrics = metrics_registry or CollectorRegistry()
+    metrics = build_metrics(registry_metrics)
+    route_store = store or FileStore(settings.routes_file)
+    registry = Registry(settings.registry)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        http = build_client(settings, transport)
+        feedback = FeedbackStore(settings.resolved_state_dir / "feedback.sqlite3")
+        fleet = Fleet(
+            settings.engines,
+            http,
+            on_load_failure=lambda engine, version, reason: metrics.adapter_load_failures.labels(
+                version, engine
+            ).inc(),
+            on_health=lambda engine, up: metrics.engine_up.labels(engine).set(1 if up else 0),
+        )
+        observer = Observer(
+            metrics,
+            registry,
+            feedback,
+            drift_window=settings.drift_window,
+            drift_min_samples=settings.drift_min_samples,
+            accuracy_window=settings.accuracy_window,
+        )
+        gateway = Gateway(settings, route_store, registry, fleet, http, observer, clock=clock)
+        gateway.reload(force=True)
+        rollouts = Rollouts(route_store, registry, metrics, clock=clock, on_change=gateway.apply)
+        app.state.gateway = gateway
+        app.state.rollouts = rollouts
+        app.state.metrics = metrics
+        app.state.metrics_registry = registry_metrics
+        tasks = [
+            asyncio.create_task(_every(settings.reload_interval_s, "routes reload", gateway.reload)),
+            asyncio.create_task(fleet.run(gateway.desired_adapters, settings.reconcile_interval_s)),
+            asyncio.create_task(_every(2.0, "drift publishing", observer.publish)),
+        ]
+        leader = LeaderLock(settings.resolved_state_dir / "controller.lock")
+        wants_controller = (
+            settings.controller is ControllerMode.EMBEDDED if run_controller is None else run_controller
+        )
+        if wants_controller and leader.acquire():
+            source: LocalGateSource | PrometheusGateSource
+            if settings.prometheus_url:
+                source = PrometheusGateSource(settings.prometheus_url, http, clock)
+            else:
+                source = LocalGateSource(LocalSignals(_exposition_registry(registry_metrics)))
+            controller = Controller(rollouts, source, metrics)
+            app.state.controller = controller
+            app.state.is_controller = True
+            tasks.append(asyncio.create_task(controller.run(settings.controller_interval_s)))
+            log.info(
+                "this process runs the rollout controller (gate signals from %s)",
+                settings.prometheus_url or "this gateway",
+            )
+        try:
+            await fleet.refresh()
+            await fleet.reconcile(gateway.desired_adapters())
+        except Exception:
+            log.exception("first reconcile failed; the loop will retry")
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            await gateway.drain()
+            leader.release()
+            await http.aclose()
+            feedback.close()
+
+    app = FastAPI(
+        title="lorafleet gateway", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None
+    )
+    app.add_middleware(
+        AuthMiddleware,
+        admin_token=settings.admin_secret(),
+        api_keys=[k.get_secret_value() for k in settings.api_keys],
+    )
+    app.include_router(openai_api.router)
+    app.include_router(admin.router)
+
+    @app.exception_handler(RouterError)
+    async def _router_error(_: Request, exc: RouterError) -> JSONResponse:
+        return error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        param = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or None
+        return openai_error(400, "invalid_request_error", f"invalid request: {first.get('msg', exc)}", param)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        type_ = "invalid_request_error" if exc.status_code < 500 else "server_error"
+        return openai_error(exc.status_code, type_, str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error")
+        return openai_error(500, "server_error", f"internal error: {type(exc).__name__}")
+
+    @app.get("/health")
+    async def health(request: Request) -> JSONResponse:
+        gateway: Gateway = request.app.state.gateway
+        healthy = len(gateway.fleet.healthy())
+        return JSONResponse(
+            {"status": "ok", "engines_healthy": healthy, "revision": gateway.routes.revision},
+            status_code=200,
+        )
+
+    @app.get("/metrics")
+    async def metrics_endpoint() -> Response:
+        return Response(
+            generate_latest(_exposition_registry(registry_metrics)), media_type=CONTENT_TYPE_LATEST
+        )
+
+    return app
+
+
+def app_from_environment() -> FastAPI:
+    """The app for uvicorn's workers: settings from LORAFLEET_ROUTER_SETTINGS_JSON, else the environment."""
+    raw = os.environ.get("LORAFLEET_ROUTER_SETTINGS_JSON")
+    settings = GatewaySettings.model_validate_json(raw) if raw else GatewaySettings()
+    return create_app(settings)

@@ -1,0 +1,100 @@
+"""Bearer-token checks, before any routing: admin paths always, inference paths when keys are set.
+
+A pure ASGI middleware, so streaming responses pass untouched. The admin check looks at the path
+as any spelling could reach it (percent-decoded, case-folded, dot segments and repeated slashes
+resolved): `/ADMIN/status`, `//admin/./status` and `/admin%2fstatus` all need the token. Tokens are
+compared in constant time.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import posixpath
+from collections.abc import Sequence
+from urllib.parse import unquote
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+ADMIN_PREFIX = "/admin"
+OPEN_PATHS = ("/health", "/metrics")
+
+
+def canonical_path(path: str) -> str:
+    for _ in range(3):  # undo double encoding too
+        decoded = unquote(path)
+        if decoded == path:
+            break
+        path = decoded
+    path = posixpath.normpath("/" + path.replace("\\", "/").lower())
+    return path if path.startswith("/") else "/" + path
+
+
+def _bearer(headers: Sequence[tuple[bytes, bytes]]) -> bytes | None:
+    for name, value in headers:
+        if name.lower() == b"authorization":
+            scheme, _, token = value.partition(b" ")
+            if scheme.lower() == b"bearer" and token.strip():
+                return token.strip()
+    return None
+
+
+def _matches(token: bytes | None, secrets: Sequence[bytes]) -> bool:
+    if token is None:
+        return False
+    ok = False
+    for secret in secrets:
+        ok |= hmac.compare_digest(token, secret)
+    return ok
+
+
+class AuthMiddleware:
+    def __init__(self, app: ASGIApp, admin_token: str | None, api_keys: Sequence[str] = ()) -> None:
+        self.app = app
+        self.admin = [admin_token.encode()] if admin_token else []
+        self.api_keys = [k.encode() for k in api_keys]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        raw = scope.get("raw_path") or scope["path"].encode()
+        path = canonical_path(raw.decode("latin-1"))
+        also = canonical_path(scope["path"])
+        token = _bearer(scope["headers"])
+        if path.startswith(ADMIN_PREFIX) or also.startswith(ADMIN_PREFIX):
+            if not self.admin:
+                await _deny(send, "the admin API is disabled: start the gateway with an admin token")
+                return
+            if not _matches(token, self.admin):
+                await _deny(send, "the admin API needs 'Authorization: Bearer <admin token>'")
+                return
+        elif self.api_keys and path not in OPEN_PATHS and not _matches(token, self.api_keys):
+            await _deny(send, "Incorrect or missing API key: send 'Authorization: Bearer <key>'")
+            return
+        await self.app(scope, receive, send)
+
+
+async def _deny(send: Send, message: str) -> None:
+    body = json.dumps(
+        {
+            "error": {
+                "message": message,
+                "type": "authentication_error",
+                "param": None,
+                "code": "invalid_api_key",
+            }
+        }
+    ).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 401,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"www-authenticate", b"Bearer"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,698 @@
+"""The gateway's request path: resolve the model to a version, forward to an engine, observe.
+
+    resolve(model, headers, body)  -> Target     route name: the selector picks; version name or the
+                                                 pin header: that version; else ModelNotFoundError
+    complete(endpoint, body, ...)  -> Response   one non-streaming or streaming call, with one retry
+                                                 on the route's fallback when the engine fails
+
+The routes come from the store and are re-read when the file changes (`reload`), between requests:
+a request in flight keeps the Route object it resolved, so a reload never drops it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import logging
+import random
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from lorafleet.registry import Registry
+from lorafleet.textstats import match_label, normalise_answer
+from monitor.entropy import EntropyAccumulator, response_entropy, strip_logprobs, with_logprobs
+from monitor.metrics import Arm, ErrorReason
+from router.errors import (
+    BadRequestError,
+    ModelNotFoundError,
+    RouterError,
+    RoutesFileError,
+    UpstreamError,
+    UpstreamTimeoutError,
+)
+from router.observe import Observer, Outcome
+from router.policy import BASE_FALLBACK, RoutesFile
+from router.selector import choose, mirror
+from router.settings import GatewaySettings
+from router.store import RouteStore
+from router.upstream import EngineFailure, classify, error_message, sse, sse_events
+from serve.fleet import EngineState, Fleet
+
+log = logging.getLogger("lorafleet.router")
+
+CHAT = "chat/completions"
+COMPLETIONS = "completions"
+ROUTE_HEADER = "x-lorafleet-route"
+VERSION_HEADER = "x-lorafleet-version"
+ARM_HEADER = "x-lorafleet-arm"
+REQUEST_ID_HEADER = "x-request-id"
+
+
+@dataclass(frozen=True)
+class Target:
+    route: str
+    version: str
+    arm: Arm
+    fallback: str | None
+    shadow: str | None = None
+
+
+@dataclass
+class _Attempt:
+    """What one forwarded request produced."""
+
+    version: str
+    arm: Arm
+    engine: EngineState
+    response: httpx.Response
+    started: float = field(default_factory=time.perf_counter)
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def input_text(endpoint: str, body: Mapping[str, Any]) -> str:
+    """The user's text of a request: the last user turn, or the prompt."""
+    if endpoint == CHAT:
+        for message in reversed(body.get("messages") or []):
+            if isinstance(message, dict) and message.get("role") == "user":
+                content = message.get("content")
+                if isinstance(content, list):
+                    return " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+                return str(content or "")
+        return ""
+    prompt = body.get("prompt")
+    return (
+        prompt if isinstance(prompt, str) else " ".join(map(str, prompt)) if isinstance(prompt, list) else ""
+    )
+
+
+def validate_body(endpoint: str, body: Any, max_tokens_limit: int) -> dict[str, Any]:
+    """The checks the gateway makes itself, so that a bad body is a 400 naming the field, never a 500."""
+    if not isinstance(body, dict):
+        raise BadRequestError("the request body must be a JSON object")
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise BadRequestError("'model' is required and must be a string", param="model")
+    if endpoint == CHAT:
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise BadRequestError("'messages' must be a non-empty list", param="messages")
+        for i, m in enumerate(messages):
+            if not isinstance(m, dict) or not isinstance(m.get("role"), str):
+                raise BadRequestError(
+                    f"messages[{i}] must be an object with a 'role'", param=f"messages[{i}]"
+                )
+    else:
+        prompt = body.get("prompt")
+        if not isinstance(prompt, str | list) or not prompt:
+            raise BadRequestError("'prompt' must be a non-empty string or list", param="prompt")
+    for key in ("max_tokens", "max_completion_tokens"):
+        value = body.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise BadRequestError(f"'{key}' must be a positive integer", param=key)
+        if value > max_tokens_limit:
+            raise BadRequestError(
+                f"'{key}' is {value}; this gateway allows at most {max_tokens_limit}",
+                param=key,
+                code="max_tokens",
+            )
+    if "stream" in body and not isinstance(body["stream"], bool):
+        raise BadRequestError("'stream' must be true or false", param="stream")
+    return body
+
+
+class Gateway:
+    """Routing state and the forwarding of one request."""
+
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        store: RouteStore,
+        registry: Registry,
+        fleet: Fleet,
+        http: httpx.AsyncClient,
+        observer: Observer,
+        rng: random.Random | None = None,
+        clock: Callable[[], dt.datetime] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.registry = registry
+        self.fleet = fleet
+        self.http = http
+        self.observer = observer
+        self.rng = rng or random.Random()
+        self.clock = clock or _now
+        self._created: dict[str, int] = {}
+        self.routes = RoutesFile()
+        self.live: dict[str, tuple[str, str]] = {}
+        self._fingerprint: str | None = None
+        self.reload_error: str | None = None
+        self.shadow_slots = asyncio.Semaphore(settings.shadow_max_concurrency)
+        self._background: set[asyncio.Task[None]] = set()
+
+    # --- routes -------------------------------------------------------------------------
+
+    def reload(self, force: bool = False) -> bool:
+        """Re-read the routes file if it changed; keep the old routes if the new file is invalid."""
+        fingerprint = self.store.fingerprint()
+        if fingerprint == self._fingerprint and not force:
+            return False
+        try:
+            routes = self.store.load()
+        except RoutesFileError as exc:
+            if self.reload_error != exc.message:
+                log.error(
+                    "routes file not applied, keeping revision %s: %s", self.routes.revision, exc.message
+                )
+            self.reload_error = exc.message
+            self._fingerprint = fingerprint
+            return False
+        self.apply(routes)
+        self._fingerprint = fingerprint
+        return True
+
+    def apply(self, routes: RoutesFile) -> None:
+        old = self.routes.revision
+        self.routes = routes
+        self.reload_error = None
+        self.refresh_live()
+        log.info(
+            "routes loaded: revision %s (was %s), %d route(s), %d live version(s)",
+            routes.revision,
+            old,
+            len(routes.routes),
+            len(self.live),
+        )
+
+    def refresh_live(self) -> None:
+        self.live = self.routes.live_versions(self.clock())
+        self.observer.set_known({(route, version) for version, (route, _) in self.live.items()})
+
+    def desired_adapters(self) -> dict[str, Path]:
+        """Every live version that exists in the registry -> its adapter folder as the engines see it."""
+        self.refresh_live()
+        desired: dict[str, Path] = {}
+        for version in self.live:
+            try:
+                path = self.registry.get(version).adapter_path
+            except Exception as exc:
+                log.error("routes name version %s, which the registry cannot give: %s", version, exc)
+                continue
+            desired[version] = self.settings.engine_path(path)
+        return desired
+
+    def _version_meta(self, version: str) -> tuple[int, str | None]:
+        """(created, adapter path) of a version, from the registry; (0, None) if it is missing."""
+        try:
+            v = self.registry.get(version)
+            if version not in self._created:
+                self._created[version] = int(v.info().created_at.timestamp())
+            return self._created[version], str(v.adapter_path)
+        except Exception:
+            return 0, None
+
+    def model_list(self) -> list[dict[str, Any]]:
+        """Every route and every live version, in OpenAI's shape (`parent`: the base, `root`: the adapter)."""
+        self.refresh_live()
+        base = self.fleet.base_model() or BASE_FALLBACK
+        data: list[dict[str, Any]] = []
+        for name, route in self.routes.routes.items():
+            created, _ = self._version_meta(route.stable)
+            info: dict[str, Any] = {"kind": "route", "stable": route.stable, "versions": route.serving()}
+            if route.canary:
+                info["canary"] = {"version": route.canary.version, "weight": route.canary.weight}
+            if route.shadow:
+                info["shadow"] = {"version": route.shadow.version, "percent": route.shadow.percent}
+            data.append(
+                {
+                    "id": name,
+                    "object": "model",
+                    "created": created,
+                    "owned_by": "lorafleet",
+                    "root": route.stable,
+                    "parent": base,
+                    "lorafleet": info,
+                }
+            )
+        for version, (route_name, state) in sorted(self.live.items()):
+            created, path = self._version_meta(version)
+            info = {
+                "kind": "version",
+                "route": route_name,
+                "state": state,
+                "loaded_on": [e.url for e in self.fleet.holders(version)],
+            }
+            until = self.routes.routes[route_name].retiring.get(version)
+            if state == "retiring" and until is not None:
+                info["retiring_until"] = until.isoformat()
+            data.append(
+                {
+                    "id": version,
+                    "object": "model",
+                    "created": created,
+                    "owned_by": "lorafleet",
+                    "root": path,
+                    "parent": base,
+                    "lorafleet": info,
+                }
+            )
+        return data
+
+    # --- resolution ---------------------------------------------------------------------
+
+    @staticmethod
+    def user_key(headers: Mapping[str, str], body: Mapping[str, Any], session_header: str) -> str | None:
+        for value in (headers.get(session_header), body.get("user"), body.get("session_id")):
+            if isinstance(value, str) and value:
+                return value
+        return None
+
+    def resolve(self, model: str, headers: Mapping[str, str], body: Mapping[str, Any]) -> Target:
+        pin = headers.get(self.settings.pin_header)
+        key = self.user_key(headers, body, self.settings.session_header)
+        route = self.routes.routes.get(model)
+        if route is not None:
+            shadow = mirror(model, route, key, self.rng)
+            if pin:
+                if self.live.get(pin, ("", ""))[0] != model:
+                    raise ModelNotFoundError(pin)
+                return Target(model, pin, Arm.PINNED, route.fallback, shadow)
+            choice = choose(model, route, key, self.rng)
+            return Target(model, choice.version, choice.arm, route.fallback, shadow)
+        if model in self.live:
+            route_name = self.live[model][0]
+            return Target(route_name, model, Arm.PINNED, self.routes.routes[route_name].fallback)
+        raise ModelNotFoundError(model)
+
+    # --- forwarding ---------------------------------------------------------------------
+
+    def _upstream_model(self, version: str) -> str | None:
+        if version == BASE_FALLBACK:
+            return self.fleet.base_model()
+        return version
+
+    async def _send(
+        self, endpoint: str, body: dict[str, Any], version: str, arm: Arm, request_id: str, deadline: float
+    ) -> _Attempt:
+        """Send to one engine holding `version`; raise EngineFailure for anything a fallback may fix."""
+        upstream_model = self._upstream_model(version)
+        engine = self.fleet.pick(None if version == BASE_FALLBACK else version)
+        if engine is None or upstream_model is None:
+            raise EngineFailure("-", "not_loaded", f"no healthy engine holds {version}")
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise EngineFailure(engine.url, "timeout", "the request's deadline passed")
+        t = self.settings.timeouts
+        timeout = httpx.Timeout(
+            connect=min(t.connect_s, remaining),
+            read=min(t.read_s, remaining),
+            write=t.write_s,
+            pool=min(t.pool_s, remaining),
+        )
+        payload = json.dumps({**body, "model": upstream_model}, separators=(",", ":")).encode()
+        request = self.http.build_request(
+            "POST",
+            f"{engine.url}/v1/{endpoint}",
+            content=payload,
+            headers={"content-type": "application/json", REQUEST_ID_HEADER: request_id},
+            timeout=timeout,
+        )
+        engine.in_flight += 1
+        started = time.perf_counter()
+        try:
+            response = await self.http.send(request, stream=True)
+        except httpx.HTTPError as exc:
+            engine.in_flight -= 1
+            failure = classify(exc, engine.url)
+            if failure.reason == "connect":
+                self.fleet.mark_failed(engine.url, failure.detail)
+            raise failure from exc
+        if response.status_code >= 500 or response.status_code == 404:
+            detail = error_message(await response.aread())
+            await response.aclose()
+            engine.in_flight -= 1
+            reason = "not_loaded" if response.status_code == 404 else "status_5xx"
+            raise EngineFailure(engine.url, reason, detail, response.status_code)
+        return _Attempt(version, arm, engine, response, started)
+
+    async def _send_with_fallback(
+        self, endpoint: str, body: dict[str, Any], target: Target, request_id: str, deadline: float
+    ) -> _Attempt:
+        try:
+            return await self._send(endpoint, body, target.version, target.arm, request_id, deadline)
+        except EngineFailure as first:
+            log.warning("request %s to %s failed: %s", request_id, target.version, first)
+            fallback = target.fallback
+            if fallback is None or fallback == target.version or time.monotonic() >= deadline:
+                self._count_failure(target, first)
+                raise self._upstream_error(target, first) from None
+            self.observer.metrics.fallbacks.labels(
+                *self.observer.label_values(target.route, target.version), first.reason
+            ).inc()
+            self.observer.metrics.errors.labels(
+                *self.observer.label_values(target.route, target.version), ErrorReason.FALLBACK.value
+            ).inc()
+            try:
+                return await self._send(endpoint, body, fallback, Arm.FALLBACK, request_id, deadline)
+            except EngineFailure as second:
+                log.warning("request %s to fallback %s failed too: %s", request_id, fallback, second)
+                self._count_failure(target, second)
+                raise self._upstream_error(target, second, fallback) from None
+
+    def _count_failure(self, target: Target, failure: EngineFailure) -> None:
+        reason = {
+            "timeout": ErrorReason.TIMEOUT,
+            "not_loaded": ErrorReason.UNAVAILABLE,
+            "connect": ErrorReason.UNAVAILABLE,
+        }.get(failure.reason, ErrorReason.UPSTREAM_ERROR)
+        self.observer.metrics.errors.labels(
+            *self.observer.label_values(target.route, target.version), reason.value
+        ).inc()
+
+    @staticmethod
+    def _upstream_error(target: Target, failure: EngineFailure, fallback: str | None = None) -> UpstreamError:
+        tried = target.version + (f" and its fallback {fallback}" if fallback else "")
+        message = f"no engine could answer for {tried}: {failure.reason} ({failure.detail})"
+        if failure.reason == "timeout":
+            return UpstreamTimeoutError(message)
+        return UpstreamError(message)
+
+    def _headers(self, target: Target, attempt: _Attempt, request_id: str) -> dict[str, str]:
+        return {
+            ROUTE_HEADER: target.route,
+            VERSION_HEADER: attempt.version
+            if attempt.version != BASE_FALLBACK
+            else str(self._upstream_model(BASE_FALLBACK)),
+            ARM_HEADER: attempt.arm.value,
+            REQUEST_ID_HEADER: request_id,
+        }
+
+    async def complete(self, endpoint: str, raw: Any, headers: Mapping[str, str]) -> Response:
+        """Answer one chat or completions request."""
+        body = validate_body(endpoint, raw, self.settings.max_tokens_limit)
+        request_id = headers.get(REQUEST_ID_HEADER) or f"req-{uuid.uuid4().hex}"
+        target = self.resolve(body["model"], headers, body)
+        chat = endpoint == CHAT
+        keep_top: int | None = None
+        upstream = dict(body)
+        asked_logprobs = True
+        if self.settings.entropy_top_k:
+            upstream, keep_top = with_logprobs(body, chat=chat, top_k=self.settings.entropy_top_k)
+            asked_logprobs = keep_top is not None
+        stream = bool(body.get("stream"))
+        asked_usage = True
+        if stream:
+            raw_options = body.get("stream_options")
+            options: dict[str, Any] = raw_options if isinstance(raw_options, dict) else {}
+            asked_usage = bool(options.get("include_usage"))
+            upstream["stream_options"] = {**options, "include_usage": True}
+        deadline = time.monotonic() + self.settings.timeouts.request_s
+        start = time.perf_counter()
+        try:
+            attempt = await self._send_with_fallback(endpoint, upstream, target, request_id, deadline)
+        except UpstreamError as exc:
+            self.observer.record(
+                Outcome(target.route, target.version, target.arm, exc.status, time.perf_counter() - start)
+            )
+            raise
+        out_headers = self._headers(target, attempt, request_id)
+        text = input_text(endpoint, body)
+        if attempt.response.status_code != 200:
+            return await self._pass_error(attempt, target, out_headers, start)
+        if stream:
+            return StreamingResponse(
+                self._relay(
+                    attempt, target, text, upstream, endpoint, start, asked_logprobs, keep_top, asked_usage
+                ),
+                media_type="text/event-stream",
+                headers={**out_headers, "cache-control": "no-cache"},
+            )
+        try:
+            data = json.loads(await attempt.response.aread())
+        except (httpx.HTTPError, ValueError) as exc:
+            self._count_failure(target, EngineFailure(attempt.engine.url, "status_5xx", str(exc)))
+            raise UpstreamError(f"engine {attempt.engine.url} sent an unreadable answer: {exc}") from None
+        finally:
+            attempt.engine.in_flight -= 1
+            await attempt.response.aclose()
+        entropy = response_entropy(data)
+        answer = _answer_text(data, chat)
+        usage = data.get("usage") or {}
+        self.observer.record(
+            Outcome(
+                route=target.route,
+                version=attempt.version,
+                arm=attempt.arm,
+                status=200,
+                duration_s=time.perf_counter() - start,
+                input_text=text,
+                answer=answer,
+                completion_id=data.get("id"),
+                prompt_tokens=usage.get("prompt_tokens"),
+                completion_tokens=usage.get("completion_tokens"),
+                entropy=entropy,
+            )
+        )
+        if not asked_logprobs or keep_top is not None:
+            data = strip_logprobs(data, keep_top)
+        self._shadow(endpoint, upstream, target, answer or "")
+        return JSONResponse(data, headers=out_headers)
+
+    async def _pass_error(
+        self, attempt: _Attempt, target: Target, headers: dict[str, str], start: float
+    ) -> Response:
+        """A 4xx from the engine is the client's: pass it on in OpenAI's shape."""
+        try:
+            raw = await attempt.response.aread()
+        finally:
+            attempt.engine.in_flight -= 1
+            await attempt.response.aclose()
+        status = attempt.response.status_code
+        self.observer.record(
+            Outcome(
+                target.route,
+                attempt.version,
+                attempt.arm,
+                status,
+                time.perf_counter() - start,
+                error=ErrorReason.BAD_REQUEST,
+            )
+        )
+        try:
+            payload = json.loads(raw)
+            if not isinstance(payload, dict) or "error" not in payload:
+                raise ValueError
+        except ValueError:
+            payload = {
+                "error": {"message": raw.decode(errors="replace")[:1000], "type": "invalid_request_error"}
+            }
+        err = (
+            payload["error"]
+            if isinstance(payload.get("error"), dict)
+            else {"message": str(payload.get("error"))}
+        )
+        err.setdefault("type", "invalid_request_error")
+        err.setdefault("param", None)
+        err["code"] = err.get("code") if isinstance(err.get("code"), str) else None
+        return JSONResponse({"error": err}, status_code=status, headers=headers)
+
+    async def _relay(
+        self,
+        attempt: _Attempt,
+        target: Target,
+        text: str,
+        upstream: dict[str, Any],
+        endpoint: str,
+        start: float,
+        asked_logprobs: bool,
+        keep_top: int | None,
+        asked_usage: bool,
+    ) -> AsyncIterator[bytes]:
+        """Pass an engine's SSE stream on event by event, observing it; end it cleanly on failure."""
+        chat = endpoint == CHAT
+        entropy = EntropyAccumulator()
+        parts: list[str] = []
+        ttft: float | None = None
+        usage: dict[str, Any] = {}
+        completion_id: str | None = None
+        error: ErrorReason | None = None
+        status = 200
+        rewrite = not asked_logprobs or keep_top is not None
+        try:
+            async for payload in sse_events(attempt.response.aiter_raw()):
+                if payload == b"[DONE]":
+                    yield b"data: [DONE]\n\n"
+                    continue
+                try:
+                    chunk = json.loads(payload)
+                except ValueError:
+                    yield b"data: " + payload + b"\n\n"
+                    continue
+                completion_id = completion_id or chunk.get("id")
+                choices = chunk.get("choices") or []
+                if chunk.get("usage"):
+                    usage = chunk["usage"]
+                    if not choices and not asked_usage:
+                        continue
+                if choices:
+                    entropy.add_stream_chunk(chunk)
+                    piece = _chunk_text(choices[0], chat)
+                    if piece:
+                        if ttft is None:
+                            ttft = time.perf_counter() - start
+                        parts.append(piece)
+                    if rewrite:
+                        chunk = strip_logprobs(chunk, keep_top)
+                        yield sse(chunk)
+                        continue
+                yield b"data: " + payload + b"\n\n"
+        except httpx.HTTPError as exc:
+            error, status = ErrorReason.STREAM_ABORTED, 502
+            log.warning("stream from %s broke: %s", attempt.engine.url, exc)
+            yield sse(
+                {
+                    "error": {
+                        "message": f"the engine's stream broke: {exc}",
+                        "type": "server_error",
+                        "param": None,
+                        "code": "stream_aborted",
+                    }
+                }
+            )
+            yield b"data: [DONE]\n\n"
+        except asyncio.CancelledError:
+            error, status = ErrorReason.STREAM_ABORTED, 499
+            raise
+        finally:
+            attempt.engine.in_flight -= 1
+            await attempt.response.aclose()
+            answer = "".join(parts)
+            self.observer.record(
+                Outcome(
+                    route=target.route,
+                    version=attempt.version,
+                    arm=attempt.arm,
+                    status=status,
+                    duration_s=time.perf_counter() - start,
+                    input_text=text,
+                    answer=answer if error is None else None,
+                    completion_id=completion_id,
+                    ttft_s=ttft,
+                    prompt_tokens=usage.get("prompt_tokens"),
+                    completion_tokens=usage.get("completion_tokens"),
+                    entropy=entropy.value(),
+                    error=error,
+                )
+            )
+            if error is None:
+                shadow_body = {k: v for k, v in upstream.items() if k not in ("stream", "stream_options")}
+                self._shadow(endpoint, shadow_body, target, answer)
+
+    # --- shadow traffic -----------------------------------------------------------------
+
+    def _shadow(self, endpoint: str, body: dict[str, Any], target: Target, primary_answer: str) -> None:
+        """Mirror the request to the route's shadow version in the background (never awaited)."""
+        if target.shadow is None or target.shadow == target.version:
+            return
+        if self.shadow_slots.locked():
+            self.observer.record_shadow(target.route, target.shadow, "dropped", None)
+            return
+        task = asyncio.get_running_loop().create_task(
+            self._run_shadow(endpoint, body, target, primary_answer)
+        )
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _run_shadow(
+        self, endpoint: str, body: dict[str, Any], target: Target, primary_answer: str
+    ) -> None:
+        assert target.shadow is not None
+        shadow = target.shadow
+        async with self.shadow_slots:
+            deadline = time.monotonic() + self.settings.timeouts.request_s
+            try:
+                attempt = await self._send(
+                    endpoint, body, shadow, Arm.SHADOW, f"shadow-{uuid.uuid4().hex}", deadline
+                )
+            except EngineFailure as exc:
+                log.info("shadow request to %s failed: %s", shadow, exc)
+                self.observer.record_shadow(target.route, shadow, "error", None)
+                return
+            try:
+                raw = await attempt.response.aread()
+            except httpx.HTTPError:
+                self.observer.record_shadow(target.route, shadow, "error", None)
+                return
+            finally:
+                attempt.engine.in_flight -= 1
+                await attempt.response.aclose()
+        if attempt.response.status_code != 200:
+            self.observer.record_shadow(target.route, shadow, "error", None)
+            return
+        try:
+            data = json.loads(raw)
+        except ValueError:
+            self.observer.record_shadow(target.route, shadow, "error", None)
+            return
+        answer = _answer_text(data, endpoint == CHAT) or ""
+        labels = self.observer.label_set(shadow)
+        if labels:
+            agreed = match_label(answer, labels) == match_label(primary_answer, labels)
+        else:
+            agreed = normalise_answer(answer) == normalise_answer(primary_answer)
+        self.observer.record_shadow(target.route, shadow, "ok", agreed)
+        if self.observer.feedback_store is not None and data.get("id"):
+            self.observer.feedback_store.record_answer(
+                data["id"], target.route, shadow, answer, match_label(answer, labels) if labels else None
+            )
+
+    async def drain(self) -> None:
+        """Wait for background shadow requests (on shutdown)."""
+        if self._background:
+            await asyncio.wait(self._background, timeout=5)
+
+
+def _answer_text(data: Mapping[str, Any], chat: bool) -> str | None:
+    choices = data.get("choices") or []
+    if not choices or not isinstance(choices[0], dict):
+        return None
+    if chat:
+        message = choices[0].get("message") or {}
+        content = message.get("content")
+        return content if isinstance(content, str) else None
+    text = choices[0].get("text")
+    return text if isinstance(text, str) else None
+
+
+def _chunk_text(choice: Mapping[str, Any], chat: bool) -> str | None:
+    if chat:
+        delta = choice.get("delta") or {}
+        content = delta.get("content")
+        return content if isinstance(content, str) else None
+    text = choice.get("text")
+    return text if isinstance(text, str) else None
+
+
+def openai_error(
+    status: int, type_: str, message: str, param: str | None = None, code: str | None = None
+) -> JSONResponse:
+    return JSONResponse(
+        {"error": {"message": message, "type": type_, "param": param, "code": code}}, status_code=status
+    )
+
+
+def error_response(exc: RouterError) -> JSONResponse:
+    return openai_error(exc.status, exc.type, exc.message, exc.param, exc.code)

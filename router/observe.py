@@ -1,0 +1,186 @@
+"""What the gateway tells the monitor about each request: metrics, drift, the answer log, feedback.
+
+The router calls the monitor, never the reverse. `Observer.record` runs on the request path after
+the answer is known, so it stays cheap: counters, one drift-window update (O(words)), and one
+queued row for the answer log (written by the feedback store's own thread). Drift gauges are
+published by `publish()` on a timer, not per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from lorafleet.errors import LorafleetError
+from lorafleet.registry import ReferenceStats, Registry
+from lorafleet.textstats import match_label
+from monitor.accuracy import wilson_interval
+from monitor.drift import DriftWindow
+from monitor.feedback import FeedbackRecord, FeedbackStore
+from monitor.metrics import OTHER, Arm, Direction, ErrorReason, Metrics
+
+log = logging.getLogger("lorafleet.router")
+
+
+@dataclass
+class Outcome:
+    """One answered request, as the monitor sees it."""
+
+    route: str
+    version: str
+    arm: Arm
+    status: int
+    duration_s: float
+    input_text: str = ""
+    answer: str | None = None
+    completion_id: str | None = None
+    ttft_s: float | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    entropy: float | None = None
+    error: ErrorReason | None = None
+
+
+class Observer:
+    """Per (route, version) signals, bounded to the versions the routes file names."""
+
+    def __init__(
+        self,
+        metrics: Metrics,
+        registry: Registry,
+        feedback: FeedbackStore | None,
+        drift_window: int = 500,
+        drift_min_samples: int = 100,
+        accuracy_window: int = 500,
+    ) -> None:
+        self.metrics = metrics
+        self.registry = registry
+        self.feedback_store = feedback
+        self.drift_window = drift_window
+        self.drift_min_samples = min(drift_min_samples, drift_window)
+        self.accuracy_window = accuracy_window
+        self.known: set[tuple[str, str]] = set()
+        self._references: dict[str, ReferenceStats | None] = {}
+        self._windows: dict[tuple[str, str], DriftWindow] = {}
+        self.entropy_sum: dict[tuple[str, str], tuple[float, int]] = {}
+
+    def set_known(self, pairs: set[tuple[str, str]]) -> None:
+        """The (route, version) pairs that may appear in labels; anything else is exported as 'other'."""
+        self.known = pairs
+
+    def label_values(self, route: str, version: str) -> tuple[str, str]:
+        if (route, version) in self.known:
+            return route, version
+        return (route if any(r == route for r, _ in self.known) else OTHER), OTHER
+
+    def reference(self, version: str) -> ReferenceStats | None:
+        if version not in self._references:
+            try:
+                self._references[version] = self.registry.get(version).reference()
+            except (LorafleetError, OSError, ValueError) as exc:
+                log.warning("no reference statistics for %s: %s", version, exc)
+                self._references[version] = None
+        return self._references[version]
+
+    def label_set(self, version: str) -> list[str] | None:
+        ref = self.reference(version)
+        return list(ref.labels.labels) if ref and ref.labels else None
+
+    def _window(self, route: str, version: str) -> DriftWindow | None:
+        key = (route, version)
+        if key not in self._windows:
+            ref = self.reference(version)
+            if ref is None:
+                return None
+            self._windows[key] = DriftWindow(ref, self.drift_window, min_samples=self.drift_min_samples)
+        return self._windows[key]
+
+    def record(self, o: Outcome) -> None:
+        m = self.metrics
+        route, version = self.label_values(o.route, o.version)
+        m.requests.labels(route, version, o.arm.value, f"{o.status // 100}xx").inc()
+        m.request_duration.labels(route, version).observe(o.duration_s)
+        if o.error is not None:
+            m.errors.labels(route, version, o.error.value).inc()
+        if o.ttft_s is not None:
+            m.time_to_first_token.labels(route, version).observe(o.ttft_s)
+            if o.completion_tokens and o.completion_tokens > 1:
+                tpot = (o.duration_s - o.ttft_s) / (o.completion_tokens - 1)
+                m.time_per_output_token.labels(route, version).observe(max(tpot, 0.0))
+        if o.prompt_tokens:
+            m.tokens.labels(route, version, Direction.INPUT.value).inc(o.prompt_tokens)
+        if o.completion_tokens:
+            m.tokens.labels(route, version, Direction.OUTPUT.value).inc(o.completion_tokens)
+        if o.answer is None or o.status != 200 or version == OTHER:
+            return
+        if o.entropy is not None:
+            m.entropy.labels(route, version).observe(o.entropy)
+            total, n = self.entropy_sum.get((route, version), (0.0, 0))
+            self.entropy_sum[(route, version)] = (total + o.entropy, n + 1)
+        labels = self.label_set(version)
+        predicted = match_label(o.answer, labels) if labels else None
+        if labels is not None:
+            m.predictions.labels(route, version, predicted or OTHER).inc()
+        window = self._window(route, version)
+        if window is not None:
+            window.observe(o.input_text, predicted, o.entropy)
+        if self.feedback_store is not None and o.completion_id:
+            self.feedback_store.record_answer(o.completion_id, route, version, o.answer, predicted)
+
+    def record_shadow(self, route: str, version: str, outcome: str, agreed: bool | None) -> None:
+        route, version = self.label_values(route, version)
+        self.metrics.shadow_requests.labels(route, version, outcome).inc()
+        if agreed is not None:
+            self.metrics.shadow_comparisons.labels(route, version, "agree" if agreed else "disagree").inc()
+
+    def publish(self) -> None:
+        """Refresh the drift gauges of every window."""
+        for (route, version), window in list(self._windows.items()):
+            if (route, version) in self.known:
+                window.publish(self.metrics, route, version)
+
+    def drift(self) -> dict[tuple[str, str], dict[str, Any]]:
+        out: dict[tuple[str, str], dict[str, Any]] = {}
+        for key, window in self._windows.items():
+            out[key] = {
+                "window": len(window),
+                "features": {
+                    f.value: {"psi": s.psi, "js_distance": s.js_distance, "n": s.n, "level": s.level.value}
+                    for f, s in window.scores().items()
+                },
+            }
+        return out
+
+    async def add_feedback(
+        self, completion_id: str, label: str | None, correct: bool | None, source: str | None
+    ) -> tuple[FeedbackRecord, bool]:
+        """Store a verdict; return it and whether it is new (a repeat returns the stored one)."""
+        store = self.feedback_store
+        if store is None:
+            raise LorafleetError("feedback is disabled on this gateway (no state folder)")
+        known = await asyncio.to_thread(store.feedback, completion_id)
+        record = await asyncio.to_thread(
+            store.add_feedback, completion_id, label=label, correct=correct, source=source
+        )
+        created = known is None
+        await self.refresh_accuracy(record.route, record.version, new=record if created else None)
+        return record, created
+
+    async def refresh_accuracy(
+        self, route: str, version: str, new: FeedbackRecord | None = None
+    ) -> tuple[int, int]:
+        store = self.feedback_store
+        if store is None:
+            return (0, 0)
+        correct, total = await asyncio.to_thread(store.rolling, route, version, self.accuracy_window)
+        route_l, version_l = self.label_values(route, version)
+        if new is not None:
+            self.metrics.feedback.labels(route_l, version_l, "correct" if new.correct else "incorrect").inc()
+        if total:
+            low, high = wilson_interval(correct, total)
+            self.metrics.live_accuracy.labels(route_l, version_l).set(correct / total)
+            self.metrics.live_accuracy_lower.labels(route_l, version_l).set(low)
+            self.metrics.live_accuracy_upper.labels(route_l, version_l).set(high)
+        return correct, total

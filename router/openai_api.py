@@ -1,0 +1,131 @@
+"""The OpenAI-compatible endpoints: chat and text completions, the model list, feedback.
+
+Handlers parse, call one function, return. Errors leave as exceptions and are answered in OpenAI's
+error shape by the handlers registered in router/app.py.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import APIRouter, Request
+from starlette.responses import JSONResponse, Response
+
+from lorafleet.errors import LorafleetError
+from monitor.errors import FeedbackConflictError, InvalidFeedbackError, UnknownCompletionError
+from router.errors import (
+    BadRequestError,
+    CompletionNotFoundError,
+    ConflictError,
+    ModelNotFoundError,
+    PayloadTooLargeError,
+    RouterError,
+)
+from router.gateway import CHAT, COMPLETIONS, Gateway
+
+router = APIRouter()
+
+
+async def read_json(request: Request, limit: int) -> Any:
+    """The request's JSON body, refusing more than `limit` bytes and anything that is not JSON."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLargeError(
+            f"the request body is {declared} bytes; this gateway accepts at most {limit}"
+        )
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise PayloadTooLargeError(
+                f"the request body is over {limit} bytes, the most this gateway accepts"
+            )
+    if not body:
+        raise BadRequestError("the request has no body; send a JSON object")
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequestError(f"the request body is not valid JSON: {exc}") from None
+
+
+def _gateway(request: Request) -> Gateway:
+    gateway: Gateway = request.app.state.gateway
+    return gateway
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(request: Request) -> Response:
+    gateway = _gateway(request)
+    body = await read_json(request, gateway.settings.max_body_bytes)
+    return await gateway.complete(CHAT, body, request.headers)
+
+
+@router.post("/v1/completions")
+async def completions(request: Request) -> Response:
+    gateway = _gateway(request)
+    body = await read_json(request, gateway.settings.max_body_bytes)
+    return await gateway.complete(COMPLETIONS, body, request.headers)
+
+
+@router.get("/v1/models")
+async def list_models(request: Request) -> JSONResponse:
+    return JSONResponse({"object": "list", "data": _gateway(request).model_list()})
+
+
+@router.get("/v1/models/{model}")
+async def get_model(request: Request, model: str) -> JSONResponse:
+    for entry in _gateway(request).model_list():
+        if entry["id"] == model:
+            return JSONResponse(entry)
+    raise ModelNotFoundError(model)
+
+
+@router.post("/v1/feedback")
+async def feedback(request: Request) -> JSONResponse:
+    """Feedback on an answer: `{"completion_id": "chatcmpl-...", "label": "..."}` or `"correct": true|false`."""
+    gateway = _gateway(request)
+    body = await read_json(request, gateway.settings.max_body_bytes)
+    if not isinstance(body, dict):
+        raise BadRequestError("the feedback body must be a JSON object")
+    completion_id = body.get("completion_id") or body.get("id")
+    if not isinstance(completion_id, str) or not completion_id:
+        raise BadRequestError(
+            "'completion_id' is required: the id of the completion being judged", param="completion_id"
+        )
+    label, correct, source = body.get("label"), body.get("correct"), body.get("source")
+    if label is not None and (not isinstance(label, str) or not label.strip()):
+        raise BadRequestError("'label' must be a non-empty string: the right answer", param="label")
+    if correct is not None and not isinstance(correct, bool):
+        raise BadRequestError("'correct' must be true or false", param="correct")
+    if (label is None) == (correct is None):
+        raise BadRequestError(
+            "give exactly one of 'label' (the right answer) or 'correct' (true/false)", param="label"
+        )
+    if source is not None and not isinstance(source, str):
+        raise BadRequestError("'source' must be a string", param="source")
+    try:
+        record, created = await gateway.observer.add_feedback(completion_id, label, correct, source)
+    except LorafleetError as exc:
+        raise _feedback_error(exc) from None
+    payload = {
+        "object": "feedback",
+        "completion_id": record.completion_id,
+        "route": record.route,
+        "version": record.version,
+        "label": record.label,
+        "answer_label": record.answer_label,
+        "correct": record.correct,
+        "received_at": record.received_at.isoformat(),
+    }
+    return JSONResponse(payload, status_code=201 if created else 200)
+
+
+def _feedback_error(exc: LorafleetError) -> RouterError:
+    if isinstance(exc, UnknownCompletionError):
+        return CompletionNotFoundError(exc.message)
+    if isinstance(exc, FeedbackConflictError):
+        return ConflictError(exc.message)
+    if isinstance(exc, InvalidFeedbackError):
+        return BadRequestError(exc.message)
+    return RouterError(exc.message)

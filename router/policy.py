@@ -1,0 +1,246 @@
+"""The routes file: what each route serves, as typed models. Rollouts are data, not code.
+
+    revision: 7                       # bumped by every admin write (optimistic concurrency)
+    retention_days: 14                # how long a version retired by a promote stays live
+    routes:
+      banking:
+        stable: banking-v1-20261124
+        weights: {banking-v3-20261125: 5}     # fixed A/B shares (whole percent); stable gets the rest
+        canary:
+          version: banking-v2-20261125
+          weight: 10                          # current canary share, set by the rollout controller
+          steps:                              # Argo Rollouts' vocabulary
+            - set_weight: 10
+            - pause: {duration_s: 60, min_requests: 50}
+            - analysis: {max_error_ratio: 0.05}
+            - set_weight: 50
+            - pause: {}                       # no duration: wait for `lorafleet route promote`
+        shadow: {version: banking-v3-20261125, percent: 100}
+        fallback: base                        # a version, or `base` (the engines' base model)
+        retiring: {banking-v0-20261101: 2026-12-08T10:00:00Z}
+        pinned: [banking-v0-20261020]         # live for pinned requests only
+
+A step is written `{kind: set_weight, weight: 10}` or in the short form `{set_weight: 10}`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from lorafleet.errors import InvalidVersionNameError
+from lorafleet.registry import TASK_PATTERN, AdapterRef
+from monitor.gate import GateThresholds
+
+BASE_FALLBACK = "base"
+_ROUTE_RE = re.compile(rf"^{TASK_PATTERN}$")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SetWeight(_Model):
+    kind: Literal["set_weight"] = "set_weight"
+    weight: int = Field(ge=0, le=100, description="The canary's share of the route's traffic, in percent.")
+
+
+class Pause(_Model):
+    kind: Literal["pause"] = "pause"
+    duration_s: float | None = Field(
+        default=None, ge=0, description="Minimum time on this step; none: wait for a promote."
+    )
+    min_requests: int = Field(default=0, ge=0, description="Canary requests needed before the step ends.")
+
+
+class Analysis(_Model):
+    kind: Literal["analysis"] = "analysis"
+    gate: GateThresholds = Field(default_factory=GateThresholds)
+    failure_limit: int = Field(default=0, ge=0, description="Failed evaluations tolerated before aborting.")
+    inconclusive_limit: int = Field(
+        default=30, ge=0, description="Inconclusive evaluations (too little data) before the rollout pauses."
+    )
+
+
+Step = Annotated[SetWeight | Pause | Analysis, Field(discriminator="kind")]
+
+_SHORT_FORMS = {
+    "set_weight": "weight",
+    "setWeight": "weight",
+    "pause": None,
+    "analysis": None,
+    "analyze": None,
+}
+
+
+def _expand_step(raw: Any) -> Any:
+    """`{set_weight: 10}` -> `{kind: set_weight, weight: 10}`; `{pause: {...}}` -> `{kind: pause, ...}`."""
+    if not isinstance(raw, dict) or "kind" in raw or len(raw) != 1:
+        return raw
+    ((key, value),) = raw.items()
+    if key not in _SHORT_FORMS:
+        return raw
+    kind = {"setWeight": "set_weight", "analyze": "analysis"}.get(key, key)
+    scalar_field = _SHORT_FORMS[key]
+    if scalar_field is not None and not isinstance(value, dict):
+        return {"kind": kind, scalar_field: value}
+    if kind == "analysis" and isinstance(value, dict) and "gate" not in value:
+        limits = {k: value[k] for k in ("failure_limit", "inconclusive_limit") if k in value}
+        gate = {k: v for k, v in value.items() if k not in limits}
+        return {"kind": kind, "gate": gate, **limits}
+    return {"kind": kind, **(value or {})}
+
+
+def default_steps(weights: list[int], duration_s: float = 60, min_requests: int = 20) -> list[Step]:
+    """set_weight, pause, analysis for each weight: the plan `route canary --steps 5,25,50` builds."""
+    steps: list[Step] = []
+    for w in weights:
+        steps += [SetWeight(weight=w), Pause(duration_s=duration_s, min_requests=min_requests), Analysis()]
+    return steps
+
+
+def _check_version(value: str) -> str:
+    try:
+        AdapterRef.parse(value)
+    except InvalidVersionNameError as exc:
+        raise ValueError(exc.message) from None
+    return value
+
+
+class Canary(_Model):
+    version: str
+    weight: int = Field(default=0, ge=0, le=100, description="Current share; the rollout controller sets it.")
+    steps: list[Step] = Field(default_factory=lambda: default_steps([10, 50]))
+
+    @field_validator("version")
+    @classmethod
+    def _version(cls, v: str) -> str:
+        return _check_version(v)
+
+    @field_validator("steps", mode="before")
+    @classmethod
+    def _short_steps(cls, v: Any) -> Any:
+        return [_expand_step(s) for s in v] if isinstance(v, list) else v
+
+
+class Shadow(_Model):
+    version: str
+    percent: int = Field(default=100, ge=0, le=100, description="Share of the route's requests mirrored.")
+
+    @field_validator("version")
+    @classmethod
+    def _version(cls, v: str) -> str:
+        return _check_version(v)
+
+
+class Route(_Model):
+    stable: str
+    weights: dict[str, int] = Field(default_factory=dict, description="Other versions with fixed shares (%).")
+    canary: Canary | None = None
+    shadow: Shadow | None = None
+    fallback: str | None = Field(
+        default=None, description="A version, or 'base' for the engines' base model."
+    )
+    previous: str | None = Field(default=None, description="The stable version before the last promote.")
+    retiring: dict[str, dt.datetime] = Field(
+        default_factory=dict, description="Versions retired by a promote, live and pinnable until the time."
+    )
+    pinned: list[str] = Field(
+        default_factory=list, description="Versions kept live for pinned requests only."
+    )
+
+    @field_validator("stable", "previous")
+    @classmethod
+    def _version(cls, v: str | None) -> str | None:
+        return None if v is None else _check_version(v)
+
+    @field_validator("fallback")
+    @classmethod
+    def _fallback(cls, v: str | None) -> str | None:
+        return v if v in (None, BASE_FALLBACK) else _check_version(str(v))
+
+    @field_validator("weights")
+    @classmethod
+    def _weights(cls, v: dict[str, int]) -> dict[str, int]:
+        for name, w in v.items():
+            _check_version(name)
+            if not 0 <= w <= 100:
+                raise ValueError(f"weight of {name} must be a whole percent from 0 to 100, got {w}")
+        return v
+
+    @field_validator("pinned")
+    @classmethod
+    def _pinned(cls, v: list[str]) -> list[str]:
+        return [_check_version(name) for name in v]
+
+    @field_validator("retiring")
+    @classmethod
+    def _retiring(cls, v: dict[str, dt.datetime]) -> dict[str, dt.datetime]:
+        out = {}
+        for name, until in v.items():
+            _check_version(name)
+            out[name] = until if until.tzinfo else until.replace(tzinfo=dt.UTC)
+        return out
+
+    @model_validator(mode="after")
+    def _shares(self) -> Route:
+        others = sum(self.weights.values()) + (self.canary.weight if self.canary else 0)
+        if others > 100:
+            raise ValueError(
+                f"canary and weighted versions take {others}% of traffic; at most 100% is possible"
+            )
+        if self.stable in self.weights:
+            raise ValueError(f"stable version {self.stable} cannot also have a fixed weight")
+        if self.canary and (self.canary.version == self.stable or self.canary.version in self.weights):
+            raise ValueError(
+                f"canary version {self.canary.version} is already the stable or a weighted version"
+            )
+        return self
+
+    def serving(self) -> dict[str, str]:
+        """Versions that take the route's traffic -> their state (stable, canary, weighted)."""
+        states = {self.stable: "stable"}
+        states.update(dict.fromkeys(self.weights, "weighted"))
+        if self.canary:
+            states[self.canary.version] = "canary"
+        return states
+
+    def live(self, now: dt.datetime) -> dict[str, str]:
+        """Every version this route needs loaded -> its state; retiring ones until their time is up."""
+        states: dict[str, str] = dict.fromkeys(self.pinned, "pinned")
+        for name, until in self.retiring.items():
+            if until > now:
+                states[name] = "retiring"
+        if self.fallback and self.fallback != BASE_FALLBACK:
+            states[self.fallback] = "fallback"
+        if self.shadow:
+            states[self.shadow.version] = "shadow"
+        states.update(self.serving())
+        return states
+
+
+class RoutesFile(_Model):
+    revision: int = Field(default=0, ge=0)
+    retention_days: float = Field(default=14.0, ge=0)
+    routes: dict[str, Route] = Field(default_factory=dict)
+
+    @field_validator("routes")
+    @classmethod
+    def _names(cls, v: dict[str, Route]) -> dict[str, Route]:
+        for name in v:
+            if not _ROUTE_RE.match(name) or AdapterRef.is_version_name(name):
+                raise ValueError(
+                    f"route name '{name}' is invalid: use lowercase letters, digits, '-' or '_' (not a version name)"
+                )
+        return v
+
+    def live_versions(self, now: dt.datetime) -> dict[str, tuple[str, str]]:
+        """Every live version -> (route, state)."""
+        out: dict[str, tuple[str, str]] = {}
+        for route_name, route in self.routes.items():
+            for version, state in route.live(now).items():
+                out.setdefault(version, (route_name, state))
+        return out

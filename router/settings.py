@@ -1,0 +1,125 @@
+"""Settings of the gateway and the rollout controller, from flags or LORAFLEET_ROUTER_* variables.
+
+Built once at start-up and passed down. Nested fields use `__`, e.g.
+LORAFLEET_ROUTER_TIMEOUTS__READ_S=60.
+"""
+
+from __future__ import annotations
+
+import enum
+from pathlib import Path
+
+from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from lorafleet import paths
+from lorafleet.errors import ConfigFileError
+
+
+class Transport(enum.StrEnum):
+    AIOHTTP = "aiohttp"
+    HTTPX = "httpx"
+
+
+class ControllerMode(enum.StrEnum):
+    EMBEDDED = "embedded"  # this gateway runs the rollout controller (one machine)
+    EXTERNAL = "external"  # `lorafleet controller` runs it; this gateway only reads the routes
+
+
+class Timeouts(BaseModel):
+    connect_s: float = Field(default=2.0, gt=0)
+    read_s: float = Field(default=120.0, gt=0, description="Longest silence between bytes from an engine.")
+    write_s: float = Field(default=10.0, gt=0)
+    pool_s: float = Field(default=5.0, gt=0, description="Longest wait for a free upstream connection.")
+    request_s: float = Field(
+        default=300.0, gt=0, description="Deadline of a whole request, fallback included."
+    )
+
+
+def _default_routes() -> Path:
+    return paths.home() / "routes.yaml"
+
+
+class GatewaySettings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="LORAFLEET_ROUTER_", env_nested_delimiter="__", extra="ignore"
+    )
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=1, le=65535)
+    workers: int = Field(default=1, ge=1, description="Gateway worker processes (uvicorn).")
+    routes_file: Path = Field(
+        default_factory=_default_routes, description="The declarative routes file (YAML)."
+    )
+    registry: Path = Field(default_factory=paths.default_registry, description="The adapter registry folder.")
+    engine_registry: Path | None = Field(
+        default=None,
+        description="Where the engines see the registry, if not at the same path (e.g. a volume).",
+    )
+    engines: list[str] = Field(
+        default_factory=lambda: ["http://127.0.0.1:8100"],
+        description="Engine URLs, or dns+http://SERVICE:PORT for every address of a headless Service.",
+    )
+    admin_token: SecretStr | None = Field(
+        default=None, description="Bearer token of /admin (or admin_token_file)."
+    )
+    admin_token_file: Path | None = None
+    api_keys: list[SecretStr] = Field(
+        default_factory=list, description="Keys the inference endpoints accept; empty: no key needed."
+    )
+    max_body_bytes: int = Field(default=1 << 20, gt=0)
+    max_tokens_limit: int = Field(default=4096, gt=0, description="Largest max_tokens a request may ask for.")
+    timeouts: Timeouts = Field(default_factory=Timeouts)
+    max_connections: int = Field(
+        default=512, gt=0, description="Size of the shared upstream connection pool."
+    )
+    transport: Transport = Field(
+        default=Transport.AIOHTTP, description="HTTP client transport to the engines."
+    )
+    reconcile_interval_s: float = Field(default=5.0, gt=0)
+    reload_interval_s: float = Field(default=1.0, gt=0, description="How often the routes file is checked.")
+    pin_header: str = Field(default="x-lorafleet-version", description="Request header that pins a version.")
+    session_header: str = Field(
+        default="x-session-id", description="Request header that keeps a user sticky."
+    )
+    entropy_top_k: int = Field(
+        default=5, ge=0, le=20, description="Top logprobs asked per token; 0: no entropy."
+    )
+    drift_window: int = Field(default=500, ge=10, description="Requests per version in the drift window.")
+    drift_min_samples: int = Field(default=100, ge=1)
+    accuracy_window: int = Field(default=500, ge=10, description="Labelled answers in the rolling accuracy.")
+    state_dir: Path | None = Field(
+        default=None, description="Feedback database and local state; default: beside the routes file."
+    )
+    controller: ControllerMode = ControllerMode.EMBEDDED
+    controller_interval_s: float = Field(default=2.0, gt=0)
+    prometheus_url: str | None = Field(default=None, description="With it, the canary gate reads Prometheus.")
+    shadow_max_concurrency: int = Field(default=16, ge=1)
+    retention_days: float = Field(default=14.0, ge=0, description="Default retention of retired versions.")
+
+    @model_validator(mode="after")
+    def _check_files(self) -> GatewaySettings:
+        if self.admin_token_file is not None and not self.admin_token_file.is_file():
+            raise ValueError(f"admin_token_file {self.admin_token_file} does not exist")
+        return self
+
+    def admin_secret(self) -> str | None:
+        """The admin token, from the setting or its file (read at start-up)."""
+        if self.admin_token is not None:
+            return self.admin_token.get_secret_value()
+        if self.admin_token_file is not None:
+            token = self.admin_token_file.read_text().strip()
+            if not token:
+                raise ConfigFileError(f"admin token file {self.admin_token_file} is empty")
+            return token
+        return None
+
+    @property
+    def resolved_state_dir(self) -> Path:
+        return self.state_dir or self.routes_file.parent
+
+    def engine_path(self, registry_path: Path) -> Path:
+        """An adapter's path as the engines see it."""
+        if self.engine_registry is None:
+            return registry_path
+        return self.engine_registry / registry_path.relative_to(self.registry)
