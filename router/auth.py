@@ -26,8 +26,8 @@ def canonical_path(path: str) -> str:
         if decoded == path:
             break
         path = decoded
-    path = posixpath.normpath("/" + path.replace("\\", "/").lower())
-    return path if path.startswith("/") else "/" + path
+    # POSIX keeps a leading "//" as it is; strip every leading slash first.
+    return posixpath.normpath("/" + path.replace("\\", "/").lower().lstrip("/"))
 
 
 def _bearer(headers: Sequence[tuple[bytes, bytes]]) -> bytes | None:
