@@ -186,7 +186,7 @@ class AuditReport(BaseModel):
         section(f"training cost, {c.epochs} epochs")
         out.append(f"  {c.training_tokens} training tokens")
         out.append(
-            f"  GPU: {c.training_hours:.2f} h at {c.tokens_per_second:g} tokens/s x ${c.gpu_hourly_usd:.2f}/h"
+            f"  GPU: {_duration(c.training_hours)} at {c.tokens_per_second:g} tokens/s x ${c.gpu_hourly_usd:.2f}/h"
             f" = ${c.gpu_cost_usd:.2f}"
         )
         out.append(f"  API: ${c.api_price_per_1m_usd:.2f} per 1M tokens = ${c.api_cost_usd:.2f}")
@@ -201,6 +201,10 @@ class AuditReport(BaseModel):
         section("warnings")
         out.extend(f"  - {w}" for w in self.warnings) if self.warnings else out.append("  none")
         return "\n".join(out)
+
+
+def _duration(hours: float) -> str:
+    return f"{hours:.2f} h" if hours >= 1 else f"{hours * 60:.1f} min"
 
 
 def _count(n: int, singular: str, plural: str | None = None) -> str:

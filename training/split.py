@@ -60,6 +60,10 @@ def write_atomic(path: Path, data: bytes) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        # mkstemp makes the file private (0600); give it the mode a plain open() would.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
@@ -243,6 +247,13 @@ def split_examples(
     examples: Sequence[Example], seed: int = 0, ratios: Sequence[float] = DEFAULT_RATIOS
 ) -> dict[str, list[Example]]:
     """Split into train, val and test (see the module docstring); the same input and seed, the same split."""
+    return _split(examples, seed, ratios)[0]
+
+
+def _split(
+    examples: Sequence[Example], seed: int, ratios: Sequence[float]
+) -> tuple[dict[str, list[Example]], int]:
+    """The splits and the number of groups of equal or near-duplicate inputs."""
     ratios = _check_ratios(ratios)
     rng = random.Random(seed)
     groups = _group(examples)
@@ -258,7 +269,8 @@ def split_examples(
     for label in sorted(strata):
         for k, part in enumerate(_allocate(strata[label], ratios, rng)):
             chosen[k].update(part)
-    return {name: [e for i, e in enumerate(examples) if i in chosen[k]] for k, name in enumerate(SPLITS)}
+    splits = {name: [e for i, e in enumerate(examples) if i in chosen[k]] for k, name in enumerate(SPLITS)}
+    return splits, len(groups)
 
 
 def split_file(
@@ -283,7 +295,7 @@ def split_file(
         )
     ratios = _check_ratios(ratios)
     examples = read_valid(path)
-    splits = split_examples(examples, seed=seed, ratios=ratios)
+    splits, groups = _split(examples, seed, ratios)
     stratified = label_set(examples) is not None
     out_dir.mkdir(parents=True, exist_ok=True)
     hashes = {
@@ -303,7 +315,7 @@ def split_file(
         }
         if stratified
         else None,
-        groups=len(_group(examples)),
+        groups=groups,
     )
     write_atomic(out_dir / MANIFEST_FILE, (manifest.model_dump_json(indent=2) + "\n").encode())
     return manifest

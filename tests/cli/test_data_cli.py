@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import shlex
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -227,3 +229,20 @@ def test_import_csv_errors_name_file_line_and_column(tmp_path: Path) -> None:
     proc = run_script("data", "import-csv", source, "--out", tmp_path / "o.jsonl", "--label-column", "intent")
     assert proc.returncode == 1
     assert f"{source}:1: intent: no column named 'intent' (the columns are: text, label)" in proc.stderr
+
+
+def test_the_data_guide_runs_as_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    guide = (Path(__file__).resolve().parents[2] / "docs" / "data-guide.md").read_text()
+    (tmp_path / "data" / "banking77").mkdir(parents=True)
+    (tmp_path / "data" / "banking77" / "demo.csv").write_bytes(DEMO_CSV.read_bytes())
+    monkeypatch.chdir(tmp_path)
+    commands = [line for block in re.findall(r"```sh\n(.*?)```", guide, re.S) for line in block.splitlines()]
+    assert len(commands) == 5
+    for command in commands:
+        program, *args = shlex.split(command)
+        assert program == "lorafleet"
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 0, (command, result.output)
+    (python,) = re.findall(r"```python\n(.*?)```", guide, re.S)
+    exec(compile(python, "data-guide.md", "exec"), {})
+    assert (tmp_path / "runs" / "banking" / "splits-7" / "manifest.json").is_file()
