@@ -43,7 +43,7 @@ routes:
 @pytest.mark.parametrize(
     ("text", "field"),
     [
-        (f"routes: {{banking: {{stable: not-a-version}}}}", "routes.banking.stable"),
+        ("routes: {banking: {stable: not-a-version}}", "routes.banking.stable"),
         (f"routes: {{banking: {{stable: {V1}, weights: {{{V2}: 120}}}}}}", "routes.banking.weights"),
         (
             f"routes: {{banking: {{stable: {V1}, canary: {{version: {V2}, weight: 70}}, weights: {{banking-v3-20261125: 40}}}}}}",

@@ -2,7 +2,6 @@
 
 import datetime as dt
 import multiprocessing as mp
-import os
 import signal
 import subprocess
 import sys
@@ -88,4 +87,4 @@ def test_history_is_append_only_and_filtered_by_route(tmp_path: Path) -> None:
         store.append_history(HistoryEvent(at=now, route=route, action="promote", actor="ops", revision=i))
     assert [e.revision for e in store.history("banking")] == [0, 2]
     assert len(store.history()) == 3
-    assert os.path.getsize(store.history_path) > 0
+    assert store.history_path.stat().st_size > 0
