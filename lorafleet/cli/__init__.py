@@ -67,7 +67,8 @@ def _root(
 
 def main() -> None:
     try:
-        app(standalone_mode=False)
+        # Without standalone mode click returns the exit code of typer.Exit instead of exiting.
+        code = app(standalone_mode=False)
     except LorafleetError as exc:
         if os.environ.get("LORAFLEET_DEBUG") == "1":
             raise
@@ -90,3 +91,4 @@ def main() -> None:
             exc.show()
             sys.exit(exc.exit_code)
         raise
+    sys.exit(code if isinstance(code, int) else 0)

@@ -1,0 +1,259 @@
+"""Session fixtures: the real base model, two real trained adapter versions, one real vLLM engine.
+
+The engine starts once per test session (about 30-60 s on 2 cores) under lorafleet's own
+Supervisor, so a test that kills it sees it restarted with its adapters. Gateways run in threads
+on free ports (`start_gateway`), talking to that engine over real HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import datetime as dt
+import json
+import shutil
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+
+from lorafleet import basemodel
+from lorafleet.modelcard import ModelCard
+from lorafleet.registry import REFERENCE_FILE, Registry, VersionInfo, adapter_digest
+from lorafleet.textstats import reference_stats
+from training.csvimport import labels_system_prompt
+from training.dataset import Example
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO_CSV = ROOT / "data" / "banking77" / "demo.csv"
+SHIFTED_CSV = ROOT / "data" / "banking77" / "shifted.csv"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def read_demo(path: Path = DEMO_CSV) -> list[tuple[str, str]]:
+    with path.open(newline="") as fh:
+        return [(row["text"], row["label"]) for row in csv.DictReader(fh)]
+
+
+@dataclass
+class TinyTask:
+    """A small real classification task from the demo data, and the examples it was trained on."""
+
+    labels: list[str]
+    system: str
+    train: list[Example]
+    test: list[tuple[str, str]] = field(default_factory=list)
+
+
+@pytest.fixture(scope="session")
+def base_model_dir() -> Path:
+    return basemodel.prepare()
+
+
+@pytest.fixture(scope="session")
+def tiny_task() -> TinyTask:
+    rows = read_demo()
+    labels = sorted({label for _, label in rows})
+    system = labels_system_prompt(labels)
+    per_label: dict[str, list[str]] = {}
+    for text, label in rows:
+        per_label.setdefault(label, []).append(text)
+    train = [Example.from_turns(t, lab, system) for lab in labels for t in per_label[lab][:2]]
+    test = [(t, lab) for lab in labels for t in per_label[lab][2:4]]
+    return TinyTask(labels, system, train, test)
+
+
+def register(registry: Registry, task: str, adapter_dir: Path, tiny: TinyTask, base: Path) -> str:
+    """Register a trained adapter folder as a new version (adapter, card, info, reference stats)."""
+    with registry.new_version(task) as draft:
+        shutil.copytree(adapter_dir, draft.adapter_path)
+        now = dt.datetime.now(dt.UTC)
+        draft.write_json(
+            "version.json",
+            VersionInfo(
+                name=str(draft.ref),
+                task=task,
+                number=draft.ref.number,
+                created_at=now,
+                base_model=str(base),
+                adapter_sha256=adapter_digest(draft.adapter_path),
+                lora_rank=json.loads((adapter_dir / "adapter_config.json").read_text())["r"],
+            ),
+        )
+        card = ModelCard(
+            version=str(draft.ref), task=task, created_at=now, base_model=str(base), labels=tiny.labels
+        )
+        (draft.path / "README.md").write_text(card.render())
+        rows = read_demo()
+        draft.write_json(
+            REFERENCE_FILE,
+            reference_stats(
+                [t for t, _ in rows], [lab for _, lab in rows], tiny.labels, system_prompt=tiny.system
+            ),
+        )
+    return str(draft.ref)
+
+
+@pytest.fixture(scope="session")
+def trained_registry(
+    tmp_path_factory: pytest.TempPathFactory, tiny_task: TinyTask, base_model_dir: Path
+) -> tuple[Registry, list[str]]:
+    """A registry holding two real versions of the task 'banking', each trained for a few steps."""
+    from training.config import TrainConfig
+    from training.dataset import write_jsonl
+    from training.train import train
+
+    root = tmp_path_factory.mktemp("registry")
+    work = tmp_path_factory.mktemp("train")
+    data = work / "train.jsonl"
+    write_jsonl(data, tiny_task.train)
+    registry = Registry(root)
+    names = []
+    for seed, epochs in ((0, 1.0), (1, 2.0)):
+        out = work / f"adapter-{seed}"
+        train(
+            TrainConfig(epochs=epochs, batch_size=10, seed=seed, learning_rate=1e-3),
+            data,
+            None,
+            out,
+            progress=False,
+        )
+        names.append(register(registry, "banking", out, tiny_task, base_model_dir))
+    return registry, names
+
+
+class EngineThread:
+    """lorafleet's Supervisor running one real vLLM engine, in a thread with its own event loop."""
+
+    def __init__(self, port: int, model_dir: Path, log_file: Path) -> None:
+        from serve.engine import Engine, Supervisor
+        from serve.settings import EngineSettings
+
+        self.settings = EngineSettings(
+            port=port,
+            max_loras=4,
+            max_lora_rank=16,
+            kv_cache_gib=1.0,
+            log_file=str(log_file),
+            restart_backoff_s=1.0,
+        )
+        self.supervisor = Supervisor(Engine(self.settings, model_dir))
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self._run, name="vllm-engine", daemon=True)
+        self.url = self.settings.url
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.task = self.loop.create_task(self.supervisor.run())
+        self.loop.run_until_complete(self.task)
+
+    def start(self, timeout_s: float = 400) -> None:
+        self.thread.start()
+        self.wait_healthy(timeout_s)
+
+    def wait_healthy(self, timeout_s: float = 400) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        raise RuntimeError(f"engine did not become healthy; see {self.settings.log_file}")
+
+    def stop(self) -> None:
+        fut = asyncio.run_coroutine_threadsafe(self.supervisor.stop(), self.loop)
+        fut.result(timeout=60)
+        self.thread.join(timeout=60)
+
+
+@pytest.fixture(scope="session")
+def engine(base_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[EngineThread]:
+    log_file = tmp_path_factory.mktemp("engine") / "vllm.log"
+    eng = EngineThread(free_port(), base_model_dir, log_file)
+    eng.start()
+    # The first request with logprobs after start is slow once (kernel warm-up): pay it here.
+    httpx.post(
+        f"{eng.url}/v1/chat/completions",
+        json={
+            "model": "base",
+            "messages": [{"role": "user", "content": "hi"}],
+            "max_tokens": 2,
+            "logprobs": True,
+            "top_logprobs": 5,
+        },
+        timeout=120,
+    )
+    yield eng
+    eng.stop()
+
+
+class GatewayThread:
+    """A gateway app served by uvicorn in a thread, on a free port."""
+
+    def __init__(self, app: Any) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on")
+        self.server = uvicorn.Server(config)
+        self.app = app
+        self.thread = threading.Thread(target=self.server.run, name="gateway", daemon=True)
+
+    def start(self) -> GatewayThread:
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("gateway did not start")
+            time.sleep(0.05)
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+
+ADMIN_TOKEN = "test-admin-token"
+
+
+@pytest.fixture
+def start_gateway(tmp_path: Path) -> Iterator[Callable[..., GatewayThread]]:
+    """Start a gateway: start_gateway(routes_yaml, registry=..., engines=[...], transport=..., **settings)."""
+    from router.app import create_app
+    from router.settings import GatewaySettings
+
+    started: list[GatewayThread] = []
+
+    def start(
+        routes_yaml: str, registry: Registry, engines: list[str], transport: Any = None, **kwargs: Any
+    ) -> GatewayThread:
+        routes_file = tmp_path / f"routes-{len(started)}.yaml"
+        routes_file.write_text(routes_yaml)
+        settings = GatewaySettings(
+            routes_file=routes_file,
+            registry=registry.root,
+            engines=engines,
+            admin_token=ADMIN_TOKEN,
+            reload_interval_s=0.2,
+            **{"reconcile_interval_s": 1.0, **kwargs},
+        )
+        gw = GatewayThread(create_app(settings, transport, **(app_kwargs or {}))).start()
+        started.append(gw)
+        return gw
+
+    yield start
+    for gw in started:
+        gw.stop()
