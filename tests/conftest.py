@@ -238,7 +238,12 @@ def start_gateway(tmp_path: Path) -> Iterator[Callable[..., GatewayThread]]:
     started: list[GatewayThread] = []
 
     def start(
-        routes_yaml: str, registry: Registry, engines: list[str], transport: Any = None, **kwargs: Any
+        routes_yaml: str,
+        registry: Registry,
+        engines: list[str],
+        transport: Any = None,
+        app_kwargs: dict[str, Any] | None = None,
+        **kwargs: Any,
     ) -> GatewayThread:
         routes_file = tmp_path / f"routes-{len(started)}.yaml"
         routes_file.write_text(routes_yaml)
