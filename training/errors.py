@@ -66,3 +66,11 @@ class SplitError(TrainingError):
 
 class TokenizerError(TrainingError):
     pass
+
+
+class StageFailedError(TrainingError):
+    """A stage of `lorafleet finetune` failed; the message names the stage and what went wrong."""
+
+    def __init__(self, stage: str, message: str, hint: str | None = None) -> None:
+        super().__init__(f"finetune stopped at the {stage} stage: {message}", hint=hint)
+        self.stage = stage

@@ -1,8 +1,123 @@
-"""`lorafleet finetune`."""
+"""`lorafleet finetune`: check, audit, split, train, eval and register in one command."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
 
-def finetune() -> None:
-    """Not built yet."""
-    raise NotImplementedError
+import typer
+
+from lorafleet.cli._options import BaseModelOpt, JsonOpt, RegistryOpt, registry_path
+from lorafleet.cli._output import info, print_json
+from lorafleet.cli.train import (
+    AlphaOpt,
+    BalanceOpt,
+    BatchOpt,
+    ConfigOpt,
+    DeviceOpt,
+    DropoutOpt,
+    EpochsOpt,
+    LrOpt,
+    PrecisionOpt,
+    QuietOpt,
+    RankOpt,
+    TargetsOpt,
+    train_overrides,
+)
+
+
+def finetune(
+    data: Annotated[Path, typer.Argument(help="A chat JSONL file, or a CSV with text,label columns.")],
+    task: Annotated[
+        str, typer.Option("--task", help="The task name: versions are called <task>-v<N>-<YYYYMMDD>.")
+    ],
+    registry: RegistryOpt = None,
+    config: ConfigOpt = None,
+    base_model: BaseModelOpt = None,
+    epochs: EpochsOpt = None,
+    lr: LrOpt = None,
+    rank: RankOpt = None,
+    alpha: AlphaOpt = None,
+    dropout: DropoutOpt = None,
+    target_modules: TargetsOpt = None,
+    batch_size: BatchOpt = None,
+    balance: BalanceOpt = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the split and of training.")] = 0,
+    device: DeviceOpt = None,
+    precision: PrecisionOpt = None,
+    few_shot: Annotated[
+        int,
+        typer.Option("--few-shot", min=0, help="Also evaluate the base model with K examples in the prompt."),
+    ] = 0,
+    skip_baseline: Annotated[
+        bool, typer.Option("--skip-baseline", help="Do not evaluate the base model (faster).")
+    ] = False,
+    work_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--work-dir",
+            help="Keep the intermediate files (split, adapter, eval) here (default: a temporary folder).",
+        ),
+    ] = None,
+    quiet: QuietOpt = False,
+    json: JsonOpt = False,
+) -> None:
+    """Fine-tune a LoRA adapter on DATA and register it; stop with a message at the first failing stage.
+
+    Without --config, a `train.yaml` beside DATA (the dataset's preset) is used when there is one.
+    """
+    from training.config import load_config
+    from training.pipeline import config_beside
+    from training.pipeline import finetune as run_finetune
+
+    config_file = config or config_beside(data)
+    if config_file is not None and config is None:
+        info(f"config: {config_file} (the preset beside the data; --config FILE to use another)")
+    cfg = load_config(
+        config_file,
+        train_overrides(
+            base_model=base_model,
+            epochs=epochs,
+            lr=lr,
+            rank=rank,
+            alpha=alpha,
+            dropout=dropout,
+            target_modules=target_modules,
+            batch_size=batch_size,
+            balance=balance,
+            seed=seed,
+            device=device,
+            precision=precision,
+        ),
+    )
+    from lorafleet.registry import Registry
+
+    result = run_finetune(
+        data,
+        task,
+        Registry(registry_path(registry)),
+        cfg,
+        seed=seed,
+        few_shot=few_shot,
+        skip_baseline=skip_baseline,
+        work_dir=work_dir,
+        log=info,
+        progress=not quiet,
+    )
+    timing = ", ".join(f"{stage} {s:.0f} s" for stage, s in result.seconds.items())
+    if json:
+        print_json(
+            {
+                "version": result.version,
+                "path": str(result.path),
+                "summary": result.report.summary,
+                "verdict": result.report.verdict,
+                "seconds": result.seconds,
+            }
+        )
+        return
+    print(result.report.render(max_errors=20))
+    print()
+    print(f"time: {timing}")
+    print(f"registered: {result.version}")
+    print(f"path: {result.path}")

@@ -1,0 +1,136 @@
+"""The training configuration: one typed model, saved next to the adapter as train_config.json.
+
+Values come, in order of precedence, from command-line flags, a YAML/JSON file (`--config`) and the
+defaults below. Every error names the field and the bad value.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from lorafleet.errors import ConfigFileError, describe_validation_error
+
+TRAIN_CONFIG_FILE = "train_config.json"
+
+
+class Balance(StrEnum):
+    """How to treat unequal label counts (label sets only)."""
+
+    NONE = "none"
+    WEIGHTS = "weights"  # weight each example's loss by 1 / its label's frequency
+    UPSAMPLE = "upsample"  # repeat examples of rare labels until every label is as frequent as the most
+
+
+class Precision(StrEnum):
+    """Dtype of the frozen base weights; LoRA weights and the loss are always fp32."""
+
+    AUTO = "auto"  # bf16 where the hardware supports it, else fp32
+    BF16 = "bf16"
+    FP32 = "fp32"
+
+
+class TrainConfig(BaseModel):
+    """Hyperparameters of one LoRA training run."""
+
+    model_config = ConfigDict(extra="forbid", use_enum_values=False)
+
+    base_model: str | None = Field(
+        default=None, description="A local model folder; None: the embedded SmolLM2-135M-Instruct."
+    )
+    rank: int = Field(default=8, ge=1, le=256, description="LoRA rank r.")
+    alpha: float = Field(default=32.0, gt=0, description="LoRA alpha (the update is scaled by alpha/r).")
+    dropout: float = Field(default=0.05, ge=0, lt=1, description="Dropout on the LoRA input.")
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "v_proj"],
+        min_length=1,
+        description="Names of the linear layers that get LoRA weights.",
+    )
+    epochs: float = Field(default=3.0, gt=0, le=100, description="Passes over the training data.")
+    learning_rate: float = Field(default=2e-4, gt=0, lt=1)
+    weight_decay: float = Field(default=0.0, ge=0)
+    warmup_ratio: float = Field(default=0.05, ge=0, lt=1, description="Share of steps with linear warm-up.")
+    batch_size: int = Field(default=8, ge=1, le=1024, description="Examples per optimiser step.")
+    max_length: int = Field(default=1024, ge=8, description="Longer examples are cut from the left.")
+    balance: Balance = Balance.NONE
+    seed: int = 0
+    precision: Precision = Precision.AUTO
+    device: str = Field(
+        default="auto", description="'auto' (CUDA when present), 'cpu', 'cuda', 'cuda:1', ..."
+    )
+    share_prefix: bool = Field(
+        default=True,
+        description="Run the prompt prefix a batch shares (the system prompt) once per batch, not once per example.",
+    )
+
+    @field_validator("target_modules")
+    @classmethod
+    def _names(cls, value: list[str]) -> list[str]:
+        bad = [v for v in value if not v or not v.replace("_", "").replace(".", "").isalnum()]
+        if bad:
+            raise ValueError(f"target module names must be layer names such as q_proj, got {bad}")
+        return value
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        kind, _, index = value.partition(":")
+        if kind not in ("auto", "cpu", "cuda", "mps") or (index and not index.isdigit()):
+            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {value!r}")
+        return value
+
+    @field_validator("learning_rate", "alpha", "epochs")
+    @classmethod
+    def _finite(cls, value: float) -> float:
+        if not math.isfinite(value):
+            raise ValueError(f"must be a finite number, got {value}")
+        return value
+
+    def save(self, folder: Path) -> Path:
+        target = folder / TRAIN_CONFIG_FILE
+        target.write_text(self.model_dump_json(indent=2) + "\n")
+        return target
+
+    @classmethod
+    def build(cls, data: dict[str, Any], source: str) -> TrainConfig:
+        """Validate `data`; a ConfigFileError names each bad field and value."""
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise ConfigFileError(
+                "invalid training configuration:\n" + describe_validation_error(exc, source),
+                hint="see `lorafleet train --help` for every field and its range",
+            ) from None
+
+
+def read_config_file(path: Path | str) -> dict[str, Any]:
+    """The mapping in a YAML or JSON file (JSON is YAML, but its errors read better from json)."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigFileError(f"cannot read the config file {path}: {exc.strerror}") from None
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        raise ConfigFileError(
+            f"{path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {exc}"
+        ) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigFileError(f"{path}: expected a mapping of field: value, got {type(data).__name__}")
+    return data
+
+
+def load_config(path: Path | str | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """Defaults, then the file at `path` (if any), then `overrides` (None values are ignored)."""
+    data = read_config_file(path) if path else {}
+    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    return TrainConfig.build(data, str(path) if path else "options")

@@ -1,0 +1,241 @@
+"""`lorafleet finetune`: the whole loop in one call, stopping at the first stage that fails.
+
+    import    a .csv becomes chat JSONL (system prompt listing the labels)
+    check     every problem of the file (StageFailedError listing them)
+    audit     duplicates, conflicts, balance, tokens, cost (reported; warnings do not stop the run)
+    split     stratified train/val/test with a manifest of hashes
+    train     the LoRA adapter
+    eval      base (and other baselines) vs tuned on the test split
+    register  a new immutable registry version <task>-v<N>-<YYYYMMDD>
+
+Every stage runs in a work folder (temporary unless one is named); only `register` writes to the
+registry, in one atomic step (lorafleet.registry). A failure inside a stage becomes one
+StageFailedError naming it; errors that are not lorafleet's (bugs) are left to surface as they are.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import math
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+
+from lorafleet import basemodel
+from lorafleet.errors import LorafleetError
+from lorafleet.modelcard import ModelCard, SplitMetrics
+from lorafleet.registry import (
+    CARD_FILE,
+    EVAL_FILE,
+    INFO_FILE,
+    REFERENCE_FILE,
+    Registry,
+    VersionInfo,
+    adapter_digest,
+    validate_task,
+)
+from lorafleet.textstats import reference_stats
+from training.config import TRAIN_CONFIG_FILE, TrainConfig
+from training.errors import StageFailedError
+from training.evaluate import EvalReport
+from training.train import ADAPTER_FILES, HISTORY_FILE
+
+CONFIG_BESIDE_DATA = "train.yaml"
+SPLIT_MANIFEST_FILE = "split_manifest.json"
+
+
+class Stage(StrEnum):
+    IMPORT = "import"
+    CHECK = "check"
+    AUDIT = "audit"
+    SPLIT = "split"
+    TRAIN = "train"
+    EVAL = "eval"
+    REGISTER = "register"
+
+
+@dataclass
+class FinetuneResult:
+    version: str
+    path: Path
+    report: EvalReport
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def config_beside(data: Path) -> Path | None:
+    """The dataset's own training preset: `train.yaml` in the data file's folder, if there is one."""
+    candidate = data.parent / CONFIG_BESIDE_DATA
+    return candidate if candidate.is_file() else None
+
+
+@contextlib.contextmanager
+def _stage(stage: Stage, seconds: dict[str, float], log: Callable[[str], None]) -> Iterator[None]:
+    log(f"[{stage}] ...")
+    started = time.perf_counter()
+    try:
+        yield
+    except StageFailedError:
+        raise
+    except LorafleetError as exc:
+        raise StageFailedError(stage, exc.message, exc.hint) from exc
+    seconds[stage] = round(time.perf_counter() - started, 1)
+    log(f"[{stage}] done in {seconds[stage]:.1f} s")
+
+
+def finetune(
+    data: Path | str,
+    task: str,
+    registry: Registry,
+    config: TrainConfig,
+    *,
+    seed: int = 0,
+    few_shot: int = 0,
+    skip_baseline: bool = False,
+    work_dir: Path | None = None,
+    log: Callable[[str], None] = lambda _m: None,
+    progress: bool = True,
+) -> FinetuneResult:
+    """Check, audit, split, train, evaluate and register `data` as a new version of `task`."""
+    from training.audit import audit_file
+    from training.check import check_file
+    from training.csvimport import import_csv
+    from training.evaluate import evaluate, write_report
+    from training.split import split_file
+    from training.train import train
+
+    validate_task(task)
+    data = Path(data)
+    seconds: dict[str, float] = {}
+    started = time.perf_counter()
+    with contextlib.ExitStack() as stack:
+        if work_dir is None:
+            work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="lorafleet-finetune-")))
+        else:
+            work = work_dir
+            work.mkdir(parents=True, exist_ok=True)
+        base_dir = basemodel.resolve(config.base_model)
+
+        jsonl = data
+        if data.suffix.lower() == ".csv":
+            with _stage(Stage.IMPORT, seconds, log):
+                jsonl = work / f"{data.stem}.jsonl"
+                n = import_csv(data, jsonl, system_from_labels=True, force=True)
+                log(f"[import] {n} examples from {data}, with a system prompt listing the labels")
+
+        with _stage(Stage.CHECK, seconds, log):
+            problems = check_file(jsonl, tokenizer_dir=base_dir)
+            if problems:
+                listing = "\n".join(f"  {p}" for p in problems[:50])
+                more = f"\n  ... and {len(problems) - 50} more" if len(problems) > 50 else ""
+                raise StageFailedError(
+                    Stage.CHECK,
+                    f"{len(problems)} problem{'s' if len(problems) > 1 else ''} in {data}:\n{listing}{more}",
+                    hint=f"fix them (`lorafleet data check {jsonl}` lists them all) and run finetune again",
+                )
+            log(f"[check] {data}: no problems")
+
+        with _stage(Stage.AUDIT, seconds, log):
+            audit = audit_file(jsonl, tokenizer_dir=base_dir, epochs=max(1, math.ceil(config.epochs)))
+            log("\n".join(f"  {line}" for line in audit.render().splitlines()))
+
+        with _stage(Stage.SPLIT, seconds, log):
+            split_dir = work / "split"
+            manifest = split_file(jsonl, split_dir, seed=seed, force=True)
+            log(f"[split] {manifest.counts} (seed {seed})")
+            if not manifest.counts.get("train") or not manifest.counts.get("test"):
+                raise StageFailedError(
+                    Stage.SPLIT,
+                    f"too few examples to train and test: {manifest.counts}",
+                    hint="add examples: each split needs at least one",
+                )
+
+        with _stage(Stage.TRAIN, seconds, log):
+            adapter_dir = work / "adapter"
+            val = split_dir / "val.jsonl" if manifest.counts.get("val") else None
+            result = train(config, split_dir / "train.jsonl", val, adapter_dir, progress=progress)
+            h = result.history
+            log(f"[train] {h.tokens} tokens in {h.seconds:.0f} s ({h.tokens_per_s:.0f} tokens/s)")
+
+        with _stage(Stage.EVAL, seconds, log):
+            report = evaluate(
+                split_dir / "test.jsonl",
+                adapter_dir,
+                train_path=split_dir / "train.jsonl",
+                few_shot=few_shot,
+                skip_baseline=skip_baseline,
+                base_model=str(base_dir),
+                precision=config.precision,
+                device=config.device,
+                log=log,
+            )
+            eval_dir = work / "eval"
+            written = write_report(report, eval_dir, adapter_dir)
+
+        with _stage(Stage.REGISTER, seconds, log):
+            from training.check import read_valid
+
+            train_examples = read_valid(split_dir / "train.jsonl")
+            systems = {e.system for e in train_examples}
+            tuned = report.models["tuned"]
+            reference = reference_stats(
+                inputs=[e.user_text for e in train_examples],
+                answers=[e.answer for e in train_examples],
+                labels=report.labels,
+                entropies=[x for x in tuned.entropies or [] if x is not None],
+                system_prompt=systems.pop() if len(systems) == 1 else None,
+            )
+            now = dt.datetime.now(dt.UTC)
+            with registry.new_version(task) as draft:
+                draft.adapter_path.mkdir()
+                for name in ADAPTER_FILES:
+                    shutil.copy2(adapter_dir / name, draft.adapter_path / name)
+                for name in (TRAIN_CONFIG_FILE, HISTORY_FILE):
+                    shutil.copy2(adapter_dir / name, draft.path / name)
+                for kind, path in written.items():
+                    if kind != "report":
+                        shutil.copy2(path, draft.path / path.name)
+                shutil.copy2(split_dir / "manifest.json", draft.path / SPLIT_MANIFEST_FILE)
+                hashes = {"source": manifest.source_sha256, **manifest.sha256}
+                draft.write_json(EVAL_FILE, report.model_dump(mode="json"))
+                draft.write_json(REFERENCE_FILE, reference)
+                card = ModelCard(
+                    version=str(draft.ref),
+                    task=task,
+                    created_at=now,
+                    base_model=str(base_dir),
+                    datasets=[data.name],
+                    dataset_sha256=hashes,
+                    hyperparameters=config.model_dump(mode="json"),
+                    metrics={
+                        name: SplitMetrics.model_validate(r.scores.headline())
+                        for name, r in report.models.items()
+                    },
+                    labels=report.labels,
+                    verdict=report.verdict,
+                    notes=f"Trained on {manifest.counts['train']} examples, tested on {manifest.counts['test']} "
+                    f"held-out examples (split seed {seed}).",
+                )
+                (draft.path / CARD_FILE).write_text(card.render())
+                draft.write_json(
+                    INFO_FILE,
+                    VersionInfo(
+                        name=str(draft.ref),
+                        task=task,
+                        number=draft.ref.number,
+                        created_at=now,
+                        base_model=str(base_dir),
+                        adapter_sha256=adapter_digest(draft.adapter_path),
+                        lora_rank=config.rank,
+                        dataset_sha256=hashes,
+                        tags={"data": data.name, "seed": str(seed)},
+                    ),
+                )
+                name = str(draft.ref)
+            log(f"[register] {name} in {registry.root}")
+    seconds["total"] = round(time.perf_counter() - started, 1)
+    return FinetuneResult(name, registry.root / name, report, seconds)
