@@ -362,6 +362,7 @@ def train(
                 loss_sum, count = compute(batch, w)
                 loss = loss_sum / count
                 loss.backward()
+                loss_value = float(loss.detach())
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
@@ -369,11 +370,11 @@ def train(
                 tokens += sum(len(d) for d in batch)
                 step += 1
                 history.train.append(
-                    LossPoint(step=step, epoch=round(step / steps_per_epoch, 4), loss=float(loss))
+                    LossPoint(step=step, epoch=round(step / steps_per_epoch, 4), loss=loss_value)
                 )
                 bar.set_postfix(
                     epoch=f"{step / steps_per_epoch:.2f}",
-                    loss=f"{float(loss):.3f}",
+                    loss=f"{loss_value:.3f}",
                     tok_s=f"{tokens / seconds:.0f}",
                 )
                 bar.update(1)
