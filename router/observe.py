@@ -52,7 +52,7 @@ class Observer:
         registry: Registry,
         feedback: FeedbackStore | None,
         drift_window: int = 500,
-        drift_min_samples: int = 100,
+        drift_min_samples: int = 200,
         accuracy_window: int = 500,
     ) -> None:
         self.metrics = metrics

@@ -86,7 +86,9 @@ class GatewaySettings(BaseSettings):
         default=5, ge=0, le=20, description="Top logprobs asked per token; 0: no entropy."
     )
     drift_window: int = Field(default=500, ge=10, description="Requests per version in the drift window.")
-    drift_min_samples: int = Field(default=100, ge=1)
+    drift_min_samples: int = Field(
+        default=200, ge=1, description="Requests in the window before drift is scored."
+    )
     accuracy_window: int = Field(default=500, ge=10, description="Labelled answers in the rolling accuracy.")
     state_dir: Path | None = Field(
         default=None, description="Feedback database and local state; default: beside the routes file."

@@ -157,7 +157,7 @@ class EngineThread:
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
         self.task = self.loop.create_task(self.supervisor.run())
-        self.loop.run_until_complete(self.task)
+        self.loop.run_forever()
 
     def start(self, timeout_s: float = 400) -> None:
         self.thread.start()
@@ -176,8 +176,9 @@ class EngineThread:
 
     def stop(self) -> None:
         fut = asyncio.run_coroutine_threadsafe(self.supervisor.stop(), self.loop)
-        fut.result(timeout=60)
-        self.thread.join(timeout=60)
+        fut.result(timeout=90)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=30)
 
 
 @pytest.fixture(scope="session")
