@@ -121,9 +121,9 @@ def test_models_list_routes_and_live_versions_in_openai_shape(
     models = openai.OpenAI(base_url=f"{gw.url}/v1", api_key="x").models.list()
     by_id = {m.id: m for m in models.data}
     assert set(by_id) == {"banking", v1, v2}
-    assert by_id[v1].model_extra["parent"] == "base"  # type: ignore[index]
-    assert by_id[v2].model_extra["root"] == str(registry.get(v2).adapter_path)  # type: ignore[index]
-    assert by_id[v2].model_extra["lorafleet"]["state"] == "pinned"  # type: ignore[index]
+    assert by_id[v1].model_extra["parent"] == "base"
+    assert by_id[v2].model_extra["root"] == str(registry.get(v2).adapter_path)
+    assert by_id[v2].model_extra["lorafleet"]["state"] == "pinned"
 
 
 def test_pinning_by_model_name_and_by_header(
@@ -201,7 +201,7 @@ def test_error_shapes_are_openai_and_never_500(
     client = openai.OpenAI(base_url=f"{gw.url}/v1", api_key="x", max_retries=0)
     with pytest.raises(openai.NotFoundError) as not_found:
         client.chat.completions.create(model="no-such-model", messages=MESSAGES)
-    assert not_found.value.body["param"] == "model"  # type: ignore[index]
+    assert not_found.value.body["param"] == "model"
     cases: list[tuple[Any, int, str | None]] = [
         (b"{not json", 400, None),
         (b"[1, 2]", 400, None),
