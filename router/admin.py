@@ -4,6 +4,7 @@
     GET  /admin/status                      routes, versions and their states, canary progress, engines
     GET  /admin/routes                      the routes file as JSON (with its revision)
     GET  /admin/history?route=&limit=       the append-only change history
+    GET  /admin/monitor                     per version: traffic, errors, latency, entropy, drift, live accuracy
     POST /admin/routes/{route}              create a route      {stable, fallback?}
     POST /admin/routes/{route}/weights      fixed shares        {weights: {version: percent}}
     POST /admin/routes/{route}/canary       start a canary      {version, steps? | weights?, step_duration_s?, min_requests?}
@@ -29,6 +30,8 @@ from pydantic import BaseModel, Field, ValidationError
 from starlette.responses import JSONResponse
 
 from lorafleet.errors import describe_validation_error
+from monitor.accuracy import wilson_interval
+from monitor.signals import LocalSignals, Snapshot
 from router.errors import BadRequestError, ConflictError
 from router.gateway import Gateway
 from router.openai_api import read_json
@@ -280,3 +283,35 @@ async def retire(request: Request, route: str) -> JSONResponse:
     return await _write(
         request, lambda: rollouts.retire(route, body.version, _actor(request), body.reason, body.revision)
     )
+
+
+@router.get("/monitor")
+async def monitor_status(request: Request) -> JSONResponse:
+    """Per version: traffic, errors, latency, entropy, labels, drift and live accuracy since start."""
+    gateway, _, _ = _state(request)
+    signals = LocalSignals(request.app.state.exposition_registry())
+    drift = gateway.observer.drift()
+    versions = []
+    for version, (route, state) in sorted(gateway.live.items()):
+        s = signals.since(Snapshot(route, version, 0, 0, (), 0, 0, 0, 0))
+        correct, total = await gateway.observer.refresh_accuracy(route, version)
+        low, high = wilson_interval(correct, total) if total else (None, None)
+        versions.append(
+            {
+                "route": route,
+                "version": version,
+                "state": state,
+                "requests": s.requests,
+                "errors": s.errors,
+                "error_ratio": s.error_ratio,
+                "p95_latency_s": s.p95_latency_s,
+                "mean_entropy_nats": s.mean_entropy_nats,
+                "other_label_ratio": gateway.observer.other_label_ratio(route, version),
+                "drift": drift.get((route, version), {"window": 0, "features": {}}),
+                "max_drift_psi": s.max_drift_psi,
+                "feedback": {"correct": correct, "total": total},
+                "live_accuracy": correct / total if total else None,
+                "live_accuracy_interval": [low, high] if total else None,
+            }
+        )
+    return JSONResponse({"revision": gateway.routes.revision, "versions": versions})

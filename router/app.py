@@ -106,6 +106,7 @@ def create_app(
         app.state.rollouts = rollouts
         app.state.metrics = metrics
         app.state.metrics_registry = registry_metrics
+        app.state.exposition_registry = lambda: _exposition_registry(registry_metrics)
         tasks = [
             asyncio.create_task(_every(settings.reload_interval_s, "routes reload", gateway.reload)),
             asyncio.create_task(fleet.run(gateway.desired_adapters, settings.reconcile_interval_s)),

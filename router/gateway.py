@@ -368,8 +368,8 @@ class Gateway:
             try:
                 return await self._send(endpoint, body, fallback, Arm.FALLBACK, request_id, deadline)
             except EngineFailure as second:
+                # Counted once already (as a fallback): one failed request, one error.
                 log.warning("request %s to fallback %s failed too: %s", request_id, fallback, second)
-                self._count_failure(target, second)
                 raise self._upstream_error(target, second, fallback) from None
 
     def _count_failure(self, target: Target, failure: EngineFailure) -> None:

@@ -64,7 +64,7 @@ class Observer:
         self.known: set[tuple[str, str]] = set()
         self._references: dict[str, ReferenceStats | None] = {}
         self._windows: dict[tuple[str, str], DriftWindow] = {}
-        self.entropy_sum: dict[tuple[str, str], tuple[float, int]] = {}
+        self._answers: dict[tuple[str, str], list[int]] = {}  # (answers, answers naming no label)
 
     def set_known(self, pairs: set[tuple[str, str]]) -> None:
         """The (route, version) pairs that may appear in labels; anything else is exported as 'other'."""
@@ -117,17 +117,23 @@ class Observer:
             return
         if o.entropy is not None:
             m.entropy.labels(route, version).observe(o.entropy)
-            total, n = self.entropy_sum.get((route, version), (0.0, 0))
-            self.entropy_sum[(route, version)] = (total + o.entropy, n + 1)
         labels = self.label_set(version)
         predicted = match_label(o.answer, labels) if labels else None
         if labels is not None:
             m.predictions.labels(route, version, predicted or OTHER).inc()
+            counts = self._answers.setdefault((route, version), [0, 0])
+            counts[0] += 1
+            counts[1] += predicted is None
         window = self._window(route, version)
         if window is not None:
             window.observe(o.input_text, predicted, o.entropy)
         if self.feedback_store is not None and o.completion_id:
             self.feedback_store.record_answer(o.completion_id, route, version, o.answer, predicted)
+
+    def other_label_ratio(self, route: str, version: str) -> float | None:
+        """Share of this process's answers of a classification version that named no known label."""
+        answers, other = self._answers.get((route, version), (0, 0))
+        return other / answers if answers else None
 
     def record_shadow(self, route: str, version: str, outcome: str, agreed: bool | None) -> None:
         route, version = self.label_values(route, version)
