@@ -242,7 +242,7 @@ def load_adapter_model(
     base_dir = basemodel.resolve(base_model)
     dev = pick_device(TrainConfig(device=device))
     tokenizer = load_tokenizer(base_dir)
-    model = load_base_model(base_dir, pick_dtype(precision, dev), dev)
+    model = load_base_model(base_dir, pick_dtype(precision, dev, generation=True), dev)
     return PeftModel.from_pretrained(model, adapter_dir), tokenizer, base_dir
 
 

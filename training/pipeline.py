@@ -169,7 +169,6 @@ def finetune(
                 few_shot=few_shot,
                 skip_baseline=skip_baseline,
                 base_model=str(base_dir),
-                precision=config.precision,
                 device=config.device,
                 log=log,
             )

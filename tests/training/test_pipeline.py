@@ -1,0 +1,93 @@
+"""`lorafleet finetune`: the whole loop on a tiny CSV, and stopping at the first failing stage."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from lorafleet.modelcard import ModelCard
+from lorafleet.registry import AdapterRef, ReferenceStats, Registry
+
+LORAFLEET = Path(sys.executable).parent / "lorafleet"
+WORDS = {
+    "card_arrival": ["card", "arrived", "delivery", "post", "mail", "came", "shipping", "envelope"],
+    "change_pin": ["pin", "code", "digits", "reset", "number", "secret", "change", "new"],
+    "lost_card": ["lost", "stolen", "missing", "thief", "dropped", "gone", "wallet", "robbed"],
+}
+
+
+def tiny_csv(path: Path) -> Path:
+    """8 rows per label, distinct enough that the split's near-duplicate grouping keeps them apart."""
+    rows = ["text,label"]
+    for label, words in WORDS.items():
+        rows += [f"question {i} about the {w} of my account,{label}" for i, w in enumerate(words)]
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def lorafleet(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([LORAFLEET, *map(str, args)], capture_output=True, text=True, timeout=900)
+
+
+def test_finetune_stops_at_the_check_stage_for_a_broken_file(tmp_path: Path) -> None:
+    data = tmp_path / "broken.jsonl"
+    data.write_text(
+        '{"messages": [{"role": "user", "content": "Where is my card?"}, {"role": "assistant", "content": "card_arrival"}]}\n'
+        '{"messages": [{"role": "user", "content": "hi"}]}\n'
+        "not json\n"
+    )
+    registry = tmp_path / "registry"
+    proc = lorafleet("finetune", data, "--task", "banking", "--registry", registry)
+    assert proc.returncode == 1
+    assert "finetune stopped at the check stage: 2 problems" in proc.stderr
+    assert f"{data}:2: messages: no final assistant turn" in proc.stderr
+    assert f"{data}:3: (line): not valid JSON" in proc.stderr
+    assert "[train]" not in proc.stderr and "Traceback" not in proc.stderr
+    assert Registry(registry).versions() == []
+
+
+def test_finetune_a_csv_end_to_end_registers_a_complete_version(tmp_path: Path) -> None:
+    registry = tmp_path / "registry"
+    proc = lorafleet(
+        "finetune", tiny_csv(tmp_path / "tiny.csv"), "--task", "tiny", "--registry", registry,
+        "--epochs", "1", "--batch-size", "6", "--quiet", "--work-dir", tmp_path / "work",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for stage in ("import", "check", "audit", "split", "train", "eval", "register"):
+        assert f"[{stage}] done in" in proc.stderr
+    name = f"tiny-v1-{dt.date.today():%Y%m%d}"
+    assert f"registered: {name}" in proc.stdout
+    assert "verdict: fine-tuning" in proc.stdout
+
+    version = Registry(registry).get(name)
+    files = {p.relative_to(version.path).as_posix() for p in version.path.rglob("*") if p.is_file()}
+    assert files == {
+        "adapter/adapter_config.json", "adapter/adapter_model.safetensors", "README.md", "version.json",
+        "eval.json", "reference.json", "train_config.json", "loss_history.json", "split_manifest.json",
+        "confusion.png", "loss.png",
+    }  # fmt: skip
+    info = version.info()
+    assert (info.name, info.task, info.number, info.lora_rank) == (name, "tiny", 1, 8)
+    manifest = json.loads((version.path / "split_manifest.json").read_text())
+    assert info.dataset_sha256 == {"source": manifest["source_sha256"], **manifest["sha256"]}
+
+    report = version.eval_report()
+    assert report is not None
+    assert set(report["summary"]) == {"base", "tuned"}
+    for model in ("base", "tuned"):
+        assert set(report["summary"][model]) == {"accuracy", "macro_f1", "exact_match", "examples"}
+    card = ModelCard.parse((version.path / "README.md").read_text())
+    assert card.version == name and card.labels == sorted(WORDS)
+    assert card.metrics["tuned"].accuracy == report["summary"]["tuned"]["accuracy"]
+    assert card.hyperparameters["rank"] == 8 and card.verdict == report["verdict"]
+
+    ref = version.reference()
+    assert isinstance(ref, ReferenceStats)
+    assert ref.examples == manifest["counts"]["train"]
+    assert ref.labels is not None and ref.labels.labels == sorted(WORDS)
+    assert ref.entropy_nats is not None and sum(ref.entropy_nats.counts) == manifest["counts"]["test"]
+    assert ref.system_prompt is not None and "change_pin" in ref.system_prompt
+    assert AdapterRef.parse(name).task == "tiny"
