@@ -64,6 +64,11 @@ class TrainConfig(BaseModel):
     device: str = Field(
         default="auto", description="'auto' (CUDA when present), 'cpu', 'cuda', 'cuda:1', ..."
     )
+    threads: int | None = Field(
+        default=None,
+        ge=1,
+        description="CPU threads; None: the cores that other processes leave idle (at least 1).",
+    )
     share_prefix: bool = Field(
         default=True,
         description="Run the prompt prefix a batch shares (the system prompt) once per batch, not once per example.",

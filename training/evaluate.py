@@ -134,8 +134,10 @@ def generate(
     """Greedy answers to chat prompts, generated `batch_size` at a time (left padded)."""
     import torch
 
-    from training.train import prompt_text
+    from training.train import cpu_threads, prompt_text
 
+    if next(model.parameters()).device.type == "cpu":
+        cpu_threads()
     texts = [prompt_text(tokenizer, p) for p in prompts]
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     answers: list[str] = [""] * len(texts)

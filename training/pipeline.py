@@ -157,7 +157,7 @@ def finetune(
         with _stage(Stage.TRAIN, seconds, log):
             adapter_dir = work / "adapter"
             val = split_dir / "val.jsonl" if manifest.counts.get("val") else None
-            result = train(config, split_dir / "train.jsonl", val, adapter_dir, progress=progress)
+            result = train(config, split_dir / "train.jsonl", val, adapter_dir, progress=progress, force=True)
             h = result.history
             log(f"[train] {h.tokens} tokens in {h.seconds:.0f} s ({h.tokens_per_s:.0f} tokens/s)")
 

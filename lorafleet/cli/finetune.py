@@ -22,6 +22,7 @@ from lorafleet.cli.train import (
     QuietOpt,
     RankOpt,
     TargetsOpt,
+    ThreadsOpt,
     train_overrides,
 )
 
@@ -45,6 +46,7 @@ def finetune(
     seed: Annotated[int, typer.Option("--seed", help="Seed of the split and of training.")] = 0,
     device: DeviceOpt = None,
     precision: PrecisionOpt = None,
+    threads: ThreadsOpt = None,
     few_shot: Annotated[
         int,
         typer.Option("--few-shot", min=0, help="Also evaluate the base model with K examples in the prompt."),
@@ -88,6 +90,7 @@ def finetune(
             seed=seed,
             device=device,
             precision=precision,
+            threads=threads,
         ),
     )
     from lorafleet.registry import Registry

@@ -77,6 +77,15 @@ PrecisionOpt = Annotated[
         rich_help_panel=_TRAIN,
     ),
 ]
+ThreadsOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--threads",
+        min=1,
+        help="CPU threads (default: the cores the machine's load leaves idle, rechecked as it runs).",
+        rich_help_panel=_TRAIN,
+    ),
+]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
 
 
@@ -94,6 +103,7 @@ def train_overrides(
     seed: int | None = None,
     device: str | None = None,
     precision: str | None = None,
+    threads: int | None = None,
 ) -> dict[str, Any]:
     """The TrainConfig fields the flags set (None: not given)."""
     return {
@@ -111,6 +121,7 @@ def train_overrides(
         "seed": seed,
         "device": device,
         "precision": precision,
+        "threads": threads,
     }
 
 
@@ -135,7 +146,9 @@ def train(
     seed: SeedOpt = None,
     device: DeviceOpt = None,
     precision: PrecisionOpt = None,
+    threads: ThreadsOpt = None,
     quiet: QuietOpt = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace an adapter already in --out.")] = False,
     json: JsonOpt = False,
 ) -> None:
     """Train a LoRA adapter (loss on the answers only) and save it as a PEFT folder vLLM loads."""
@@ -157,10 +170,11 @@ def train(
             seed=seed,
             device=device,
             precision=precision,
+            threads=threads,
         ),
     )
     info(f"train: {train_file} -> {out} ({_describe(cfg)})")
-    result = run_training(cfg, train_file, val_file, out, progress=not quiet)
+    result = run_training(cfg, train_file, val_file, out, progress=not quiet, force=force)
     h = result.history
     summary = {
         "adapter": str(result.out_dir),
