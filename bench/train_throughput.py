@@ -37,7 +37,7 @@ from training.csvimport import import_csv  # noqa: E402
 from training.dataset import Example, write_jsonl  # noqa: E402
 from training.evaluate import evaluate, generate, load_adapter_model, max_answer_tokens  # noqa: E402
 from training.split import split_examples  # noqa: E402
-from training.train import encode, load_tokenizer, train  # noqa: E402
+from training.train import cpu_threads, encode, load_tokenizer, train  # noqa: E402
 
 
 def hf_trainer_baseline(cfg: TrainConfig, examples: list[Example], out: Path) -> tuple[float, int]:
@@ -110,6 +110,7 @@ def hf_trainer_baseline(cfg: TrainConfig, examples: list[Example], out: Path) ->
         data_collator=DataCollatorForSeq2Seq(tok, padding=True, label_pad_token_id=-100),
         callbacks=[Clock()],
     )
+    torch.set_num_threads(cfg.threads or torch.get_num_threads())
     trainer.train()
     model.save_pretrained(out)
     return Clock.seconds, tokens
@@ -128,10 +129,19 @@ def main() -> None:
         "--examples", type=int, default=None, help="Training examples (default: steps x batch-size)."
     )
     parser.add_argument("--eval-examples", type=int, default=40, help="Held-out examples scored and timed.")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads for both sides (default: the idle cores, once).",
+    )
     parser.add_argument("--json", action="store_true", help="Print the results as JSON too.")
     opts = parser.parse_args()
 
-    cfg = TrainConfig(batch_size=opts.batch_size, epochs=1)
+    # Both sides run with the same, fixed thread count: lorafleet's trainer adapts its threads to the
+    # machine's load, which on a shared machine would compare the adaptation, not the training.
+    threads = cpu_threads(opts.threads)
+    cfg = TrainConfig(batch_size=opts.batch_size, epochs=1, threads=threads)
     with tempfile.TemporaryDirectory(prefix="lorafleet-bench-") as tmp:
         work = Path(tmp)
         jsonl = work / "all.jsonl"
@@ -152,20 +162,23 @@ def main() -> None:
         hf_seconds, hf_tokens = hf_trainer_baseline(cfg, train_examples, work / "hf")
 
         print("scoring both adapters ...", file=sys.stderr)
-        acc_ours = evaluate(work / "test.jsonl", work / "ours", skip_baseline=True).summary["tuned"][
-            "accuracy"
-        ]
-        acc_hf = evaluate(work / "test.jsonl", work / "hf", skip_baseline=True).summary["tuned"]["accuracy"]
+        acc_ours = evaluate(work / "test.jsonl", work / "ours", skip_baseline=True, threads=threads).summary[
+            "tuned"
+        ]["accuracy"]
+        acc_hf = evaluate(work / "test.jsonl", work / "hf", skip_baseline=True, threads=threads).summary[
+            "tuned"
+        ]["accuracy"]
 
         print("generation: batched vs one at a time ...", file=sys.stderr)
         model, tok, _ = load_adapter_model(work / "ours", None, Precision.AUTO, "auto")
         prompts = [e.prompt for e in test_examples]
         max_new = max_answer_tokens(tok, [e.answer for e in test_examples])
-        generate(model, tok, prompts[:2], max_new, batch_size=2)  # warm-up
-        batched = generate(model, tok, prompts, max_new, batch_size=16)
-        single = generate(model, tok, prompts, max_new, batch_size=1)
+        generate(model, tok, prompts[:2], max_new, batch_size=2, threads=threads)  # warm-up
+        batched = generate(model, tok, prompts, max_new, batch_size=16, threads=threads)
+        single = generate(model, tok, prompts, max_new, batch_size=1, threads=threads)
 
     result = {
+        "threads": threads,
         "train_examples": len(train_examples),
         "steps": len(ours.history.train),
         "lorafleet_tokens_per_s": round(ours.history.tokens_per_s, 1),
@@ -182,7 +195,7 @@ def main() -> None:
     print(
         f"training: lorafleet {result['lorafleet_tokens_per_s']:.0f} tokens/s vs Trainer+PEFT "
         f"{result['hf_trainer_tokens_per_s']:.0f} tokens/s: {result['train_speedup']:.2f}x "
-        f"({result['steps']} steps of {opts.batch_size})"
+        f"({result['steps']} steps of {opts.batch_size}, {threads} CPU threads)"
     )
     print(
         f"held-out accuracy after those steps: lorafleet {acc_ours:.3f}, Trainer+PEFT {acc_hf:.3f} "

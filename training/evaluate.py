@@ -130,6 +130,7 @@ def generate(
     *,
     batch_size: int = 16,
     entropy: bool = False,
+    threads: int | None = None,
 ) -> Generation:
     """Greedy answers to chat prompts, generated `batch_size` at a time (left padded)."""
     import torch
@@ -137,7 +138,7 @@ def generate(
     from training.train import cpu_threads, prompt_text
 
     if next(model.parameters()).device.type == "cpu":
-        cpu_threads()
+        cpu_threads(threads)
     texts = [prompt_text(tokenizer, p) for p in prompts]
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     answers: list[str] = [""] * len(texts)
@@ -283,6 +284,7 @@ def evaluate(
     batch_size: int = 16,
     precision: Precision = Precision.AUTO,
     device: str = "auto",
+    threads: int | None = None,
     log: Any = None,
 ) -> EvalReport:
     """Evaluate the baselines and the adapter at `adapter_dir` on the test split at `test_path`."""
@@ -301,7 +303,7 @@ def evaluate(
     if not skip_baseline:
         say(f"eval: base model on {len(test)} examples")
         with model.disable_adapter():
-            gen = generate(model, tokenizer, prompts, max_new, batch_size=batch_size)
+            gen = generate(model, tokenizer, prompts, max_new, batch_size=batch_size, threads=threads)
         results["base"] = _result("base", test, gen, labels, False)
         if few_shot:
             shots = pick_shots(train, few_shot)
@@ -313,6 +315,7 @@ def evaluate(
                     [few_shot_messages(e, shots) for e in test],
                     max_new,
                     batch_size=batch_size,
+                    threads=threads,
                 )
             results["base-few-shot"] = _result("few-shot", test, gen, labels, False)
     for ep in endpoints:
@@ -322,7 +325,7 @@ def evaluate(
             "endpoint", test, gen, labels, False
         )
     say(f"eval: tuned adapter on {len(test)} examples")
-    gen = generate(model, tokenizer, prompts, max_new, batch_size=batch_size, entropy=True)
+    gen = generate(model, tokenizer, prompts, max_new, batch_size=batch_size, entropy=True, threads=threads)
     results["tuned"] = _result("tuned", test, gen, labels, True)
 
     baselines = {name: r.scores.accuracy for name, r in results.items() if name != "tuned"}

@@ -170,6 +170,7 @@ def finetune(
                 skip_baseline=skip_baseline,
                 base_model=str(base_dir),
                 device=config.device,
+                threads=config.threads,
                 log=log,
             )
             eval_dir = work / "eval"
