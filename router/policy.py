@@ -44,12 +44,12 @@ class _Model(BaseModel):
 
 
 class SetWeight(_Model):
-    kind: Literal["set_weight"] = "set_weight"
+    kind: Literal["set_weight"] = Field(default="set_weight", description="Set the canary's share.")
     weight: int = Field(ge=0, le=100, description="The canary's share of the route's traffic, in percent.")
 
 
 class Pause(_Model):
-    kind: Literal["pause"] = "pause"
+    kind: Literal["pause"] = Field(default="pause", description="Wait before the next step.")
     duration_s: float | None = Field(
         default=None, ge=0, description="Minimum time on this step; none: wait for a promote."
     )
@@ -57,8 +57,10 @@ class Pause(_Model):
 
 
 class Analysis(_Model):
-    kind: Literal["analysis"] = "analysis"
-    gate: GateThresholds = Field(default_factory=GateThresholds)
+    kind: Literal["analysis"] = Field(
+        default="analysis", description="Evaluate the gate: canary against stable."
+    )
+    gate: GateThresholds = Field(default_factory=GateThresholds, description="The gate's limits (below).")
     failure_limit: int = Field(default=0, ge=0, description="Failed evaluations tolerated before aborting.")
     inconclusive_limit: int = Field(
         default=30, ge=0, description="Inconclusive evaluations (too little data) before the rollout pauses."
@@ -111,9 +113,12 @@ def _check_version(value: str) -> str:
 
 
 class Canary(_Model):
-    version: str
+    version: str = Field(description="The candidate version.")
     weight: int = Field(default=0, ge=0, le=100, description="Current share; the rollout controller sets it.")
-    steps: list[Step] = Field(default_factory=lambda: default_steps([10, 50]))
+    steps: list[Step] = Field(
+        default_factory=lambda: default_steps([10, 50]),
+        description="The plan; default: 10% and 50%, each held 60 s and 20 requests and gated, then promote.",
+    )
 
     @field_validator("version")
     @classmethod
@@ -127,7 +132,7 @@ class Canary(_Model):
 
 
 class Shadow(_Model):
-    version: str
+    version: str = Field(description="The version that gets a copy of the requests; its answers are scored.")
     percent: int = Field(default=100, ge=0, le=100, description="Share of the route's requests mirrored.")
 
     @field_validator("version")
@@ -137,10 +142,10 @@ class Shadow(_Model):
 
 
 class Route(_Model):
-    stable: str
+    stable: str = Field(description="The version that takes the traffic no other version takes.")
     weights: dict[str, int] = Field(default_factory=dict, description="Other versions with fixed shares (%).")
-    canary: Canary | None = None
-    shadow: Shadow | None = None
+    canary: Canary | None = Field(default=None, description="A canary in progress (below).")
+    shadow: Shadow | None = Field(default=None, description="Mirrored traffic (below).")
     fallback: str | None = Field(
         default=None, description="A version, or 'base' for the engines' base model."
     )
@@ -223,9 +228,13 @@ class Route(_Model):
 
 
 class RoutesFile(_Model):
-    revision: int = Field(default=0, ge=0)
-    retention_days: float = Field(default=14.0, ge=0)
-    routes: dict[str, Route] = Field(default_factory=dict)
+    revision: int = Field(default=0, ge=0, description="Bumped by every admin write; a stale write gets 409.")
+    retention_days: float = Field(
+        default=14.0, ge=0, description="How long a version retired by a promote stays loaded and pinnable."
+    )
+    routes: dict[str, Route] = Field(
+        default_factory=dict, description="Route name (what clients send as `model`) -> route."
+    )
 
     @field_validator("routes")
     @classmethod

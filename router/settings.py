@@ -27,9 +27,9 @@ class ControllerMode(enum.StrEnum):
 
 
 class Timeouts(BaseModel):
-    connect_s: float = Field(default=2.0, gt=0)
+    connect_s: float = Field(default=2.0, gt=0, description="Longest wait for a connection to an engine.")
     read_s: float = Field(default=120.0, gt=0, description="Longest silence between bytes from an engine.")
-    write_s: float = Field(default=10.0, gt=0)
+    write_s: float = Field(default=10.0, gt=0, description="Longest wait to send the request body.")
     pool_s: float = Field(default=5.0, gt=0, description="Longest wait for a free upstream connection.")
     request_s: float = Field(
         default=300.0, gt=0, description="Deadline of a whole request, fallback included."
@@ -45,8 +45,8 @@ class GatewaySettings(BaseSettings):
         env_prefix="LORAFLEET_ROUTER_", env_nested_delimiter="__", extra="ignore"
     )
 
-    host: str = "127.0.0.1"
-    port: int = Field(default=8080, ge=1, le=65535)
+    host: str = Field(default="127.0.0.1", description="Address to listen on.")
+    port: int = Field(default=8080, ge=1, le=65535, description="Port to listen on.")
     workers: int = Field(default=1, ge=1, description="Gateway worker processes (uvicorn).")
     routes_file: Path = Field(
         default_factory=_default_routes, description="The declarative routes file (YAML)."
@@ -63,20 +63,24 @@ class GatewaySettings(BaseSettings):
     admin_token: SecretStr | None = Field(
         default=None, description="Bearer token of /admin (or admin_token_file)."
     )
-    admin_token_file: Path | None = None
+    admin_token_file: Path | None = Field(default=None, description="File holding the admin token.")
     api_keys: list[SecretStr] = Field(
         default_factory=list, description="Keys the inference endpoints accept; empty: no key needed."
     )
-    max_body_bytes: int = Field(default=1 << 20, gt=0)
+    max_body_bytes: int = Field(
+        default=1 << 20, gt=0, description="Largest request body accepted (413 above)."
+    )
     max_tokens_limit: int = Field(default=4096, gt=0, description="Largest max_tokens a request may ask for.")
-    timeouts: Timeouts = Field(default_factory=Timeouts)
+    timeouts: Timeouts = Field(default_factory=Timeouts, description="Upstream timeouts (below).")
     max_connections: int = Field(
         default=512, gt=0, description="Size of the shared upstream connection pool."
     )
     transport: Transport = Field(
         default=Transport.AIOHTTP, description="HTTP client transport to the engines."
     )
-    reconcile_interval_s: float = Field(default=5.0, gt=0)
+    reconcile_interval_s: float = Field(
+        default=5.0, gt=0, description="How often the engines are made to hold the adapters the routes need."
+    )
     reload_interval_s: float = Field(default=1.0, gt=0, description="How often the routes file is checked.")
     pin_header: str = Field(default="x-lorafleet-version", description="Request header that pins a version.")
     session_header: str = Field(
@@ -93,10 +97,17 @@ class GatewaySettings(BaseSettings):
     state_dir: Path | None = Field(
         default=None, description="Feedback database and local state; default: beside the routes file."
     )
-    controller: ControllerMode = ControllerMode.EMBEDDED
-    controller_interval_s: float = Field(default=2.0, gt=0)
+    controller: ControllerMode = Field(
+        default=ControllerMode.EMBEDDED,
+        description="embedded: this gateway advances canaries; external: `lorafleet controller` does.",
+    )
+    controller_interval_s: float = Field(
+        default=2.0, gt=0, description="How often the controller evaluates rollouts."
+    )
     prometheus_url: str | None = Field(default=None, description="With it, the canary gate reads Prometheus.")
-    shadow_max_concurrency: int = Field(default=16, ge=1)
+    shadow_max_concurrency: int = Field(
+        default=16, ge=1, description="Shadow requests in flight at most; more are dropped (and counted)."
+    )
     retention_days: float = Field(default=14.0, ge=0, description="Default retention of retired versions.")
 
     @model_validator(mode="after")
