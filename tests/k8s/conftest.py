@@ -1,9 +1,13 @@
-"""Fixtures of the Kubernetes tests: each overlay built with `kubectl kustomize` (offline, no cluster)."""
+"""Fixtures of the Kubernetes tests: kustomizations built with `kubectl kustomize` (offline, no cluster).
+
+Without kubectl (scripts/setup.sh installs it) every test that needs a build is skipped, and says why.
+"""
 
 from __future__ import annotations
 
 import shutil
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,11 +16,9 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 KUBECTL = shutil.which("kubectl")
-OVERLAYS = ("gpu", "cpu-demo")
 
 
-def kustomize(path: Path) -> list[dict[str, Any]]:
-    """The documents `kubectl kustomize PATH` prints (the build runs offline: no cluster needed)."""
+def _kustomize(path: Path) -> list[dict[str, Any]]:
     if KUBECTL is None:
         pytest.skip(
             "kubectl is not installed (scripts/setup.sh installs it): cannot build the kustomizations"
@@ -27,6 +29,12 @@ def kustomize(path: Path) -> list[dict[str, Any]]:
 
 
 @pytest.fixture(scope="session")
+def kustomize() -> Callable[[Path], list[dict[str, Any]]]:
+    """`kubectl kustomize PATH`, parsed: the documents it prints."""
+    return _kustomize
+
+
+@pytest.fixture(scope="session")
 def built() -> dict[str, list[dict[str, Any]]]:
     """Each overlay's built resources."""
-    return {name: kustomize(ROOT / "k8s" / "overlays" / name) for name in OVERLAYS}
+    return {name: _kustomize(ROOT / "k8s" / "overlays" / name) for name in ("gpu", "cpu-demo")}
