@@ -210,7 +210,9 @@ def finetune(
                     base_model=str(base_dir),
                     datasets=[data.name],
                     dataset_sha256=hashes,
-                    hyperparameters=config.model_dump(mode="json"),
+                    hyperparameters=config.model_dump(
+                        mode="json", exclude={"base_model", "device", "threads"}
+                    ),
                     metrics={
                         name: SplitMetrics.model_validate(r.scores.headline())
                         for name, r in report.models.items()

@@ -104,7 +104,7 @@ def test_the_fast_loss_equals_the_plain_answer_only_loss_and_its_gradients(
         model.zero_grad()
         loss = fn()
         loss.backward()
-        return float(loss), [p.grad.clone() for p in model.parameters() if p.requires_grad]
+        return float(loss.detach()), [p.grad.clone() for p in model.parameters() if p.requires_grad]
 
     ref, ref_grads = loss_and_grads(lambda: _reference_loss(model, batch))
     for share in (False, True):
