@@ -1,0 +1,1162 @@
+"""The benchmarks' harness: a fake upstream, a minimal proxy, a load generator, and process helpers.
+
+    FakeOpenAIUpstream   a FAKE OpenAI/vLLM server written for the benchmarks (raw asyncio, HTTP/1.1
+                         keep-alive): chat completions, non-streaming and SSE streaming with a fixed
+                         number of content chunks, logprobs when asked, usage; plus the endpoints the
+                         gateway's reconcile loop calls (/health, /v1/models, load/unload adapter).
+                         A fixed service time can be added, so a client blocked on a shadow shows.
+    PassThroughProxy     a MINIMAL PASS-THROUGH PROXY written for the benchmarks (aiohttp server +
+                         one aiohttp client session, uvloop): bytes in, bytes out, no parsing. It is
+                         the practical limit of a Python proxy on one core, the yardstick for the
+                         gateway's overhead.
+    FastAPIPassThroughProxy  the same minimal pass-through on the gateway's own stack (uvicorn +
+                         FastAPI + httpx over httpx-aiohttp): what the stack alone costs.
+    LoadGenerator        a small HTTP/1.1 client on raw asyncio streams (cheaper per request than
+                         aiohttp's), driven over stdin/stdout from the benchmark in its own process.
+    Server, LoadGenClient, register_versions, start_gateway, machine_header, summary
+                         process plumbing shared by bench/*.py
+
+Run a part alone: `python bench/fakes.py upstream --port 8100`, `... proxy --port 8200 --upstream
+http://127.0.0.1:8100`, `... loadgen` (JSON lines on stdin).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import csv
+import datetime as dt
+import itertools
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = Path(__file__).resolve().parent
+DEMO_CSV = ROOT / "data" / "banking77" / "demo.csv"
+BASE_NAME = "base"
+
+
+def _run_loop(main: Any) -> None:
+    try:
+        import uvloop
+
+        uvloop.run(main)
+    except ImportError:
+        asyncio.run(main)
+
+
+# --- the fake upstream ------------------------------------------------------------------------
+
+
+def demo_labels() -> list[str]:
+    with DEMO_CSV.open(newline="") as fh:
+        return sorted({row["label"] for row in csv.DictReader(fh)})
+
+
+def _pieces(text: str, n: int) -> list[str]:
+    """`text` cut into exactly `n` non-empty pieces (n <= len(text))."""
+    bounds = [round(i * len(text) / n) for i in range(n + 1)]
+    return [text[a:b] for a, b in itertools.pairwise(bounds)]
+
+
+@dataclass
+class UpstreamConfig:
+    chunks: int = 8
+    service_s: float = 0.0
+    ttft_s: float = 0.0
+    itl_s: float = 0.001
+    prompt_tokens: int = 40
+
+
+class FakeOpenAIUpstream:
+    """A FAKE OpenAI upstream for the benchmarks: answers like vLLM, computes nothing.
+
+    Each answer is a label of the demo task, cut into `chunks` tokens; ids are unique per process.
+    Non-streaming answers come after `service_s`; streams send their headers at once, the role
+    chunk with the first content chunk after `ttft_s`, the next ones `itl_s` apart, then the
+    finish chunk, the usage chunk (with stream_options.include_usage) and `data: [DONE]`. Bodies are built once per shape
+    and only the id is replaced per request, so the fake costs little CPU beside the proxy it feeds.
+    """
+
+    def __init__(self, config: UpstreamConfig | None = None) -> None:
+        self.config = config or UpstreamConfig()
+        # Short answers are labels of the demo task (the drift window's label feature sees them);
+        # longer ones repeat a label until they have `chunks` tokens.
+        labels = demo_labels()
+        self.labels = [lab for lab in labels if len(lab) >= self.config.chunks] or [
+            " ".join([lab] * (self.config.chunks // len(lab) + 1)) for lab in labels
+        ]
+        self.adapters: dict[str, str] = {}
+        self.requests = 0
+        self._prefix = uuid.uuid4().hex[:8]
+        self._cache: dict[tuple[Any, ...], Any] = {}
+
+    def next_id(self) -> bytes:
+        self.requests += 1
+        return f"chatcmpl-{self._prefix}{self.requests:09d}".encode()
+
+    # bodies ---------------------------------------------------------------------------------
+
+    def _logprob_items(self, pieces: list[str], top: int) -> list[dict[str, Any]]:
+        items = []
+        for p in pieces:
+            alts = [{"token": p, "logprob": -0.05, "bytes": list(p.encode())}]
+            alts += [
+                {"token": f"x{j}", "logprob": -3.0 - j, "bytes": list(f"x{j}".encode())}
+                for j in range(1, top)
+            ]
+            items.append(
+                {"token": p, "logprob": -0.05, "bytes": list(p.encode()), "top_logprobs": alts[:top]}
+            )
+        return items
+
+    def _usage(self) -> dict[str, int]:
+        c = self.config
+        return {
+            "prompt_tokens": c.prompt_tokens,
+            "completion_tokens": c.chunks,
+            "total_tokens": c.prompt_tokens + c.chunks,
+        }
+
+    def completion_body(self, model: str, label_index: int, top: int | None) -> bytes:
+        key = ("full", model, label_index, top)
+        if key not in self._cache:
+            label = self.labels[label_index]
+            choice: dict[str, Any] = {
+                "index": 0,
+                "message": {"role": "assistant", "content": label},
+                "logprobs": None,
+                "finish_reason": "stop",
+            }
+            if top is not None:
+                choice["logprobs"] = {"content": self._logprob_items(_pieces(label, self.config.chunks), top)}
+            body = {
+                "id": "@ID@",
+                "object": "chat.completion",
+                "created": 1764000000,
+                "model": model,
+                "choices": [choice],
+                "usage": self._usage(),
+            }
+            self._cache[key] = json.dumps(body, separators=(",", ":")).encode()
+        return self._cache[key]
+
+    def stream_events(self, model: str, label_index: int, top: int | None, usage: bool) -> list[bytes]:
+        key = ("stream", model, label_index, top, usage)
+        if key not in self._cache:
+            label = self.labels[label_index]
+            pieces = _pieces(label, self.config.chunks)
+            logprobs = self._logprob_items(pieces, top) if top is not None else None
+
+            def chunk(delta: dict[str, Any], finish: str | None = None, lp: Any = None) -> bytes:
+                payload = {
+                    "id": "@ID@",
+                    "object": "chat.completion.chunk",
+                    "created": 1764000000,
+                    "model": model,
+                    "choices": [{"index": 0, "delta": delta, "logprobs": lp, "finish_reason": finish}],
+                }
+                return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
+
+            events = [chunk({"role": "assistant", "content": ""})]
+            for i, p in enumerate(pieces):
+                events.append(chunk({"content": p}, lp={"content": [logprobs[i]]} if logprobs else None))
+            events.append(chunk({}, finish="stop"))
+            if usage:
+                tail = {
+                    "id": "@ID@",
+                    "object": "chat.completion.chunk",
+                    "created": 1764000000,
+                    "model": model,
+                    "choices": [],
+                    "usage": self._usage(),
+                }
+                events.append(b"data: " + json.dumps(tail, separators=(",", ":")).encode() + b"\n\n")
+            events.append(b"data: [DONE]\n\n")
+            self._cache[key] = events
+        return list(self._cache[key])
+
+    # requests -------------------------------------------------------------------------------
+
+    def handle(self, conn: _UpstreamConnection, method: str, path: str, body: bytes) -> None:
+        path = path.split("?", 1)[0]
+        if path == "/health":
+            conn.respond(200, b"", b"text/plain")
+        elif path == "/v1/models" and method == "GET":
+            data = [{"id": BASE_NAME, "object": "model", "root": BASE_NAME, "parent": None}]
+            data += [
+                {"id": name, "object": "model", "root": root, "parent": BASE_NAME}
+                for name, root in sorted(self.adapters.items())
+            ]
+            conn.respond(200, json.dumps({"object": "list", "data": data}).encode())
+        elif path == "/v1/load_lora_adapter" and method == "POST":
+            req = json.loads(body or b"{}")
+            name = str(req.get("lora_name"))
+            if name in self.adapters:
+                msg = {"error": {"message": f"The lora adapter '{name}' has already been loaded."}}
+                conn.respond(400, json.dumps(msg).encode())
+            else:
+                self.adapters[name] = str(req.get("lora_path"))
+                conn.respond(
+                    200, f"Success: LoRA adapter '{name}' added successfully.".encode(), b"text/plain"
+                )
+        elif path == "/v1/unload_lora_adapter" and method == "POST":
+            name = str(json.loads(body or b"{}").get("lora_name"))
+            if self.adapters.pop(name, None) is None:
+                conn.respond(404, json.dumps({"error": {"message": f"'{name}' is not loaded"}}).encode())
+            else:
+                conn.respond(
+                    200, f"Success: LoRA adapter '{name}' removed successfully.".encode(), b"text/plain"
+                )
+        elif path == "/v1/chat/completions" and method == "POST":
+            self._chat(conn, body)
+        else:
+            conn.respond(404, b'{"error":{"message":"not found","type":"NotFoundError"}}')
+
+    def _chat(self, conn: _UpstreamConnection, raw: bytes) -> None:
+        try:
+            req = json.loads(raw)
+        except ValueError:
+            conn.respond(400, b'{"error":{"message":"invalid JSON","type":"BadRequestError"}}')
+            return
+        model = str(req.get("model") or BASE_NAME)
+        top = None
+        if req.get("logprobs"):
+            top = max(1, int(req.get("top_logprobs") or 1))
+        rid = self.next_id()
+        label_index = self.requests % len(self.labels)
+        c = self.config
+        if not req.get("stream"):
+            body = self.completion_body(model, label_index, top).replace(b"@ID@", rid, 1)
+            conn.respond_later(c.service_s, 200, body)
+            return
+        usage = bool((req.get("stream_options") or {}).get("include_usage"))
+        events = [e.replace(b"@ID@", rid, 1) for e in self.stream_events(model, label_index, top, usage)]
+        conn.stream(events, c.ttft_s, c.itl_s)
+
+
+_REASONS = {200: b"OK", 400: b"Bad Request", 404: b"Not Found", 500: b"Internal Server Error"}
+
+
+class _UpstreamConnection(asyncio.Protocol):
+    """One keep-alive HTTP/1.1 connection of the fake upstream; requests are answered in order."""
+
+    def __init__(self, upstream: FakeOpenAIUpstream) -> None:
+        self.upstream = upstream
+        self.buffer = bytearray()
+        self.busy = False
+        self.close_after = False
+        self.transport: asyncio.Transport | None = None
+        self.loop = asyncio.get_running_loop()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        if not self.busy:
+            self._next()
+
+    def _body(self, start: int, length: int | None) -> tuple[bytes, int] | None:
+        """(body, end) from the buffer, or None if it is not complete; length None: chunked."""
+        buf = self.buffer
+        if length is not None:
+            end = start + length
+            return (bytes(buf[start:end]), end) if len(buf) >= end else None
+        body = bytearray()
+        pos = start
+        while True:
+            eol = buf.find(b"\r\n", pos)
+            if eol < 0:
+                return None
+            size = int(bytes(buf[pos:eol]).split(b";")[0], 16)
+            if size == 0:
+                end = buf.find(b"\r\n", eol + 2)
+                return (bytes(body), end + 2) if end >= 0 else None
+            if len(buf) < eol + 2 + size + 2:
+                return None
+            body += buf[eol + 2 : eol + 2 + size]
+            pos = eol + 2 + size + 2
+
+    def _next(self) -> None:
+        while not self.busy and self.transport is not None:
+            head_end = self.buffer.find(b"\r\n\r\n")
+            if head_end < 0:
+                return
+            lines = bytes(self.buffer[:head_end]).decode("latin-1").split("\r\n")
+            method, target, _ = lines[0].split(" ", 2)
+            length: int | None = 0
+            self.close_after = False
+            for line in lines[1:]:
+                name, _, value = line.partition(":")
+                name = name.strip().lower()
+                if name == "content-length":
+                    length = int(value)
+                elif name == "transfer-encoding" and "chunked" in value.lower():
+                    length = None
+                elif name == "connection" and value.strip().lower() == "close":
+                    self.close_after = True
+            found = self._body(head_end + 4, length)
+            if found is None:
+                return
+            body, end = found
+            del self.buffer[:end]
+            self.upstream.handle(self, method, target, body)
+
+    def _write(self, data: bytes) -> None:
+        if self.transport is not None:
+            self.transport.write(data)
+
+    def _done(self) -> None:
+        self.busy = False
+        if self.close_after and self.transport is not None:
+            self.transport.close()
+            return
+        self._next()
+
+    def respond(self, status: int, body: bytes, content_type: bytes = b"application/json") -> None:
+        head = b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n\r\n" % (
+            status,
+            _REASONS.get(status, b"Error"),
+            content_type,
+            len(body),
+        )
+        self._write(head + body)
+
+    def respond_later(self, delay_s: float, status: int, body: bytes) -> None:
+        if delay_s <= 0:
+            self.respond(status, body)
+            return
+        self.busy = True
+
+        def fire() -> None:
+            self.respond(status, body)
+            self._done()
+
+        self.loop.call_later(delay_s, fire)
+
+    def stream(self, events: list[bytes], ttft_s: float, itl_s: float) -> None:
+        """Headers at once; the role chunk with the first content chunk after `ttft_s`, as vLLM
+        does (its first result comes after prefill); the next ones `itl_s` apart; the tail with the last."""
+        head = (
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n"
+        )
+        framed = [b"%x\r\n%s\r\n" % (len(e), e) for e in events] + [b"0\r\n\r\n"]
+        content = self.upstream.config.chunks
+        steps = [framed[0] + framed[1], *framed[2:content], b"".join(framed[content:])]
+        if ttft_s <= 0 and itl_s <= 0:
+            self._write(head + b"".join(steps))
+            return
+        self.busy = True
+        self._write(head)
+
+        def send(i: int) -> None:
+            self._write(steps[i])
+            if i + 1 < len(steps):
+                self.loop.call_later(itl_s, send, i + 1)
+            else:
+                self._done()
+
+        if ttft_s > 0:
+            self.loop.call_later(ttft_s, send, 0)
+        else:
+            send(0)
+
+
+async def serve_upstream(host: str, port: int, config: UpstreamConfig) -> None:
+    upstream = FakeOpenAIUpstream(config)
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(lambda: _UpstreamConnection(upstream), host, port, backlog=1024)
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    async with server:
+        await stop.wait()
+
+
+# --- the minimal pass-through proxy -----------------------------------------------------------
+
+
+class PassThroughProxy:
+    """A MINIMAL PASS-THROUGH PROXY for the benchmarks: the practical limit of a Python proxy here.
+
+    aiohttp's server and one pooled aiohttp client session on uvloop: the request body is sent on
+    unread and unparsed, a JSON answer is returned whole, an SSE answer is relayed chunk by chunk as
+    it arrives. No routing, no validation, no metrics: anything the gateway does costs more.
+    """
+
+    def __init__(self, upstream: str, max_connections: int = 512) -> None:
+        self.upstream = upstream.rstrip("/")
+        self.max_connections = max_connections
+        self.session: Any = None
+
+    async def handle(self, request: Any) -> Any:
+        from aiohttp import web
+
+        body = await request.read()
+        headers = {"Content-Type": request.headers.get("Content-Type", "application/json")}
+        async with self.session.request(
+            request.method, self.upstream + request.rel_url.path_qs, data=body, headers=headers
+        ) as resp:
+            content_type = resp.headers.get("Content-Type", "application/json")
+            if content_type.startswith("text/event-stream"):
+                out = web.StreamResponse(
+                    status=resp.status, headers={"Content-Type": content_type, "Cache-Control": "no-cache"}
+                )
+                await out.prepare(request)
+                async for chunk in resp.content.iter_any():
+                    await out.write(chunk)
+                await out.write_eof()
+                return out
+            data = await resp.read()
+            return web.Response(body=data, status=resp.status, headers={"Content-Type": content_type})
+
+    async def serve(self, host: str, port: int) -> None:
+        import aiohttp
+        from aiohttp import web
+
+        self.session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=self.max_connections, limit_per_host=self.max_connections),
+            timeout=aiohttp.ClientTimeout(total=None, sock_read=120),
+            auto_decompress=False,
+        )
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self.handle)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, host, port, backlog=1024).start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        loop.add_signal_handler(signal.SIGINT, stop.set)
+        await stop.wait()
+        await runner.cleanup()
+        await self.session.close()
+
+
+class FastAPIPassThroughProxy:
+    """A MINIMAL PASS-THROUGH PROXY on the gateway's own stack, for the benchmarks: uvicorn (uvloop,
+    httptools) + FastAPI + one httpx.AsyncClient over the httpx-aiohttp transport, and nothing else.
+
+    It separates what the stack costs from what lorafleet's request path adds on top of it.
+    """
+
+    def __init__(self, upstream: str, max_connections: int = 512) -> None:
+        self.upstream = upstream.rstrip("/")
+        self.max_connections = max_connections
+
+    def app(self) -> Any:
+        import httpx
+        from fastapi import FastAPI, Request
+        from httpx_aiohttp import AiohttpTransport
+        from starlette.background import BackgroundTask
+        from starlette.responses import Response, StreamingResponse
+
+        limits = httpx.Limits(
+            max_connections=self.max_connections, max_keepalive_connections=self.max_connections
+        )
+        client = httpx.AsyncClient(transport=AiohttpTransport(limits=limits), limits=limits, timeout=120)
+        app = FastAPI()
+
+        async def forward(request: Request) -> Response:
+            body = await request.body()
+            req = client.build_request(
+                request.method,
+                self.upstream + request.url.path,
+                content=body,
+                headers={"content-type": request.headers.get("content-type", "application/json")},
+            )
+            resp = await client.send(req, stream=True)
+            content_type = resp.headers.get("content-type", "application/json")
+            if content_type.startswith("text/event-stream"):
+                return StreamingResponse(
+                    resp.aiter_raw(),
+                    status_code=resp.status_code,
+                    media_type=content_type,
+                    background=BackgroundTask(resp.aclose),
+                )
+            data = await resp.aread()
+            await resp.aclose()
+            return Response(data, status_code=resp.status_code, media_type=content_type)
+
+        # Annotations are strings here (__future__); FastAPI resolves them in the module, so give
+        # it the classes that are imported locally.
+        forward.__annotations__ = {"request": Request, "return": Response}
+        app.api_route("/{path:path}", methods=["GET", "POST"])(forward)
+        return app
+
+    def serve(self, host: str, port: int) -> None:
+        import uvicorn
+
+        uvicorn.run(self.app(), host=host, port=port, log_level="warning", access_log=False)
+
+
+# --- the load generator -----------------------------------------------------------------------
+
+_CONTENT = re.compile(rb'"content":"[^"]')
+
+
+@dataclass
+class LoadSpec:
+    """One measurement: `concurrency` connections sending `body` until `duration_s` or `requests`."""
+
+    url: str
+    body: str
+    stream: bool = False
+    concurrency: int = 1
+    duration_s: float | None = None
+    requests: int | None = None
+    path: str = "/v1/chat/completions"
+    headers: dict[str, str] = field(default_factory=dict)
+    counter_start: int = 0  # "@N@" in the body becomes a per-request counter from here
+
+
+class LoadGenerator:
+    """An HTTP/1.1 keep-alive client on raw asyncio streams; measures latency and time to first token.
+
+    TTFT is the time to the first received bytes holding a non-empty `"content":"` delta.
+    """
+
+    async def run(self, spec: LoadSpec) -> dict[str, Any]:
+        host, _, port = spec.url.removeprefix("http://").rstrip("/").partition(":")
+        head = f"POST {spec.path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+        head += "".join(f"{k}: {v}\r\n" for k, v in spec.headers.items())
+        parts = spec.body.encode().split(b"@N@")
+        counter = [spec.counter_start]
+        lat: list[float] = []
+        ttft: list[float] = []
+        errors: list[str] = []
+        conns = []
+        for _ in range(spec.concurrency):
+            conns.append(await asyncio.open_connection(host, int(port)))
+        start = time.perf_counter()
+        deadline = start + spec.duration_s if spec.duration_s else float("inf")
+        budget = spec.requests if spec.requests is not None else 1 << 62
+
+        def request() -> bytes:
+            n = counter[0]
+            counter[0] += 1
+            body = str(n).encode().join(parts)
+            return head.encode() + b"Content-Length: %d\r\n\r\n" % len(body) + body
+
+        async def worker(i: int) -> None:
+            nonlocal budget
+            reader, writer = conns[i]
+            while time.perf_counter() < deadline and budget > 0:
+                budget -= 1
+                t0 = time.perf_counter()
+                writer.write(request())
+                try:
+                    first, ok, close = await self._read(reader, spec.stream, t0)
+                except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
+                    errors.append(f"{type(exc).__name__}: {exc}")
+                    writer.close()
+                    reader, writer = await asyncio.open_connection(host, int(port))
+                    continue
+                t1 = time.perf_counter()
+                if not ok:
+                    errors.append(ok_text(first))
+                else:
+                    lat.append((t1 - t0) * 1e3)
+                    if spec.stream and isinstance(first, float):
+                        ttft.append((first - t0) * 1e3)
+                if close:
+                    writer.close()
+                    reader, writer = await asyncio.open_connection(host, int(port))
+            writer.close()
+
+        def ok_text(x: Any) -> str:
+            return str(x)[:300]
+
+        await asyncio.gather(*(worker(i) for i in range(spec.concurrency)))
+        elapsed = time.perf_counter() - start
+        return {
+            "lat": [round(x, 4) for x in lat],
+            "ttft": [round(x, 4) for x in ttft],
+            "errors": len(errors),
+            "first_error": errors[0] if errors else None,
+            "elapsed_s": elapsed,
+            "counter": counter[0],
+        }
+
+    @staticmethod
+    async def _read(reader: asyncio.StreamReader, stream: bool, t0: float) -> tuple[Any, bool, bool]:
+        """(first content time or error text, ok, server closes) for one response."""
+        head = await reader.readuntil(b"\r\n\r\n")
+        status = int(head[9:12])
+        length = None
+        chunked = False
+        close = False
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            name = name.strip().lower()
+            if name == b"content-length":
+                length = int(value)
+            elif name == b"transfer-encoding" and b"chunked" in value.lower():
+                chunked = True
+            elif name == b"connection" and value.strip().lower() == b"close":
+                close = True
+        first: float | None = None
+        done = False
+        body = b""
+        if chunked:
+            while True:
+                size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
+                if size == 0:
+                    await reader.readuntil(b"\r\n")
+                    break
+                data = (await reader.readexactly(size + 2))[:-2]
+                if first is None and _CONTENT.search(data):
+                    first = time.perf_counter()
+                if b"[DONE]" in data:
+                    done = True
+                if status != 200:
+                    body += data
+        elif length is not None:
+            body = await reader.readexactly(length)
+            if stream:
+                first = time.perf_counter() if _CONTENT.search(body) else None
+                done = b"[DONE]" in body
+        if status != 200:
+            return f"HTTP {status}: {body[:200]!r}", False, close
+        if stream and not done:
+            return "stream ended without [DONE]", False, close
+        return first, True, close
+
+
+def loadgen_main() -> None:
+    """Serve LoadSpec JSON lines from stdin, one result JSON line each, until stdin closes."""
+
+    async def main() -> None:
+        gen = LoadGenerator()
+        loop = asyncio.get_running_loop()
+        while True:
+            line = await loop.run_in_executor(None, sys.stdin.readline)
+            if not line:
+                return
+            spec = LoadSpec(**json.loads(line))
+            try:
+                result = await gen.run(spec)
+            except Exception as exc:
+                result = {"lat": [], "ttft": [], "errors": 1, "first_error": repr(exc), "elapsed_s": 0}
+            sys.stdout.write(json.dumps(result) + "\n")
+            sys.stdout.flush()
+
+    _run_loop(main())
+
+
+# --- processes --------------------------------------------------------------------------------
+
+
+def cores() -> list[int]:
+    return sorted(os.sched_getaffinity(0))
+
+
+@dataclass
+class Layout:
+    """Which core runs what: the system under test alone on its core when there are 2 or more."""
+
+    sut: int
+    upstream: int
+    loadgen: int
+
+    @classmethod
+    def choose(cls) -> Layout:
+        cs = cores()
+        if len(cs) == 1:
+            return cls(cs[0], cs[0], cs[0])
+        if len(cs) == 2:
+            return cls(cs[1], cs[0], cs[0])
+        return cls(cs[-1], cs[0], cs[1])
+
+    def describe(self) -> str:
+        shared = " (shared with the fake upstream)" if self.loadgen == self.upstream else ""
+        return (
+            f"core {self.sut}: system under test (proxy or gateway) alone; "
+            f"core {self.upstream}: fake upstream; core {self.loadgen}: load generator{shared}"
+        )
+
+
+class Server:
+    """A child process pinned to one core, stopped with SIGTERM (then SIGKILL)."""
+
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str],
+        core: int | None,
+        env: dict[str, str] | None = None,
+        log: Path | None = None,
+    ) -> None:
+        self.name = name
+        self.log = log
+        out = log.open("ab") if log else subprocess.DEVNULL
+        argv = list(argv)
+        if core is not None and shutil.which("taskset"):
+            argv = ["taskset", "-c", str(core), *argv]  # pinned before exec: every thread inherits it
+        self.proc = subprocess.Popen(
+            argv,
+            env={**os.environ, **(env or {})},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        if core is not None:
+            os.sched_setaffinity(self.proc.pid, {core})
+        import psutil
+
+        self.ps = psutil.Process(self.proc.pid)
+
+    def pin_all(self, core: int) -> None:
+        """Pin every thread (already started ones too) to `core`."""
+        for t in self.ps.threads():
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(t.id, {core})
+
+    def cpu_s(self) -> float:
+        t = self.ps.cpu_times()
+        return float(t.user + t.system)
+
+    def rss_bytes(self) -> int:
+        return int(self.ps.memory_info().rss)
+
+    def wait_http(self, url: str, timeout_s: float = 60, ok: Callable[[bytes], bool] | None = None) -> None:
+        deadline = time.monotonic() + timeout_s
+        last = ""
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}; see {self.log}")
+            try:
+                with urllib.request.urlopen(url, timeout=2) as r:
+                    body = r.read()
+                    if r.status == 200 and (ok is None or ok(body)):
+                        return
+                    last = body[:200].decode(errors="replace")
+            except (OSError, urllib.error.URLError) as exc:
+                last = str(exc)
+            time.sleep(0.2)
+        raise RuntimeError(f"{self.name} not ready at {url} within {timeout_s:.0f} s: {last}; see {self.log}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_upstream(core: int | None, log: Path, config: UpstreamConfig | None = None) -> tuple[Server, str]:
+    c = config or UpstreamConfig()
+    port = free_port()
+    argv = [
+        sys.executable,
+        str(Path(__file__)),
+        "upstream",
+        "--port",
+        str(port),
+        "--chunks",
+        str(c.chunks),
+        "--service-ms",
+        str(c.service_s * 1e3),
+        "--ttft-ms",
+        str(c.ttft_s * 1e3),
+        "--itl-ms",
+        str(c.itl_s * 1e3),
+    ]
+    server = Server("fake upstream", argv, core, log=log)
+    url = f"http://127.0.0.1:{port}"
+    server.wait_http(url + "/health")
+    return server, url
+
+
+def start_proxy(core: int | None, upstream: str, log: Path) -> tuple[Server, str]:
+    port = free_port()
+    argv = [sys.executable, str(Path(__file__)), "proxy", "--port", str(port), "--upstream", upstream]
+    server = Server("pass-through proxy", argv, core, log=log)
+    url = f"http://127.0.0.1:{port}"
+    server.wait_http(url + "/health")
+    return server, url
+
+
+def start_fastapi_proxy(core: int | None, upstream: str, log: Path) -> tuple[Server, str]:
+    port = free_port()
+    argv = [sys.executable, str(Path(__file__)), "fastapi-proxy", "--port", str(port), "--upstream", upstream]
+    server = Server("FastAPI pass-through proxy", argv, core, log=log)
+    url = f"http://127.0.0.1:{port}"
+    server.wait_http(url + "/health")
+    return server, url
+
+
+def register_versions(
+    root: Path, task: str = "bench", count: int = 2, adapter_dir: Path | None = None
+) -> list[str]:
+    """Register `count` versions of `task`: a dummy adapter folder (or a copy of `adapter_dir`),
+    version.json, a card and reference statistics of the demo task, so drift windows are live."""
+    from lorafleet.modelcard import ModelCard
+    from lorafleet.registry import REFERENCE_FILE, Registry, VersionInfo, adapter_digest
+    from lorafleet.textstats import reference_stats
+
+    with DEMO_CSV.open(newline="") as fh:
+        rows = [(row["text"], row["label"]) for row in csv.DictReader(fh)]
+    labels = demo_labels()
+    registry = Registry(root)
+    names = []
+    for _ in range(count):
+        with registry.new_version(task) as draft:
+            if adapter_dir is not None:
+                shutil.copytree(adapter_dir, draft.adapter_path)
+            else:
+                draft.adapter_path.mkdir(parents=True)
+                config = {
+                    "peft_type": "LORA",
+                    "r": 8,
+                    "lora_alpha": 16,
+                    "task_type": "CAUSAL_LM",
+                    "target_modules": ["q_proj", "v_proj"],
+                    "base_model_name_or_path": BASE_NAME,
+                }
+                (draft.adapter_path / "adapter_config.json").write_text(json.dumps(config))
+                (draft.adapter_path / "adapter_model.safetensors").write_bytes(b"")
+            rank = json.loads((draft.adapter_path / "adapter_config.json").read_text())["r"]
+            now = dt.datetime.now(dt.UTC)
+            draft.write_json(
+                "version.json",
+                VersionInfo(
+                    name=str(draft.ref),
+                    task=task,
+                    number=draft.ref.number,
+                    created_at=now,
+                    base_model=BASE_NAME,
+                    adapter_sha256=adapter_digest(draft.adapter_path),
+                    lora_rank=rank,
+                ),
+            )
+            card = ModelCard(
+                version=str(draft.ref), task=task, created_at=now, base_model=BASE_NAME, labels=labels
+            )
+            (draft.path / "README.md").write_text(card.render())
+            draft.write_json(
+                REFERENCE_FILE, reference_stats([t for t, _ in rows], [lab for _, lab in rows], labels)
+            )
+        names.append(str(draft.ref))
+    return names
+
+
+def routes_yaml(
+    stable: str, weighted: str | None = None, shadow: str | None = None, route: str = "bench"
+) -> str:
+    lines = ["revision: 1", "routes:", f"  {route}:", f"    stable: {stable}"]
+    if weighted:
+        lines.append(f"    weights: {{{weighted}: 10}}")
+    if shadow:
+        lines.append(f"    shadow: {{version: {shadow}, percent: 100}}")
+    return "\n".join(lines) + "\n"
+
+
+def start_gateway(
+    core: int | None,
+    workdir: Path,
+    registry: Path,
+    engine: str,
+    routes: str,
+    log: Path,
+    env: dict[str, str] | None = None,
+    log_level: str = "warning",
+) -> tuple[Server, str]:
+    """`lorafleet gateway` as a user runs it (uvicorn, one worker), with LORAFLEET_ROUTER_* overrides."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "routes.yaml").write_text(routes)
+    port = free_port()
+    exe = Path(sys.executable).parent / "lorafleet"
+    argv = [
+        str(exe),
+        "gateway",
+        "--routes",
+        str(workdir / "routes.yaml"),
+        "--engine",
+        engine,
+        "--registry",
+        str(registry),
+        "--port",
+        str(port),
+        "--log-level",
+        log_level,
+    ]
+    server = Server(
+        "lorafleet gateway", argv, core, env={"LORAFLEET_HOME": str(workdir), **(env or {})}, log=log
+    )
+    url = f"http://127.0.0.1:{port}"
+    server.wait_http(url + "/health", ok=lambda b: json.loads(b).get("engines_healthy", 0) > 0)
+    if core is not None:
+        server.pin_all(core)
+    return server, url
+
+
+def ensure_vllm_router(venv: Path = BENCH / ".venv-vllm-router", version: str = "0.1.17") -> Path | None:
+    """vllm-router's launcher, installed into its own venv on first use; None (with a message) if that fails."""
+    exe = venv / "bin" / "vllm-router"
+    if exe.exists():
+        return exe
+    print(f"installing vllm-router=={version} into {venv} (once, about 15 s)...", file=sys.stderr)
+    try:
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run(
+            [str(venv / "bin" / "pip"), "install", "-q", f"vllm-router=={version}"],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            timeout=300,
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        print(f"vllm-router could not be installed ({exc}); skipping it", file=sys.stderr)
+        return None
+    return exe if exe.exists() else None
+
+
+def start_vllm_router(exe: Path, core: int | None, upstream: str, log: Path) -> tuple[Server, str]:
+    """vllm-router in front of one worker, round_robin (the cheapest of its policies for one worker)."""
+    port = free_port()
+    argv = [
+        str(exe),
+        "--worker-urls",
+        upstream,
+        "--port",
+        str(port),
+        "--policy",
+        "round_robin",
+        "--log-level",
+        "warning",
+    ]
+    server = Server("vllm-router", argv, core, log=log)
+    url = f"http://127.0.0.1:{port}"
+    server.wait_http(url + "/health", timeout_s=90)
+    return server, url
+
+
+def make_lora_adapter(base: Path, out: Path, rank: int = 8) -> Path:
+    """A real LoRA adapter folder for `base` (peft, untrained: B = 0), which a real vLLM engine loads."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.bfloat16)
+    config = LoraConfig(r=rank, lora_alpha=16, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+    get_peft_model(model, config).save_pretrained(out)
+    return out
+
+
+@contextlib.asynccontextmanager
+async def real_engine(log: Path) -> AsyncIterator[str]:
+    """One real vLLM engine on the embedded base model (serve.engine.Engine), warmed up with logprobs."""
+    from lorafleet import basemodel
+    from serve.engine import Engine
+    from serve.settings import EngineSettings
+
+    settings = EngineSettings(
+        port=free_port(), log_file=str(log), max_loras=4, max_lora_rank=16, kv_cache_gib=1.0
+    )
+    engine = Engine(settings, basemodel.resolve(None))
+    print(f"starting a real vLLM engine on {settings.url} (30-60 s; log {log})...", file=sys.stderr)
+    await engine.start()
+    try:
+        await asyncio.to_thread(warm_up, settings.url, BASE_NAME)
+        yield settings.url
+    finally:
+        await engine.stop()
+
+
+def warm_up(url: str, model: str) -> None:
+    """One request with logprobs: the first after an engine starts takes 10-20 s, once."""
+    body = {
+        "model": model,
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": 2,
+        "logprobs": True,
+        "top_logprobs": 5,
+    }
+    req = urllib.request.Request(
+        url + "/v1/chat/completions",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(req, timeout=300) as r:
+        r.read()
+
+
+class LoadGenClient:
+    """The load generator in its own process (pinned), driven with LoadSpec lines."""
+
+    def __init__(self, core: int | None) -> None:
+        argv = [sys.executable, str(Path(__file__)), "loadgen"]
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        if core is not None:
+            os.sched_setaffinity(self.proc.pid, {core})
+
+    def run(self, spec: LoadSpec) -> dict[str, Any]:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(json.dumps(spec.__dict__) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError("the load generator died")
+        result: dict[str, Any] = json.loads(line)
+        return result
+
+    def close(self) -> None:
+        if self.proc.stdin:
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def chat_body(model: str, stream: bool, user: str | None = "user-@N@", max_tokens: int = 16) -> str:
+    body: dict[str, Any] = {
+        "model": model,
+        "messages": [
+            {"role": "user", "content": "I still have not received my new card, how long does it take?"}
+        ],
+        "max_tokens": max_tokens,
+        "temperature": 0,
+    }
+    if user:
+        body["user"] = user
+    if stream:
+        body["stream"] = True
+    return json.dumps(body)
+
+
+# --- reporting --------------------------------------------------------------------------------
+
+
+def pct(values: Sequence[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    k = min(len(s) - 1, max(0, round(q / 100 * (len(s) - 1))))
+    return s[k]
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def machine_header(title: str) -> str:
+    load = os.getloadavg()
+    return "\n".join(
+        [
+            f"# {title}",
+            f"date: {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M UTC}",
+            f"machine: nproc={os.cpu_count()} usable={len(cores())} cpu='{cpu_model()}' "
+            f"python={platform.python_version()} kernel={platform.release()}",
+            f"load average at start: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} (shared machine: numbers are noisy)",
+        ]
+    )
+
+
+def summary(result: dict[str, Any]) -> dict[str, float]:
+    lat, ttft = result["lat"], result["ttft"]
+    return {
+        "n": len(lat),
+        "rps": len(lat) / result["elapsed_s"] if result["elapsed_s"] else float("nan"),
+        "p50": pct(lat, 50),
+        "p99": pct(lat, 99),
+        "ttft50": pct(ttft, 50) if ttft else float("nan"),
+        "ttft99": pct(ttft, 99) if ttft else float("nan"),
+        "errors": result["errors"],
+    }
+
+
+class Tee:
+    """Print and keep the lines, to write them to bench/results/ at the end."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def __call__(self, text: str = "") -> None:
+        print(text, flush=True)
+        self.lines.append(text)
+
+    def save(self, name: str) -> Path:
+        out = BENCH / "results" / f"{name}-{dt.datetime.now(dt.UTC):%Y%m%d}.txt"
+        out.parent.mkdir(exist_ok=True)
+        out.write_text("\n".join(self.lines) + "\n")
+        return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="part", required=True)
+    up = sub.add_parser("upstream", help="the fake OpenAI upstream")
+    up.add_argument("--host", default="127.0.0.1")
+    up.add_argument("--port", type=int, default=8100)
+    up.add_argument("--chunks", type=int, default=8)
+    up.add_argument("--service-ms", type=float, default=0.0)
+    up.add_argument("--ttft-ms", type=float, default=0.0)
+    up.add_argument("--itl-ms", type=float, default=1.0)
+    px = sub.add_parser("proxy", help="the minimal pass-through proxy")
+    px.add_argument("--host", default="127.0.0.1")
+    px.add_argument("--port", type=int, default=8200)
+    px.add_argument("--upstream", default="http://127.0.0.1:8100")
+    fx = sub.add_parser("fastapi-proxy", help="the minimal pass-through proxy on uvicorn + FastAPI + httpx")
+    fx.add_argument("--host", default="127.0.0.1")
+    fx.add_argument("--port", type=int, default=8300)
+    fx.add_argument("--upstream", default="http://127.0.0.1:8100")
+    sub.add_parser("loadgen", help="the load generator (LoadSpec JSON lines on stdin)")
+    args = parser.parse_args()
+    if args.part == "upstream":
+        config = UpstreamConfig(args.chunks, args.service_ms / 1e3, args.ttft_ms / 1e3, args.itl_ms / 1e3)
+        _run_loop(serve_upstream(args.host, args.port, config))
+    elif args.part == "proxy":
+        _run_loop(PassThroughProxy(args.upstream).serve(args.host, args.port))
+    elif args.part == "fastapi-proxy":
+        FastAPIPassThroughProxy(args.upstream).serve(args.host, args.port)
+    else:
+        loadgen_main()
+
+
+if __name__ == "__main__":
+    main()
