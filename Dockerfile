@@ -83,6 +83,7 @@ FROM python-base AS controller
 COPY --from=controller-venv /opt/venv /opt/venv
 WORKDIR /home/lorafleet
 USER 10001:10001
+ENV LORAFLEET_ROUTER_HOST=0.0.0.0
 EXPOSE 8090
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8090/health', timeout=4)"]
