@@ -45,7 +45,8 @@ RUN groupadd --system --gid 10001 lorafleet \
 FROM python-base AS wheel
 ARG HATCHLING_VERSION
 WORKDIR /src
-RUN pip install "hatchling==${HATCHLING_VERSION}"
+COPY requirements/ requirements/
+RUN pip install -c requirements/dev.lock -c requirements/engine-cpu.lock "hatchling==${HATCHLING_VERSION}"
 COPY pyproject.toml README.md ./
 COPY lorafleet/ lorafleet/
 COPY training/ training/
