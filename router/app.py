@@ -107,16 +107,19 @@ def create_app(
         app.state.metrics = metrics
         app.state.metrics_registry = registry_metrics
         app.state.exposition_registry = lambda: _exposition_registry(registry_metrics)
-        tasks = [
-            asyncio.create_task(_every(settings.reload_interval_s, "routes reload", gateway.reload)),
-            asyncio.create_task(fleet.run(gateway.desired_adapters, settings.reconcile_interval_s)),
-            asyncio.create_task(_every(2.0, "drift publishing", observer.publish)),
-        ]
         leader = LeaderLock(settings.resolved_state_dir / "controller.lock")
         wants_controller = (
             settings.controller is ControllerMode.EMBEDDED if run_controller is None else run_controller
         )
-        if wants_controller and leader.acquire():
+        is_controller = wants_controller and leader.acquire()
+        tasks = [
+            asyncio.create_task(_every(settings.reload_interval_s, "routes reload", gateway.reload_async)),
+            asyncio.create_task(
+                fleet.run(gateway.desired_adapters, settings.reconcile_interval_s, unload=is_controller)
+            ),
+            asyncio.create_task(_every(2.0, "drift publishing", observer.publish)),
+        ]
+        if is_controller:
             source: LocalGateSource | PrometheusGateSource
             if settings.prometheus_url:
                 source = PrometheusGateSource(settings.prometheus_url, http, clock)
@@ -132,7 +135,7 @@ def create_app(
             )
         try:
             await fleet.refresh()
-            await fleet.reconcile(gateway.desired_adapters())
+            await fleet.reconcile(gateway.desired_adapters(), unload=is_controller)
         except Exception:
             log.exception("first reconcile failed; the loop will retry")
         try:

@@ -165,24 +165,36 @@ class Gateway:
 
     # --- routes -------------------------------------------------------------------------
 
-    def reload(self, force: bool = False) -> bool:
-        """Re-read the routes file if it changed; keep the old routes if the new file is invalid."""
+    def _read_if_changed(self, force: bool) -> tuple[str | None, RoutesFile | RoutesFileError | None]:
         fingerprint = self.store.fingerprint()
         if fingerprint == self._fingerprint and not force:
-            return False
+            return fingerprint, None
         try:
-            routes = self.store.load()
+            return fingerprint, self.store.load()
         except RoutesFileError as exc:
-            if self.reload_error != exc.message:
-                log.error(
-                    "routes file not applied, keeping revision %s: %s", self.routes.revision, exc.message
-                )
-            self.reload_error = exc.message
-            self._fingerprint = fingerprint
+            return fingerprint, exc
+
+    def _take(self, fingerprint: str | None, read: RoutesFile | RoutesFileError | None) -> bool:
+        if read is None:
             return False
-        self.apply(routes)
         self._fingerprint = fingerprint
+        if isinstance(read, RoutesFileError):
+            if self.reload_error != read.message:
+                log.error(
+                    "routes file not applied, keeping revision %s: %s", self.routes.revision, read.message
+                )
+            self.reload_error = read.message
+            return False
+        self.apply(read)
         return True
+
+    def reload(self, force: bool = False) -> bool:
+        """Re-read the routes if they changed; keep the old routes if the new file is invalid."""
+        return self._take(*self._read_if_changed(force))
+
+    async def reload_async(self) -> bool:
+        """`reload`, with the store read in a thread (a ConfigMap store may be slow to answer)."""
+        return self._take(*await asyncio.to_thread(self._read_if_changed, False))
 
     def apply(self, routes: RoutesFile) -> None:
         old = self.routes.revision

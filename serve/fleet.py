@@ -159,8 +159,13 @@ class Fleet:
             del self.engines[gone]
         await asyncio.gather(*(self._check(e) for e in self.engines.values()))
 
-    async def reconcile(self, desired: Mapping[str, Path]) -> ReconcileReport:
-        """Make every healthy engine hold exactly the `desired` versions (name -> adapter folder)."""
+    async def reconcile(self, desired: Mapping[str, Path], unload: bool = True) -> ReconcileReport:
+        """Make every healthy engine hold the `desired` versions (name -> adapter folder).
+
+        With `unload`, also unload every other adapter. Only the one rollout controller unloads:
+        a gateway replica that reads a routes file older than the controller's would otherwise
+        unload a version the controller has just loaded.
+        """
         report = ReconcileReport()
         async with self._lock:
             await self.refresh()
@@ -192,7 +197,7 @@ class Fleet:
                     engine.failures.pop(name, None)
                     report.loaded.append((engine.url, name))
                     log.info("loaded adapter %s on %s", name, engine.url)
-                for name in sorted(set(engine.loaded) - set(desired)):
+                for name in sorted(set(engine.loaded) - set(desired)) if unload else ():
                     try:
                         await client.unload(name)
                     except (AdapterLoadError, EngineUnavailableError) as exc:
@@ -205,11 +210,13 @@ class Fleet:
                     del engine.failures[name]
         return report
 
-    async def run(self, desired: Callable[[], Mapping[str, Path]], interval_s: float) -> None:
+    async def run(
+        self, desired: Callable[[], Mapping[str, Path]], interval_s: float, unload: bool = True
+    ) -> None:
         """Reconcile every `interval_s` seconds until cancelled."""
         while True:
             try:
-                await self.reconcile(desired())
+                await self.reconcile(desired(), unload=unload)
             except Exception:
                 log.exception("reconcile failed; trying again in %.0f s", interval_s)
             await asyncio.sleep(interval_s)
