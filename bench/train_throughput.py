@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import tempfile
 import time
@@ -32,7 +33,7 @@ sys.path.insert(0, str(REPO))
 
 from lorafleet import basemodel  # noqa: E402
 from training.check import read_valid  # noqa: E402
-from training.config import Precision, TrainConfig  # noqa: E402
+from training.config import Precision, TrainConfig, load_config  # noqa: E402
 from training.csvimport import import_csv  # noqa: E402
 from training.dataset import Example, write_jsonl  # noqa: E402
 from training.evaluate import evaluate, generate, load_adapter_model, max_answer_tokens  # noqa: E402
@@ -93,7 +94,7 @@ def hf_trainer_baseline(cfg: TrainConfig, examples: list[Example], out: Path) ->
         per_device_train_batch_size=cfg.batch_size,
         num_train_epochs=1,
         learning_rate=cfg.learning_rate,
-        warmup_ratio=cfg.warmup_ratio,
+        warmup_steps=max(1, round(math.ceil(len(rows) / cfg.batch_size) * cfg.warmup_ratio)),
         lr_scheduler_type="linear",
         weight_decay=cfg.weight_decay,
         seed=cfg.seed,
@@ -135,13 +136,19 @@ def main() -> None:
         default=None,
         help="CPU threads for both sides (default: the idle cores, once).",
     )
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="A training config file for both sides (default: the train defaults).",
+    )
     parser.add_argument("--json", action="store_true", help="Print the results as JSON too.")
     opts = parser.parse_args()
 
     # Both sides run with the same, fixed thread count: lorafleet's trainer adapts its threads to the
     # machine's load, which on a shared machine would compare the adaptation, not the training.
     threads = cpu_threads(opts.threads)
-    cfg = TrainConfig(batch_size=opts.batch_size, epochs=1, threads=threads)
+    cfg = load_config(opts.config, {"batch_size": opts.batch_size, "epochs": 1, "threads": threads})
     with tempfile.TemporaryDirectory(prefix="lorafleet-bench-") as tmp:
         work = Path(tmp)
         jsonl = work / "all.jsonl"
@@ -179,6 +186,7 @@ def main() -> None:
 
     result = {
         "threads": threads,
+        "config": cfg.model_dump(mode="json"),
         "train_examples": len(train_examples),
         "steps": len(ours.history.train),
         "lorafleet_tokens_per_s": round(ours.history.tokens_per_s, 1),
@@ -192,6 +200,9 @@ def main() -> None:
         "generation_speedup": round(single.seconds / batched.seconds, 2),
         "same_answers": sum(a == b for a, b in zip(batched.answers, single.answers, strict=True)),
     }
+    print(
+        f"LoRA r={cfg.rank} alpha={cfg.alpha:g} on {','.join(cfg.target_modules)}, lr {cfg.learning_rate:g}"
+    )
     print(
         f"training: lorafleet {result['lorafleet_tokens_per_s']:.0f} tokens/s vs Trainer+PEFT "
         f"{result['hf_trainer_tokens_per_s']:.0f} tokens/s: {result['train_speedup']:.2f}x "

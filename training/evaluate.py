@@ -3,7 +3,7 @@
 Models, in report order:
     base            the base model, same prompt as the adapter sees
     base-few-shot   the base model with K training examples as earlier turns (when asked)
-    <model name>    any OpenAI-compatible endpoint a user names (concurrent requests)
+    endpoint:<model>  any OpenAI-compatible endpoint a user names (concurrent requests)
     tuned           the base model with the adapter
 
 Local generation is batched: left padding, greedy, `max_new_tokens` = the longest label's tokens plus
@@ -321,7 +321,8 @@ def evaluate(
     for ep in endpoints:
         say(f"eval: endpoint {ep.url} model {ep.model}")
         gen = ask_endpoint(ep, prompts, max_new)
-        results[ep.model if ep.model not in results else f"{ep.model}@{ep.url}"] = _result(
+        name = f"endpoint:{ep.model}"  # never mistaken for the local base or tuned model
+        results[name if name not in results else f"{name}@{ep.url}"] = _result(
             "endpoint", test, gen, labels, False
         )
     say(f"eval: tuned adapter on {len(test)} examples")

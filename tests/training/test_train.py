@@ -226,3 +226,29 @@ def test_eval_reports_base_few_shot_and_tuned_side_by_side(
     text = report.render()
     assert "verdict:" in text and "wrong answers of base:" in text and "per-label precision" in text
     assert "Classify the customer message" not in text  # inputs are the user texts, not the prompt
+
+
+@pytest.mark.engine
+def test_eval_compares_with_an_openai_compatible_endpoint(
+    engine: Any,
+    tiny_data: dict[str, Path],
+    tiny_adapter: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The real vLLM engine (tests/conftest.py) serving the base model, asked as an endpoint baseline."""
+    monkeypatch.setenv("TEST_ENDPOINT_KEY", "not-checked-by-vllm")
+    result = CliRunner().invoke(
+        app,
+        [
+            "eval", "--test", str(tiny_data["test"]), "--adapter", str(tiny_adapter), "--out", str(tmp_path / "e"),
+            "--endpoint", engine.url, "--endpoint-model", "base", "--endpoint-key-env", "TEST_ENDPOINT_KEY", "--json",
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    report = EvalReport.model_validate_json(result.stdout)
+    assert list(report.models) == ["base", "endpoint:base", "tuned"]
+    remote = report.models["endpoint:base"]
+    assert remote.kind == "endpoint" and len(remote.answers) == 4 and all(remote.answers)
+    assert len(remote.errors) == round(4 * (1 - remote.scores.accuracy))
+    assert set(report.summary) == {"base", "endpoint:base", "tuned"}
