@@ -1043,7 +1043,9 @@ class LoadGenClient:
             self.proc.kill()
 
 
-def chat_body(model: str, stream: bool, user: str | None = "user-@N@", max_tokens: int = 16) -> str:
+def chat_body(
+    model: str, stream: bool, user: str | None = "user-@N@", max_tokens: int = 16, **extra: Any
+) -> str:
     body: dict[str, Any] = {
         "model": model,
         "messages": [
@@ -1056,6 +1058,7 @@ def chat_body(model: str, stream: bool, user: str | None = "user-@N@", max_token
         body["user"] = user
     if stream:
         body["stream"] = True
+    body.update(extra)
     return json.dumps(body)
 
 
