@@ -27,7 +27,7 @@ import random
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -441,8 +441,3 @@ def train(
 def read_history(adapter_dir: Path | str) -> LossHistory | None:
     f = Path(adapter_dir) / HISTORY_FILE
     return LossHistory.model_validate(json.loads(f.read_text())) if f.is_file() else None
-
-
-def batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
