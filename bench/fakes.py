@@ -875,13 +875,21 @@ def register_versions(
 
 
 def routes_yaml(
-    stable: str, weighted: str | None = None, shadow: str | None = None, route: str = "bench"
+    stable: str,
+    weighted: str | None = None,
+    shadow: str | None = None,
+    pinned: str | None = None,
+    route: str = "bench",
 ) -> str:
+    """A routes file. Gateways that share an engine must want the same live versions: each one's
+    reconcile loop unloads what its own routes do not name (hence `pinned`, live without traffic)."""
     lines = ["revision: 1", "routes:", f"  {route}:", f"    stable: {stable}"]
     if weighted:
         lines.append(f"    weights: {{{weighted}: 10}}")
     if shadow:
         lines.append(f"    shadow: {{version: {shadow}, percent: 100}}")
+    if pinned:
+        lines.append(f"    pinned: [{pinned}]")
     return "\n".join(lines) + "\n"
 
 

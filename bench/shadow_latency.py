@@ -4,7 +4,8 @@
     python bench/shadow_latency.py --real-engine   the same against a real vLLM engine, once
 
 Two `lorafleet gateway` processes, pinned to the same core, with the same route except its shadow:
-off (stable only) and on (`shadow: {version: v2, percent: 100}`: every request is mirrored). They
+off (v2 only pinned: live, no traffic) and on (`shadow: {version: v2, percent: 100}`: every request
+is mirrored). Both keep the same versions loaded, so their reconcile loops never unload each other's. They
 are measured in turn, round by round. The fake upstream answers after a fixed service time, so a
 shadow that blocked the client would add that time to the client's latency; what a shadow that
 runs in the background costs is only the gateway's CPU for the extra request, which shows as
@@ -124,7 +125,7 @@ def run_fake(args: argparse.Namespace, out: fakes.Tee) -> None:
         servers.append(upstream)
         gateways: dict[str, tuple[Server, str]] = {}
         for name, shadow in (("off", None), ("on", names[1])):
-            routes = fakes.routes_yaml(names[0], shadow=shadow)
+            routes = fakes.routes_yaml(names[0], shadow=shadow, pinned=None if shadow else names[1])
             gw, url = fakes.start_gateway(
                 layout.sut,
                 work / f"gw-{name}",
@@ -212,7 +213,7 @@ async def run_real(args: argparse.Namespace, out: fakes.Tee) -> None:
         async with fakes.real_engine(work / "engine.log") as engine_url:
             gateways: dict[str, tuple[Server, str]] = {}
             for name, shadow in (("off", None), ("on", names[1])):
-                routes = fakes.routes_yaml(names[0], shadow=shadow)
+                routes = fakes.routes_yaml(names[0], shadow=shadow, pinned=None if shadow else names[1])
                 gw, url = await asyncio.to_thread(
                     fakes.start_gateway,
                     layout.sut,
