@@ -513,7 +513,7 @@ def main() -> None:
     parser.add_argument(
         "--real-engine", action="store_true", help="Direct vs gateway against a real vLLM engine."
     )
-    parser.add_argument("--real-requests", type=int, default=12)
+    parser.add_argument("--real-requests", type=int, default=15)
     parser.add_argument("--real-tokens", type=int, default=8)
     parser.add_argument("--no-save", dest="save", action="store_false", help="Do not write bench/results/.")
     args = parser.parse_args()
