@@ -755,6 +755,7 @@ class Server:
             except (OSError, urllib.error.URLError) as exc:
                 last = str(exc)
             time.sleep(0.2)
+        self.stop()  # the caller never gets this server back: do not leave it running
         raise RuntimeError(f"{self.name} not ready at {url} within {timeout_s:.0f} s: {last}; see {self.log}")
 
     def stop(self) -> None:
