@@ -159,7 +159,7 @@ def create_app(
         admin_token=settings.admin_secret(),
         api_keys=[k.get_secret_value() for k in settings.api_keys],
     )
-    app.include_router(openai_api.router)
+    app.router.routes.extend(openai_api.routes)
     app.include_router(admin.router)
 
     @app.exception_handler(RouterError)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import json
 import logging
 import random
 import time
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from lorafleet.registry import Registry
@@ -133,6 +133,13 @@ def validate_body(endpoint: str, body: Any, max_tokens_limit: int) -> dict[str, 
     return body
 
 
+class FastJSONResponse(JSONResponse):
+    """A JSON response serialised by orjson (several times faster than json on large answers)."""
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
 class Gateway:
     """Routing state and the forwarding of one request."""
 
@@ -161,6 +168,8 @@ class Gateway:
         self._fingerprint: str | None = None
         self.reload_error: str | None = None
         self.shadow_slots = asyncio.Semaphore(settings.shadow_max_concurrency)
+        t = settings.timeouts
+        self._timeout = httpx.Timeout(connect=t.connect_s, read=t.read_s, write=t.write_s, pool=t.pool_s)
         self._background: set[asyncio.Task[None]] = set()
 
     # --- routes -------------------------------------------------------------------------
@@ -328,13 +337,15 @@ class Gateway:
         if remaining <= 0:
             raise EngineFailure(engine.url, "timeout", "the request's deadline passed")
         t = self.settings.timeouts
-        timeout = httpx.Timeout(
-            connect=min(t.connect_s, remaining),
-            read=min(t.read_s, remaining),
-            write=t.write_s,
-            pool=min(t.pool_s, remaining),
-        )
-        payload = json.dumps({**body, "model": upstream_model}, separators=(",", ":")).encode()
+        timeout = self._timeout
+        if remaining < max(t.connect_s, t.read_s, t.pool_s):
+            timeout = httpx.Timeout(
+                connect=min(t.connect_s, remaining),
+                read=min(t.read_s, remaining),
+                write=t.write_s,
+                pool=min(t.pool_s, remaining),
+            )
+        payload = orjson.dumps({**body, "model": upstream_model})
         request = self.http.build_request(
             "POST",
             f"{engine.url}/v1/{endpoint}",
@@ -453,7 +464,7 @@ class Gateway:
                 headers={**out_headers, "cache-control": "no-cache"},
             )
         try:
-            data = json.loads(await attempt.response.aread())
+            data = orjson.loads(await attempt.response.aread())
         except (httpx.HTTPError, ValueError) as exc:
             self._count_failure(target, EngineFailure(attempt.engine.url, "status_5xx", str(exc)))
             raise UpstreamError(f"engine {attempt.engine.url} sent an unreadable answer: {exc}") from None
@@ -481,7 +492,7 @@ class Gateway:
         if not asked_logprobs or keep_top is not None:
             data = strip_logprobs(data, keep_top)
         self._shadow(endpoint, upstream, target, answer or "")
-        return JSONResponse(data, headers=out_headers)
+        return FastJSONResponse(data, headers=out_headers)
 
     async def _pass_error(
         self, attempt: _Attempt, target: Target, headers: dict[str, str], start: float
@@ -504,7 +515,7 @@ class Gateway:
             )
         )
         try:
-            payload = json.loads(raw)
+            payload = orjson.loads(raw)
             if not isinstance(payload, dict) or "error" not in payload:
                 raise ValueError
         except ValueError:
@@ -549,7 +560,7 @@ class Gateway:
                     yield b"data: [DONE]\n\n"
                     continue
                 try:
-                    chunk = json.loads(payload)
+                    chunk = orjson.loads(payload)
                 except ValueError:
                     yield b"data: " + payload + b"\n\n"
                     continue
@@ -655,7 +666,7 @@ class Gateway:
             self.observer.record_shadow(target.route, shadow, "error", None)
             return
         try:
-            data = json.loads(raw)
+            data = orjson.loads(raw)
         except ValueError:
             self.observer.record_shadow(target.route, shadow, "error", None)
             return

@@ -65,6 +65,7 @@ class Observer:
         self._references: dict[str, ReferenceStats | None] = {}
         self._windows: dict[tuple[str, str], DriftWindow] = {}
         self._answers: dict[tuple[str, str], list[int]] = {}  # (answers, answers naming no label)
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
 
     def set_known(self, pairs: set[tuple[str, str]]) -> None:
         """The (route, version) pairs that may appear in labels; anything else is exported as 'other'."""
@@ -97,30 +98,38 @@ class Observer:
             self._windows[key] = DriftWindow(ref, self.drift_window, min_samples=self.drift_min_samples)
         return self._windows[key]
 
+    def _child(self, metric: Any, *labels: str) -> Any:
+        """metric.labels(*labels), cached: label lookups are a large part of the per-request cost."""
+        key = (id(metric), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
     def record(self, o: Outcome) -> None:
         m = self.metrics
         route, version = self.label_values(o.route, o.version)
-        m.requests.labels(route, version, o.arm.value, f"{o.status // 100}xx").inc()
-        m.request_duration.labels(route, version).observe(o.duration_s)
+        self._child(m.requests, route, version, o.arm.value, f"{o.status // 100}xx").inc()
+        self._child(m.request_duration, route, version).observe(o.duration_s)
         if o.error is not None:
-            m.errors.labels(route, version, o.error.value).inc()
+            self._child(m.errors, route, version, o.error.value).inc()
         if o.ttft_s is not None:
-            m.time_to_first_token.labels(route, version).observe(o.ttft_s)
+            self._child(m.time_to_first_token, route, version).observe(o.ttft_s)
             if o.completion_tokens and o.completion_tokens > 1:
                 tpot = (o.duration_s - o.ttft_s) / (o.completion_tokens - 1)
-                m.time_per_output_token.labels(route, version).observe(max(tpot, 0.0))
+                self._child(m.time_per_output_token, route, version).observe(max(tpot, 0.0))
         if o.prompt_tokens:
-            m.tokens.labels(route, version, Direction.INPUT.value).inc(o.prompt_tokens)
+            self._child(m.tokens, route, version, Direction.INPUT.value).inc(o.prompt_tokens)
         if o.completion_tokens:
-            m.tokens.labels(route, version, Direction.OUTPUT.value).inc(o.completion_tokens)
+            self._child(m.tokens, route, version, Direction.OUTPUT.value).inc(o.completion_tokens)
         if o.answer is None or o.status != 200 or version == OTHER:
             return
         if o.entropy is not None:
-            m.entropy.labels(route, version).observe(o.entropy)
+            self._child(m.entropy, route, version).observe(o.entropy)
         labels = self.label_set(version)
         predicted = match_label(o.answer, labels) if labels else None
         if labels is not None:
-            m.predictions.labels(route, version, predicted or OTHER).inc()
+            self._child(m.predictions, route, version, predicted or OTHER).inc()
             counts = self._answers.setdefault((route, version), [0, 0])
             counts[0] += 1
             counts[1] += predicted is None

@@ -1,16 +1,19 @@
 """The OpenAI-compatible endpoints: chat and text completions, the model list, feedback.
 
 Handlers parse, call one function, return. Errors leave as exceptions and are answered in OpenAI's
-error shape by the handlers registered in router/app.py.
+error shape by the handlers registered in router/app.py. These are plain Starlette routes, not
+FastAPI ones: on the request path FastAPI's dependency machinery costs more CPU than it gives here
+(bench/gateway_overhead.py).
 """
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
-from fastapi import APIRouter, Request
+import orjson
+from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
 from lorafleet.errors import LorafleetError
 from monitor.errors import FeedbackConflictError, InvalidFeedbackError, UnknownCompletionError
@@ -23,8 +26,6 @@ from router.errors import (
     RouterError,
 )
 from router.gateway import CHAT, COMPLETIONS, Gateway
-
-router = APIRouter()
 
 
 async def read_json(request: Request, limit: int) -> Any:
@@ -44,8 +45,8 @@ async def read_json(request: Request, limit: int) -> Any:
     if not body:
         raise BadRequestError("the request has no body; send a JSON object")
     try:
-        return json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
+        return orjson.loads(body)
+    except (orjson.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BadRequestError(f"the request body is not valid JSON: {exc}") from None
 
 
@@ -54,34 +55,30 @@ def _gateway(request: Request) -> Gateway:
     return gateway
 
 
-@router.post("/v1/chat/completions")
 async def chat_completions(request: Request) -> Response:
     gateway = _gateway(request)
     body = await read_json(request, gateway.settings.max_body_bytes)
     return await gateway.complete(CHAT, body, request.headers)
 
 
-@router.post("/v1/completions")
 async def completions(request: Request) -> Response:
     gateway = _gateway(request)
     body = await read_json(request, gateway.settings.max_body_bytes)
     return await gateway.complete(COMPLETIONS, body, request.headers)
 
 
-@router.get("/v1/models")
 async def list_models(request: Request) -> JSONResponse:
     return JSONResponse({"object": "list", "data": _gateway(request).model_list()})
 
 
-@router.get("/v1/models/{model}")
-async def get_model(request: Request, model: str) -> JSONResponse:
+async def get_model(request: Request) -> JSONResponse:
+    model = request.path_params["model"]
     for entry in _gateway(request).model_list():
         if entry["id"] == model:
             return JSONResponse(entry)
     raise ModelNotFoundError(model)
 
 
-@router.post("/v1/feedback")
 async def feedback(request: Request) -> JSONResponse:
     """Feedback on an answer: `{"completion_id": "chatcmpl-...", "label": "..."}` or `"correct": true|false`."""
     gateway = _gateway(request)
@@ -129,3 +126,12 @@ def _feedback_error(exc: LorafleetError) -> RouterError:
     if isinstance(exc, InvalidFeedbackError):
         return BadRequestError(exc.message)
     return RouterError(exc.message)
+
+
+routes = [
+    Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+    Route("/v1/completions", completions, methods=["POST"]),
+    Route("/v1/models", list_models, methods=["GET"]),
+    Route("/v1/models/{model:path}", get_model, methods=["GET"]),
+    Route("/v1/feedback", feedback, methods=["POST"]),
+]

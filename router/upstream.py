@@ -11,12 +11,12 @@ httpx's exceptions become our own once, here: a refused connection or a timeout 
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
+import orjson
 
 from router.settings import GatewaySettings, Transport
 
@@ -57,7 +57,7 @@ def classify(exc: httpx.HTTPError, engine: str) -> EngineFailure:
 
 def error_message(body: bytes) -> str:
     try:
-        data = json.loads(body)
+        data = orjson.loads(body)
         return str(data.get("error", {}).get("message") or data)
     except (ValueError, AttributeError):
         return body.decode(errors="replace")[:500]
@@ -81,5 +81,5 @@ async def sse_events(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
 
 
 def sse(payload: dict[str, Any] | str) -> bytes:
-    data = payload if isinstance(payload, str) else json.dumps(payload, separators=(",", ":"))
-    return f"data: {data}\n\n".encode()
+    data = payload.encode() if isinstance(payload, str) else orjson.dumps(payload)
+    return b"data: " + data + b"\n\n"
