@@ -118,6 +118,9 @@ def create_app(
                 fleet.run(gateway.desired_adapters, settings.reconcile_interval_s, unload=is_controller)
             ),
             asyncio.create_task(_every(2.0, "drift publishing", observer.publish)),
+            asyncio.create_task(
+                _every(3600.0, "answer log pruning", lambda: asyncio.to_thread(feedback.prune))
+            ),
         ]
         if is_controller:
             source: LocalGateSource | PrometheusGateSource

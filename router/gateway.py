@@ -432,7 +432,11 @@ class Gateway:
         keep_top: int | None = None
         upstream = dict(body)
         asked_logprobs = True
-        if self.settings.entropy_top_k:
+        sampled = (
+            self.settings.entropy_sample_percent == 100
+            or self.rng.randrange(100) < self.settings.entropy_sample_percent
+        )
+        if self.settings.entropy_top_k and sampled:
             upstream, keep_top = with_logprobs(body, chat=chat, top_k=self.settings.entropy_top_k)
             asked_logprobs = keep_top is not None
         stream = bool(body.get("stream"))

@@ -89,6 +89,12 @@ class GatewaySettings(BaseSettings):
     entropy_top_k: int = Field(
         default=5, ge=0, le=20, description="Top logprobs asked per token; 0: no entropy."
     )
+    entropy_sample_percent: int = Field(
+        default=100,
+        ge=0,
+        le=100,
+        description="Share of requests that ask for logprobs (entropy); lower it to cut the gateway's CPU cost.",
+    )
     drift_window: int = Field(default=500, ge=10, description="Requests per version in the drift window.")
     drift_min_samples: int = Field(
         default=200, ge=1, description="Requests in the window before drift is scored."
