@@ -35,7 +35,10 @@ def versions(trained_registry: tuple[Registry, list[str]]) -> tuple[Registry, st
 def _wait_loaded(gw_url: str, versions: list[str], timeout_s: float = 60) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        data = httpx.get(f"{gw_url}/v1/models").json()["data"]
+        try:
+            data = httpx.get(f"{gw_url}/v1/models").json()["data"]
+        except httpx.HTTPError:
+            data = []  # not listening yet
         loaded = {m["id"] for m in data if m["lorafleet"].get("loaded_on")}
         if set(versions) <= loaded:
             return
@@ -332,3 +335,100 @@ def test_routes_file_reloads_while_traffic_flows(
         w.join()
     assert seen and all(code == 200 for code, _ in seen), collections.Counter(seen)
     assert seen[0][1] == v1 and seen[-1][1] == v2
+
+
+class BreakingStreamTransport(httpx.AsyncBaseTransport):
+    """Fault injection, named as such: engine streams break (connection reset) after `after` chunks."""
+
+    def __init__(self, after: int = 2) -> None:
+        self.after = after
+        self.inner = httpx.AsyncHTTPTransport()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await self.inner.handle_async_request(request)
+        if b'"stream":true' not in request.content:
+            return response
+        inner_stream = response.stream
+        after = self.after
+
+        class Breaking(httpx.AsyncByteStream):
+            async def __aiter__(self) -> Any:
+                sent = 0
+                async for chunk in inner_stream:  # type: ignore[union-attr]
+                    yield chunk
+                    sent += 1
+                    if sent >= after:
+                        raise httpx.ReadError("injected: connection reset by the engine")
+
+            async def aclose(self) -> None:
+                await inner_stream.aclose()  # type: ignore[union-attr]
+
+        return httpx.Response(
+            response.status_code, headers=response.headers, stream=Breaking(), request=request
+        )
+
+
+def test_a_stream_that_breaks_midway_ends_with_an_error_event(
+    start_gateway: Any, engine: Any, versions: tuple[Registry, str, str]
+) -> None:
+    registry, v1, _ = versions
+    gw = start_gateway(_routes(v1), registry, [engine.url], transport=BreakingStreamTransport(after=2))
+    _wait_loaded(gw.url, [v1])
+    with httpx.stream(
+        "POST",
+        f"{gw.url}/v1/chat/completions",
+        json={"model": "banking", "messages": MESSAGES, "max_tokens": 20, "stream": True},
+        timeout=30,
+    ) as r:
+        assert r.status_code == 200
+        lines = [line for line in r.iter_lines() if line.startswith("data: ")]
+    assert lines[-1] == "data: [DONE]"
+    assert '"code":"stream_aborted"' in lines[-2]
+    client = openai.OpenAI(base_url=f"{gw.url}/v1", api_key="x", max_retries=0)
+    with pytest.raises(openai.APIError, match="stream broke"):
+        list(client.chat.completions.create(model="banking", messages=MESSAGES, max_tokens=20, stream=True))
+    metrics = httpx.get(f"{gw.url}/metrics").text
+    assert (
+        f'lorafleet_router_errors_total{{reason="stream_aborted",route="banking",version="{v1}"}} 2.0'
+        in metrics
+    )
+
+
+def test_metrics_are_summed_over_several_gateway_workers(
+    engine: Any, versions: tuple[Registry, str, str], tmp_path: Path
+) -> None:
+    import os
+    import subprocess
+    import sys
+
+    registry, v1, _ = versions
+    routes = tmp_path / "routes.yaml"
+    routes.write_text(_routes(v1))
+    port = _closed_port()
+    env = {**os.environ, "LORAFLEET_ROUTER_ADMIN_TOKEN": "t", "LORAFLEET_ROUTER_RECONCILE_INTERVAL_S": "1"}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    cmd = [
+        str(Path(sys.executable).parent / "lorafleet"), "gateway", "--routes", str(routes), "--registry",
+        str(registry.root), "--engine", engine.url, "--port", str(port), "--workers", "2", "--log-level", "warning",
+    ]  # fmt: skip
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_loaded(url, [v1], timeout_s=90)
+        with httpx.Client(timeout=60) as client:
+            for i in range(12):
+                # A new connection each time, so that both workers take requests.
+                r = httpx.post(
+                    f"{url}/v1/completions", json={"model": "banking", "prompt": f"card {i}", "max_tokens": 1}
+                )
+                assert r.status_code == 200
+            text = client.get(f"{url}/metrics").text
+        total = sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("lorafleet_router_requests_total{")
+        )
+        assert total == 12
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
