@@ -83,8 +83,9 @@ def test_the_fast_loss_equals_the_plain_answer_only_loss_and_its_gradients(
     from peft import LoraConfig, get_peft_model
 
     from training.check import read_valid
-    from training.train import LossComputer, encode, load_base_model, load_tokenizer
+    from training.train import LossComputer, cpu_threads, encode, load_base_model, load_tokenizer
 
+    cpu_threads()  # as the trainer does: 2 threads on 2 busy cores run many times slower
     base = basemodel.resolve(None)
     tok = load_tokenizer(base)
     batch = [encode(tok, e, 1024) for e in read_valid(tiny_data["train"])[:5]]
