@@ -9,7 +9,8 @@ Models, in report order:
 Local generation is batched: left padding, greedy, `max_new_tokens` = the longest label's tokens plus
 a margin. The base and the tuned model share one loaded copy of the weights (the adapter is switched
 off for the base). The tuned model's answers also yield each answer's mean top-5 entropy, computed
-with the gateway's estimator (lorafleet.textstats) for the version's reference statistics.
+with the gateway's estimator (lorafleet.textstats) over the tokens vLLM reports logprobs for (the
+answer's tokens and the EOS that ends it), for the version's reference statistics.
 """
 
 from __future__ import annotations
@@ -173,7 +174,8 @@ def generate(
                         torch.log_softmax(out.logits[t][row].float(), dim=-1)
                         .topk(ENTROPY_TOP_K)
                         .values.tolist()
-                        for t in range(n)
+                        # vLLM's logprobs include the EOS token that ends the answer: so does this
+                        for t in range(min(n + 1, len(ids)))
                     ]
                     entropies[i] = mean_entropy(top)
     return Generation(answers, entropies, time.perf_counter() - started)
