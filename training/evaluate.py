@@ -235,6 +235,8 @@ def load_adapter_model(
     from training.config import TrainConfig
     from training.train import load_base_model, load_tokenizer, pick_device, pick_dtype
 
+    if not (adapter_dir / "adapter_config.json").is_file() and (adapter_dir / "adapter").is_dir():
+        adapter_dir = adapter_dir / "adapter"  # a registry version's folder
     cfg_file = adapter_dir / "adapter_config.json"
     if not cfg_file.is_file():
         raise TrainingError(
