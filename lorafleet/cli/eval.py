@@ -69,7 +69,7 @@ def evaluate(
         Path | None,
         typer.Option(
             "--out",
-            help="Folder for eval.json and the PNGs (default: <adapter>-eval beside the adapter).",
+            help="Folder for eval.json and the PNGs (default: ./<adapter folder name>-eval).",
             show_default=False,
         ),
     ] = None,
@@ -107,7 +107,9 @@ def evaluate(
         batch_size=batch_size,
         log=info,
     )
-    target = out or adapter.parent / f"{adapter.resolve().name}-eval"
+    folder = adapter.resolve()
+    name = folder.parent.name if folder.name == "adapter" else folder.name  # a registry version's adapter/
+    target = out or Path(f"{name}-eval")
     written = write_report(report, target, adapter)
     for kind, path in written.items():
         info(f"{kind}: {path}")
