@@ -315,6 +315,7 @@ class Registry:
                 if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
                     raise RegistryError(f"version {ref} already exists in {self.root}") from exc
                 raise
+            final.chmod(final.stat().st_mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
             _fsync_dir(self.root)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)

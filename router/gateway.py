@@ -220,7 +220,7 @@ class Gateway:
 
     def refresh_live(self) -> None:
         self.live = self.routes.live_versions(self.clock())
-        self.observer.set_known({(route, version) for version, (route, _) in self.live.items()})
+        self.observer.set_known({(route, version): state for version, (route, state) in self.live.items()})
 
     def desired_adapters(self) -> dict[str, Path]:
         """Every live version that exists in the registry -> its adapter folder as the engines see it."""

@@ -67,9 +67,30 @@ class Observer:
         self._answers: dict[tuple[str, str], list[int]] = {}  # (answers, answers naming no label)
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
 
-    def set_known(self, pairs: set[tuple[str, str]]) -> None:
-        """The (route, version) pairs that may appear in labels; anything else is exported as 'other'."""
-        self.known = pairs
+    def set_known(self, live: dict[tuple[str, str], str]) -> None:
+        """The live (route, version) pairs -> state; anything else is exported as 'other'.
+
+        Each new pair's series are created at zero now, before its first request: Prometheus'
+        increase() cannot see the first increment of a series it never saw at zero, so a canary
+        whose first requests all fall between two scrapes would otherwise count as idle.
+        """
+        for (route, version), state in live.items():
+            if (route, version) not in self.known:
+                self._prime(route, version, state)
+        self.known = set(live)
+
+    def _prime(self, route: str, version: str, state: str) -> None:
+        m = self.metrics
+        arms = {Arm.PINNED.value, state if state in {a.value for a in Arm} else Arm.STABLE.value}
+        for arm in arms:
+            for code_class in ("2xx", "4xx", "5xx"):
+                self._child(m.requests, route, version, arm, code_class)
+        for reason in ErrorReason:
+            self._child(m.errors, route, version, reason.value)
+        self._child(m.request_duration, route, version)
+        self._child(m.entropy, route, version)
+        for outcome in ("correct", "incorrect"):
+            self._child(m.feedback, route, version, outcome)
 
     def label_values(self, route: str, version: str) -> tuple[str, str]:
         if (route, version) in self.known:

@@ -61,9 +61,12 @@ class Analysis(_Model):
         default="analysis", description="Evaluate the gate: canary against stable."
     )
     gate: GateThresholds = Field(default_factory=GateThresholds, description="The gate's limits (below).")
+    interval_s: float = Field(default=10.0, gt=0, description="Time between two evaluations of the gate.")
     failure_limit: int = Field(default=0, ge=0, description="Failed evaluations tolerated before aborting.")
     inconclusive_limit: int = Field(
-        default=30, ge=0, description="Inconclusive evaluations (too little data) before the rollout pauses."
+        default=30,
+        ge=0,
+        description="Inconclusive evaluations (too little data) before the rollout pauses; 0: wait forever.",
     )
 
 
@@ -90,7 +93,7 @@ def _expand_step(raw: Any) -> Any:
     if scalar_field is not None and not isinstance(value, dict):
         return {"kind": kind, scalar_field: value}
     if kind == "analysis" and isinstance(value, dict) and "gate" not in value:
-        limits = {k: value[k] for k in ("failure_limit", "inconclusive_limit") if k in value}
+        limits = {k: value[k] for k in ("interval_s", "failure_limit", "inconclusive_limit") if k in value}
         gate = {k: v for k, v in value.items() if k not in limits}
         return {"kind": kind, "gate": gate, **limits}
     return {"kind": kind, **(value or {})}

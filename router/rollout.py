@@ -450,6 +450,7 @@ class Controller:
         progress.step_started_at = self.clock()
         progress.failures = 0
         progress.inconclusive = 0
+        progress.evaluated_at = None
         progress.paused = False
         progress.pause_reason = None
 
@@ -489,6 +490,13 @@ class Controller:
             self._next(progress, route)
             return True
         assert isinstance(step, Analysis)
+        now = self.clock()
+        if (
+            progress.evaluated_at is not None
+            and (now - progress.evaluated_at).total_seconds() < step.interval_s
+        ):
+            return False
+        progress.evaluated_at = now
         since = progress.step_started_at
         canary, stable = await self.source(name, route.canary.version, route.stable, since)
         decision = evaluate_gate(canary, stable, step.gate)

@@ -44,6 +44,7 @@ class Progress(BaseModel):
     pause_reason: str | None = None
     failures: int = 0
     inconclusive: int = 0
+    evaluated_at: dt.datetime | None = None
     last_decision: dict[str, Any] | None = None
 
 

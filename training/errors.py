@@ -7,6 +7,7 @@
           +-- OutputExistsError      an output would overwrite files already there
           +-- SplitError             a split cannot be made as asked (bad ratios)
           +-- TokenizerError         the base model's tokenizer cannot be loaded or used
+          +-- StageFailedError       `lorafleet finetune` stopped at a stage (names the stage)
 
 `training.dataset.DatasetError` (raised by `load_examples`) is converted to DatasetInvalidError at
 the boundary, so that the CLI prints it as one message and a hint.

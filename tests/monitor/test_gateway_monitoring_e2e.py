@@ -276,7 +276,7 @@ def test_two_gateway_processes_one_prometheus_one_controller(
     routes.write_text(
         f"routes:\n  banking:\n    stable: {v1}\n    canary:\n      version: {v2}\n      steps:\n"
         "        - set_weight: 50\n"
-        "        - analysis: {min_requests: 8, max_p95_latency_ratio: 100, max_entropy_shift_nats: 5}\n"
+        "        - analysis: {min_requests: 8, max_p95_latency_ratio: 100, max_entropy_shift_nats: 5, interval_s: 1, inconclusive_limit: 0}\n"
     )
     port_a, port_b = _free_port(), _free_port()
     a_url, b_url = f"http://127.0.0.1:{port_a}", f"http://127.0.0.1:{port_b}"
@@ -296,6 +296,14 @@ def test_two_gateway_processes_one_prometheus_one_controller(
             ),
             what="the controller's first step",
         )
+
+        def scraped_at_zero() -> bool:
+            # increase() counts from the first sample Prometheus has: it must see the series at 0 first.
+            query = f'lorafleet_router_requests_total{{version="{v2}",arm="canary",code_class="2xx"}}'
+            result = httpx.get(f"{prom}/api/v1/query", params={"query": query}).json()["data"]["result"]
+            return len(result) == 2 and all(r["value"][1] == "0" for r in result)
+
+        _wait(scraped_at_zero, what="Prometheus to scrape both gateways")
         with httpx.Client(timeout=60) as client:
             served = [
                 client.post(
@@ -314,9 +322,10 @@ def test_two_gateway_processes_one_prometheus_one_controller(
             what="promotion decided from Prometheus",
         )
         a_metrics = httpx.get(f"{a_url}/metrics").text
-        assert (
-            _sample(a_metrics, "lorafleet_router_requests_total", version=v2) is None
-        )  # A served none of it
+        served_by_a = _sample(
+            a_metrics, "lorafleet_router_requests_total", version=v2, arm="canary", code_class="2xx"
+        )
+        assert served_by_a == 0.0  # A served none of it: its series exists, at zero
         assert 'lorafleet_rollout_gate_decisions_total{result="pass",route="banking"} 1.0' in a_metrics
         _wait(
             lambda: (

@@ -101,9 +101,9 @@ def test_a_canary_advances_through_its_steps_on_good_signals_and_is_promoted(
     steps = (
         "        - set_weight: 30\n"
         "        - pause: {duration_s: 0.5, min_requests: 3}\n"
-        "        - analysis: {min_requests: 3, max_p95_latency_ratio: 50, max_entropy_shift_nats: 5}\n"
+        "        - analysis: {min_requests: 3, max_p95_latency_ratio: 50, max_entropy_shift_nats: 5, interval_s: 0.3}\n"
         "        - set_weight: 70\n"
-        "        - analysis: {min_requests: 3, max_p95_latency_ratio: 50, max_entropy_shift_nats: 5}\n"
+        "        - analysis: {min_requests: 3, max_p95_latency_ratio: 50, max_entropy_shift_nats: 5, interval_s: 0.3}\n"
     )
     gw = start_gateway(_canary_routes(v1, v2, steps), registry, [engine.url], controller_interval_s=0.3)
     _wait(lambda: _loaded(gw.url, [v1, v2]), what="adapters loaded")
@@ -126,7 +126,7 @@ def test_a_failing_gate_rolls_the_canary_back_with_the_reason(
     start_gateway: Any, engine: Any, trained_registry: tuple[Registry, list[str]]
 ) -> None:
     registry, (v1, v2) = trained_registry
-    steps = "        - set_weight: 50\n        - analysis: {min_requests: 6, max_error_ratio: 0.2}\n        - set_weight: 100\n"
+    steps = "        - set_weight: 50\n        - analysis: {min_requests: 6, max_error_ratio: 0.2, interval_s: 0.3}\n        - set_weight: 100\n"
     faults = FailingVersionTransport(v2, every=2)
     gw = start_gateway(
         _canary_routes(v1, v2, steps), registry, [engine.url], transport=faults, controller_interval_s=0.3
