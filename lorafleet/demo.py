@@ -148,11 +148,12 @@ def send_traffic(
     examples: list[tuple[list[dict[str, str]], str]],
     users: list[str],
     workers: int = 8,
+    offset: int = 0,
 ) -> list[tuple[str, str, str, str]]:
-    """Send each (messages, expected) as user `users[i]`; return (completion id, version, answer, expected)."""
+    """Send example offset+i as user `users[i]`; return (completion id, version, answer, expected)."""
 
     def one(i: int) -> tuple[str, str, str, str]:
-        messages, expected = examples[i % len(examples)]
+        messages, expected = examples[(offset + i) % len(examples)]
         raw = client.chat.completions.with_raw_response.create(
             model=model, messages=messages, max_tokens=16, temperature=0, user=users[i]
         )
@@ -353,7 +354,7 @@ def serve_and_roll_out(
         i = 0
         while not stop.is_set():
             batch = [f"canary-user-{i + j}" for j in range(16)]
-            canary_results.extend(send_traffic(client, "banking", test, batch))
+            canary_results.extend(send_traffic(client, "banking", test, batch, offset=i))
             i += 16
 
     with background(canary_traffic):
