@@ -54,7 +54,10 @@ def throughput(
     """Requests/s and CPU per request, monitoring on against off; return the on-gateway's CPU per request."""
     routes = fakes.routes_yaml(names[0], weighted=names[1])
     gateways: dict[str, tuple[Server, str]] = {}
-    for name, top_k in (("on", "5"), ("off", "0")):
+    # on: entropy on every request (the default); sampled: on 10% (LORAFLEET_ROUTER_ENTROPY_SAMPLE_PERCENT);
+    # off: no logprobs at all (the rest of the monitor has no switch).
+    configs = {"on": ("5", "100"), "sampled": ("5", "10"), "off": ("0", "100")}
+    for name, (top_k, sample) in configs.items():
         gw, url = fakes.start_gateway(
             layout.sut,
             work / f"gw-{name}",
@@ -62,7 +65,7 @@ def throughput(
             up_url,
             routes,
             work / f"gw-{name}.log",
-            env={"LORAFLEET_ROUTER_ENTROPY_TOP_K": top_k},
+            env={"LORAFLEET_ROUTER_ENTROPY_TOP_K": top_k, "LORAFLEET_ROUTER_ENTROPY_SAMPLE_PERCENT": sample},
         )
         servers.append(gw)
         gateways[name] = (gw, url)
@@ -95,7 +98,7 @@ def throughput(
     for r in range(args.rounds):
         print(f"throughput round {r + 1}/{args.rounds}", file=sys.stderr)
         for stream, key in modes:
-            for name in ("on", "off") if r % 2 == 0 else ("off", "on"):
+            for name in ("on", "sampled", "off") if r % 2 == 0 else ("off", "sampled", "on"):
                 cells.setdefault((key, name), []).append(run(name, stream, args.seconds))
     out()
     out(
@@ -106,7 +109,7 @@ def throughput(
     )
     cpu_on = float("nan")
     for _, key in modes:
-        for name in ("on", "off"):
+        for name in configs:
             cs = cells[(key, name)]
             n = sum(len(c["lat"]) for c in cs)
             rps = statistics.median(len(c["lat"]) / c["elapsed_s"] for c in cs)
@@ -119,9 +122,9 @@ def throughput(
                 f"{f(fakes.pct(lat, 99)):>8} {n:>7}"
             )
     out()
-    out("monitoring on / off (per round: median [min-max]); target: loss under 5%")
-    for _, key in modes:
-        on, off = cells[(key, "on")], cells[(key, "off")]
+    out("monitoring on (or sampled) / off (per round: median [min-max]); target: loss under 5%")
+    for (_, key), which in [(m, w) for w in ("on", "sampled") for m in modes]:
+        on, off = cells[(key, which)], cells[(key, "off")]
         rps_ratio = [
             (len(a["lat"]) / a["elapsed_s"]) / (len(b["lat"]) / b["elapsed_s"])
             for a, b in zip(on, off, strict=True)
@@ -131,7 +134,7 @@ def throughput(
         ]
         med, cmed = statistics.median(rps_ratio), statistics.median(cpu_ratio)
         out(
-            f"  {key:<7} req/s ratio {f(med, 3)} [{f(min(rps_ratio), 3)}-{f(max(rps_ratio), 3)}] "
+            f"  {which:<8}{key:<7} req/s ratio {f(med, 3)} [{f(min(rps_ratio), 3)}-{f(max(rps_ratio), 3)}] "
             f"(loss {f(100 * (1 - med), 1)}%)   CPU-per-request ratio off/on {f(cmed, 3)} "
             f"(loss {f(100 * (1 - cmed), 1)}%)"
         )

@@ -7,7 +7,9 @@ calls find it there. Nothing is ever fetched from a model hub.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
 import os
 import shutil
 import sys
@@ -64,9 +66,14 @@ def prepare(force: bool = False) -> Path:
 
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = target.parent / f".{EMBEDDED_NAME}.{uuid.uuid4().hex[:8]}"
+    # transformers' GGUF reader draws its own tqdm progress bar; keep it out of our output.
+    captured = io.StringIO()
     try:
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.bfloat16)
+        with contextlib.redirect_stderr(captured):
+            tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+            model = AutoModelForCausalLM.from_pretrained(
+                gguf.parent, gguf_file=gguf.name, dtype=torch.bfloat16
+            )
         # The GGUF loader marks the model as quantized; the weights are already plain bf16 tensors.
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
@@ -79,6 +86,7 @@ def prepare(force: bool = False) -> Path:
         os.rename(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
+        print(captured.getvalue()[-4000:], file=sys.stderr)
         raise
     return target
 

@@ -83,7 +83,8 @@ def test_data_help_lists_the_commands() -> None:
         assert command in result.stdout
 
 
-def test_check_a_good_file(tmp_path: Path) -> None:
+def test_check_a_good_file(tmp_path: Path, base_model_dir: Path) -> None:
+    # base_model_dir: the model is prepared first, so that its one-time messages are not in the output.
     path = write(tmp_path / "good.jsonl", [GOOD, GOOD.replace("Where", "When")])
     result = run("data", "check", path)
     assert result.exit_code == 0, result.output
