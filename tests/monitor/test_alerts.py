@@ -3,6 +3,7 @@
 import re
 import shutil
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -99,18 +100,27 @@ def test_every_alert_has_cases_that_fire_and_cases_that_do_not() -> None:
     assert quiet == names
 
 
-def _promtool(*args: str) -> subprocess.CompletedProcess[str]:
-    if PROMTOOL is None:
-        pytest.skip("promtool is not installed (Debian package `prometheus`, see scripts/setup.sh)")
-    return subprocess.run([PROMTOOL, *args], cwd=RULES_DIR, capture_output=True, text=True, timeout=120)
+@pytest.fixture
+def promtool(
+    require_tool: Callable[[str | None, str], str],
+) -> Callable[..., subprocess.CompletedProcess[str]]:
+    path = require_tool(
+        PROMTOOL, "promtool is not installed (Debian package `prometheus`, see scripts/setup.sh)"
+    )
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([path, *args], cwd=RULES_DIR, capture_output=True, text=True, timeout=120)
+
+    return run
 
 
-def test_promtool_checks_the_rules() -> None:
-    done = _promtool("check", "rules", RULES_FILE.name)
+def test_promtool_checks_the_rules(promtool: Callable[..., subprocess.CompletedProcess[str]]) -> None:
+    done = promtool("check", "rules", RULES_FILE.name)
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"SUCCESS: {len(rules())} rules found" in done.stdout
 
 
-def test_promtool_rule_unit_tests_pass() -> None:
-    done = _promtool("test", "rules", TESTS_FILE.name)
+def test_promtool_rule_unit_tests_pass(promtool: Callable[..., subprocess.CompletedProcess[str]]) -> None:
+    done = promtool("test", "rules", TESTS_FILE.name)
     assert done.returncode == 0, done.stdout + done.stderr
+    assert "SUCCESS" in done.stdout + done.stderr
