@@ -147,12 +147,14 @@ def finetune(
             split_dir = work / "split"
             manifest = split_file(jsonl, split_dir, seed=seed, force=True)
             log(f"[split] {manifest.counts} (seed {seed})")
-            if not manifest.counts.get("train") or not manifest.counts.get("test"):
+            if not manifest.counts["train"] or not manifest.counts["test"]:
                 raise StageFailedError(
                     Stage.SPLIT,
-                    f"too few examples to train and test: {manifest.counts}",
-                    hint="add examples: each split needs at least one",
+                    "; ".join(w for w in manifest.warnings if not w.startswith("the val ")),
+                    hint="training needs a train and a test split: add examples, or distinct inputs",
                 )
+            for warning in manifest.warnings:
+                log(f"[split] warning: {warning} (training runs without validation loss)")
 
         with _stage(Stage.TRAIN, seconds, log):
             adapter_dir = work / "adapter"

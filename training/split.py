@@ -4,10 +4,11 @@
    split whole; otherwise the test split would hold copies of training inputs and inflate every metric.
 2. Stratify: when the answers form a label set, each label's groups are split on their own (a group
    counts under its most frequent answer), so every split has the labels' proportions.
-3. Allocate: per label, the target counts are the ratios times its examples, rounded by largest
-   remainder; a label with at least 3 examples gets at least one in each split. Groups, in a seeded
-   shuffle (largest first), go to the split furthest below its target. Without duplicates this hits
-   the targets exactly, so each label is within one example of the exact ratio.
+3. Allocate: per label, the target counts are the ratios times its examples, each rounded down or up,
+   the labels that round up chosen by largest remainder toward the overall 80/10/10 (so many small
+   labels still fill val and test); a label with at least 3 examples gets at least one in each split.
+   Groups, in a seeded shuffle (largest first), go to the split furthest below its target. Without
+   duplicates this hits the targets exactly, so each label is within one example of the exact ratio.
 
 The splits keep the source file's order. The same file and seed give byte-identical files;
 `manifest.json` records the seed, ratios, counts and SHA-256 of every file.
@@ -20,7 +21,9 @@ least 0.8 (this catches "top up"/"topup" and "cannot"/"cant", which word overlap
 found without comparing every pair: an exact set-similarity join with prefix filtering (Bayardo et
 al., "Scaling up all pairs similarity search", WWW 2007): with trigrams ordered rarest first, two sets
 with Jaccard >= t share one of the first |s| - ceil(t|s|) + 1 trigrams of each, so only records
-sharing such a rare trigram are compared.
+sharing such a rare trigram are compared. Inputs with different numbers in them are never near
+duplicates: "order 1041" and "order 1042" are two requests of one template, not a typo of one another.
+Near duplicates group around a representative (see `_group`), not in chains.
 """
 
 from __future__ import annotations
@@ -82,6 +85,7 @@ def jsonl_bytes(examples: Sequence[Example]) -> bytes:
 
 
 _PUNCTUATION = re.compile(r"[^\w\s]|_")
+_NUMBER = re.compile(r"\d+")
 
 
 def normalize_text(text: str) -> str:
@@ -122,13 +126,14 @@ def _rank(keys: Iterable[str]) -> dict[str, int]:
 def similar_pairs(keys: Sequence[str], threshold: float = NEAR_THRESHOLD) -> list[tuple[int, int, float]]:
     """Every pair (i, j, similarity), i < j, of distinct keys with trigram Jaccard >= threshold."""
     recs = _Records(keys, _rank(keys), threshold)
+    numbers = [_NUMBER.findall(k) for k in keys]
     index: dict[int, list[int]] = defaultdict(list)
     found = []
     for i in sorted(range(len(keys)), key=lambda k: (len(recs.sets[k]), k)):
         size = len(recs.sets[i])
         candidates = {j for g in recs.prefix[i] for j in index[g] if len(recs.sets[j]) >= threshold * size}
         for j in candidates:
-            if keys[i] != keys[j]:
+            if keys[i] != keys[j] and numbers[i] == numbers[j]:
                 sim = _jaccard(recs.frozen[i], recs.frozen[j])
                 if sim >= threshold:
                     found.append((min(i, j), max(i, j), sim))
@@ -143,6 +148,7 @@ def similar_across(
     """Every pair (i in keys, j in others, similarity) with trigram Jaccard >= threshold."""
     rank = _rank([*keys, *others])
     mine, theirs = _Records(keys, rank, threshold), _Records(others, rank, threshold)
+    numbers = [_NUMBER.findall(k) for k in others]
     index: dict[int, list[int]] = defaultdict(list)
     for j, prefix in enumerate(theirs.prefix):
         for g in prefix:
@@ -153,9 +159,10 @@ def similar_across(
         candidates = {
             j for g in prefix for j in index[g] if threshold * size <= len(theirs.sets[j]) <= size / threshold
         }
+        mine_numbers = _NUMBER.findall(keys[i])
         for j in candidates:
             sim = _jaccard(mine.frozen[i], theirs.frozen[j])
-            if sim >= threshold:
+            if sim >= threshold and numbers[j] == mine_numbers:
                 found.append((i, j, sim))
     return sorted(found)
 
@@ -174,6 +181,8 @@ class SplitManifest(BaseModel):
         description="Per split, the examples of each label; None when not stratified."
     )
     groups: int = Field(description="Groups of equal or near-duplicate inputs, each kept in one split.")
+    largest_group: int = Field(default=0, description="Examples in the largest group.")
+    warnings: list[str] = Field(default_factory=list, description="Splits left empty, and why.")
     lorafleet_version: str = __version__
 
 
@@ -202,42 +211,74 @@ def targets(n: int, ratios: Sequence[float]) -> list[int]:
 
 
 def _group(examples: Sequence[Example]) -> list[list[int]]:
-    """Indices of examples grouped by equal or near-duplicate normalised input (union-find)."""
-    first: dict[str, int] = {}
-    parent = list(range(len(examples)))
+    """Indices of examples grouped by normalised input: equal inputs, plus near duplicates of a representative.
 
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
+    Inputs are taken in file order; each joins the earlier representative it is most similar to, or
+    becomes one. A group is its representative and the inputs directly similar to it, never a chain
+    of near duplicates of near duplicates (which would merge a whole templated dataset into one group).
+    """
+    by_key: dict[str, list[int]] = defaultdict(list)
     for i, e in enumerate(examples):
-        key = input_key(e)
-        if key in first:
-            parent[find(i)] = find(first[key])
-        else:
-            first[key] = i
-    keys = list(first)
-    for a, b, _ in similar_pairs(keys):
-        parent[find(first[keys[a]])] = find(first[keys[b]])
+        by_key[input_key(e)].append(i)
+    keys = list(by_key)
+    earlier: dict[int, list[tuple[float, int]]] = defaultdict(list)
+    for a, b, sim in similar_pairs(keys):
+        earlier[b].append((sim, -a))
+    representative = list(range(len(keys)))
+    for k in range(len(keys)):
+        reps = [(sim, neg) for sim, neg in earlier[k] if representative[-neg] == -neg]
+        if reps:
+            representative[k] = -max(reps)[1]
     groups: dict[int, list[int]] = defaultdict(list)
-    for i in range(len(examples)):
-        groups[find(i)].append(i)
-    return sorted(groups.values())
+    for k, key in enumerate(keys):
+        groups[representative[k]].extend(by_key[key])
+    return sorted(sorted(g) for g in groups.values())
 
 
-def _allocate(groups: list[list[int]], ratios: Sequence[float], rng: random.Random) -> list[list[int]]:
+def _label_targets(sizes: dict[str, int], ratios: Sequence[float]) -> dict[str, list[int]]:
+    """Per label, its examples per split: each within one of its exact share, together near the overall targets.
+
+    A label's count in a split is its exact share rounded down or up (a label with at least 3 examples
+    gets at least one in every split). Which labels round up is chosen across labels, largest
+    remainder first, toward the overall targets: ten labels of two examples split 16/2/2, not 20/0/0.
+    """
+    want = targets(sum(sizes.values()), ratios)
+    low: dict[str, list[int]] = {}
+    high: dict[str, list[int]] = {}
+    for label, n in sizes.items():
+        exact = [n * r for r in ratios]
+        lo, hi = [math.floor(x) for x in exact], [math.ceil(x) for x in exact]
+        if n >= len(ratios):
+            for s, r in enumerate(ratios):
+                if r > 0 and lo[s] == 0:
+                    lo[s] = hi[s] = 1
+        while sum(lo) > n:
+            lo[max(range(len(ratios)), key=lambda k: (lo[k], -k))] -= 1
+        low[label], high[label] = lo, hi
+    have = [sum(lo[s] for lo in low.values()) for s in range(len(ratios))]
+    counts = {label: list(lo) for label, lo in low.items()}
+    for label in sorted(sizes, key=lambda lab: (sum(low[lab]) - sizes[lab], lab)):
+        x, exact = counts[label], [sizes[label] * r for r in ratios]
+        for _ in range(sizes[label] - sum(x)):
+            s = max(
+                (k for k in range(len(ratios)) if x[k] < high[label][k]),
+                key=lambda k: (want[k] - have[k], exact[k] - x[k], -k),
+            )
+            x[s] += 1
+            have[s] += 1
+    return counts
+
+
+def _allocate(groups: list[list[int]], want: Sequence[int], rng: random.Random) -> list[list[int]]:
     """Assign whole groups to splits, each to the split furthest below its target."""
-    want = targets(sum(len(g) for g in groups), ratios)
     order = list(groups)
     rng.shuffle(order)
     order.sort(key=len, reverse=True)
-    have = [0] * len(ratios)
-    out: list[list[int]] = [[] for _ in ratios]
+    have = [0] * len(want)
+    out: list[list[int]] = [[] for _ in want]
     for g in order:
         # Furthest below target, counted in examples; ties go to the split earliest in SPLITS.
-        k = max(range(len(ratios)), key=lambda s: (want[s] - have[s], -s))
+        k = max(range(len(want)), key=lambda s: (want[s] - have[s], -s))
         out[k].extend(g)
         have[k] += len(g)
     return out
@@ -252,8 +293,8 @@ def split_examples(
 
 def _split(
     examples: Sequence[Example], seed: int, ratios: Sequence[float]
-) -> tuple[dict[str, list[Example]], int]:
-    """The splits and the number of groups of equal or near-duplicate inputs."""
+) -> tuple[dict[str, list[Example]], list[list[int]]]:
+    """The splits and the groups of equal or near-duplicate inputs."""
     ratios = _check_ratios(ratios)
     rng = random.Random(seed)
     groups = _group(examples)
@@ -265,12 +306,32 @@ def _split(
             strata[label].append(g)
     else:
         strata[""] = groups
+    want = _label_targets({label: sum(map(len, g)) for label, g in strata.items()}, ratios)
     chosen: list[set[int]] = [set() for _ in SPLITS]
     for label in sorted(strata):
-        for k, part in enumerate(_allocate(strata[label], ratios, rng)):
+        for k, part in enumerate(_allocate(strata[label], want[label], rng)):
             chosen[k].update(part)
     splits = {name: [e for i, e in enumerate(examples) if i in chosen[k]] for k, name in enumerate(SPLITS)}
-    return splits, len(groups)
+    return splits, groups
+
+
+def _empty_split_warnings(
+    counts: dict[str, int], ratios: Sequence[float], groups: list[list[int]]
+) -> list[str]:
+    n, largest = sum(counts.values()), max(map(len, groups), default=0)
+    if n < len(SPLITS):
+        why = f"{n} example{'' if n == 1 else 's'} cannot fill three splits; add examples"
+    else:
+        why = (
+            f"the {n} examples form {len(groups)} group{'' if len(groups) == 1 else 's'} of equal or "
+            f"near-duplicate inputs (the largest holds {largest}), and a group stays in one split; "
+            "`lorafleet data audit` lists the near duplicates"
+        )
+    return [
+        f"the {name} split is empty: {why}"
+        for name, r in zip(SPLITS, ratios, strict=True)
+        if r > 0 and counts[name] == 0
+    ]
 
 
 def split_file(
@@ -297,6 +358,7 @@ def split_file(
     examples = read_valid(path)
     splits, groups = _split(examples, seed, ratios)
     stratified = label_set(examples) is not None
+    counts = {name: len(part) for name, part in splits.items()}
     out_dir.mkdir(parents=True, exist_ok=True)
     hashes = {
         name: write_atomic(out_dir / f"{name}.jsonl", jsonl_bytes(part)) for name, part in splits.items()
@@ -307,7 +369,7 @@ def split_file(
         seed=seed,
         ratios=dict(zip(SPLITS, ratios, strict=True)),
         stratified=stratified,
-        counts={name: len(part) for name, part in splits.items()},
+        counts=counts,
         sha256=hashes,
         label_counts={
             name: dict(sorted(Counter(e.answer.strip() for e in part).items()))
@@ -315,7 +377,9 @@ def split_file(
         }
         if stratified
         else None,
-        groups=groups,
+        groups=len(groups),
+        largest_group=max(map(len, groups), default=0),
+        warnings=_empty_split_warnings(counts, ratios, groups),
     )
     write_atomic(out_dir / MANIFEST_FILE, (manifest.model_dump_json(indent=2) + "\n").encode())
     return manifest

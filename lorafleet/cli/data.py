@@ -181,9 +181,8 @@ def split(
                 for name in manifest.counts
             ],
         )
-    for name, n in manifest.counts.items():
-        if n == 0:
-            info(f"warning: the {name} split is empty: the dataset is too small")
+    for warning in manifest.warnings:
+        info(f"warning: {warning}")
     info(
         f"wrote {out} (seed {seed}, {'stratified by label' if manifest.stratified else 'not stratified'}, "
         f"{manifest.groups} groups of distinct inputs)"

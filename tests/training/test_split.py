@@ -226,3 +226,60 @@ def test_an_invalid_file_is_refused_before_anything_is_written(tmp_path: Path) -
     with pytest.raises(DatasetInvalidError):
         split_file(source, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def numbered(pairs: list[tuple[str, str]]) -> list[Example]:
+    return [Example(Example.from_turns(t, a).messages, line=i + 1) for i, (t, a) in enumerate(pairs)]
+
+
+def test_templated_inputs_that_differ_in_a_number_split_80_10_10(tmp_path: Path) -> None:
+    examples = numbered(
+        [(f"What is the status of my order number {1000 + i} please", "order") for i in range(100)]
+    )
+    manifest = split_file(write(tmp_path / "templated.jsonl", examples), tmp_path / "out")
+    assert manifest.counts == {"train": 80, "val": 10, "test": 10}
+    assert manifest.warnings == []
+
+
+def test_near_duplicates_group_around_one_input_not_in_a_chain(tmp_path: Path) -> None:
+    chain = [
+        "My card has not arrived yet and I am worried",
+        "My card has not arrived yet and I am very worried",
+        "My card has still not arrived yet and I am very worried",
+        "My new card has still not arrived yet and I am very worried now",
+    ]
+    keys = [input_key(e) for e in numbered([(t, "x") for t in chain])]
+    # Each is a near duplicate of the next only: a chain, which must not become one group.
+    assert [(i, j) for i, j, _ in similar_across(keys, keys) if i < j] == [(0, 1), (1, 2), (2, 3)]
+    examples = numbered([(t, "card_arrival") for t in chain] + [(t, "other") for t, _ in _random_pairs(16)])
+    manifest = split_file(write(tmp_path / "chain.jsonl", examples), tmp_path / "out")
+    assert manifest.groups == 2 + 16
+    splits = {name: load_examples(tmp_path / "out" / f"{name}.jsonl") for name in ("train", "val", "test")}
+    side = {e.user_text: name for name, part in splits.items() for e in part}
+    assert side[chain[0]] == side[chain[1]] and side[chain[2]] == side[chain[3]]
+
+
+def _random_pairs(n: int) -> list[tuple[str, str]]:
+    return [(e.user_text, e.answer) for e in labelled({"other": n}, seed=11)]
+
+
+def test_many_small_labels_still_fill_val_and_test(tmp_path: Path) -> None:
+    sizes = {f"label_{k}": 2 for k in range(10)}
+    examples = labelled(sizes)
+    manifest = split_file(write(tmp_path / "small.jsonl", examples), tmp_path / "out")
+    assert manifest.counts == {"train": 16, "val": 2, "test": 2}
+    assert manifest.label_counts is not None
+    for name, per_label in manifest.label_counts.items():
+        for label, n in sizes.items():
+            assert abs(per_label.get(label, 0) - n * RATIOS[name]) <= 1, (name, label)
+
+
+def test_a_split_left_empty_says_why(tmp_path: Path) -> None:
+    examples = numbered([("Where is my card?", "card_arrival"), ("where is my card", "card_arrival")] * 3)
+    manifest = split_file(write(tmp_path / "same.jsonl", examples), tmp_path / "out")
+    assert manifest.counts == {"train": 6, "val": 0, "test": 0}
+    assert manifest.warnings == [
+        f"the {name} split is empty: the 6 examples form 1 group of equal or near-duplicate inputs "
+        "(the largest holds 6), and a group stays in one split; `lorafleet data audit` lists the near duplicates"
+        for name in ("val", "test")
+    ]
