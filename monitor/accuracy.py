@@ -1,7 +1,8 @@
 """Live accuracy from feedback: a rolling ratio, its Wilson interval, and a two-proportion test.
 
     wilson_interval(successes, n)          95% (z=1.96) score interval of a proportion
-    two_proportion_z_test(s1, n1, s2, n2)  pooled z statistic of p1 - p2 and its two-sided p-value
+    two_proportion_z_test(s1, n1, s2, n2, alternative)  pooled z statistic of p1 - p2 and its
+                                           p-value, two-sided or one-sided ("less": p1 < p2)
     RollingAccuracy(size)                  the last `size` verdicts: correct, total, ratio, interval()
 
 The Wilson interval is used instead of the normal one (p +- z sqrt(p(1-p)/n)) because it stays
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from typing import Literal
 
 Z_95 = 1.96
 
@@ -30,10 +32,14 @@ def wilson_interval(successes: int, n: int, z: float = Z_95) -> tuple[float, flo
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def two_proportion_z_test(s1: int, n1: int, s2: int, n2: int) -> tuple[float, float]:
-    """z of p1 - p2 with the pooled standard error, and the two-sided p-value erfc(|z| / sqrt 2).
+def two_proportion_z_test(
+    s1: int, n1: int, s2: int, n2: int, alternative: Literal["two-sided", "less"] = "two-sided"
+) -> tuple[float, float]:
+    """z of p1 - p2 with the pooled standard error, and its p-value.
 
-    When both samples are all successes or all failures the difference is 0 and so is z (p = 1).
+    alternative "two-sided" (p1 != p2): erfc(|z| / sqrt 2); "less" (p1 < p2): the lower tail
+    P(Z <= z) = erfc(-z / sqrt 2) / 2. When both samples are all successes or all failures the
+    difference is 0 and so is z (p = 1: no evidence either way).
     """
     for s, n, which in ((s1, n1, 1), (s2, n2, 2)):
         if n <= 0 or not 0 <= s <= n:
@@ -43,6 +49,8 @@ def two_proportion_z_test(s1: int, n1: int, s2: int, n2: int) -> tuple[float, fl
     if se == 0:
         return 0.0, 1.0
     z = (s1 / n1 - s2 / n2) / se
+    if alternative == "less":
+        return z, 0.5 * math.erfc(-z / math.sqrt(2))
     return z, math.erfc(abs(z) / math.sqrt(2))
 
 

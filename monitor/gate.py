@@ -17,7 +17,7 @@ value and threshold for the rollout history and the metrics.
     p95_latency       canary p95 / stable p95            > max_p95_latency_ratio
     entropy_shift     |canary - stable| mean entropy     > max_entropy_shift_nats
     drift_psi         canary's largest feature PSI       >= max_drift_psi
-    live_accuracy     two-sided p of canary vs stable    < accuracy_alpha and canary lower
+    live_accuracy     one-sided p, canary below stable   < accuracy_alpha
 """
 
 from __future__ import annotations
@@ -207,8 +207,13 @@ def _accuracy(canary: VersionSignals, stable: VersionSignals, t: GateThresholds)
             detail=f"feedback canary {canary.feedback_total}, stable {stable.feedback_total} "
             f"(each needs {t.min_feedback})",
         )
+    # One-sided: only a canary worse than stable fails, so the whole alpha goes to that tail.
     z, p = two_proportion_z_test(
-        canary.feedback_correct, canary.feedback_total, stable.feedback_correct, stable.feedback_total
+        canary.feedback_correct,
+        canary.feedback_total,
+        stable.feedback_correct,
+        stable.feedback_total,
+        alternative="less",
     )
     worse = z < 0 and p < t.accuracy_alpha
     return GateCheck(

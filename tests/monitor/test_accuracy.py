@@ -46,6 +46,17 @@ def test_two_proportion_z_test_matches_hand_computation() -> None:
     assert p_rev == pytest.approx(p)
 
 
+def test_one_sided_p_is_the_lower_tail() -> None:
+    # 38/50 vs 45/50: pooled 0.83, se sqrt(0.83 * 0.17 * 0.04) = 0.075127, z = -0.14 / 0.075127 =
+    # -1.8635; P(Z <= -1.8635) = 0.0312, half the two-sided 0.0624.
+    z, p = two_proportion_z_test(38, 50, 45, 50, alternative="less")
+    assert z == pytest.approx(-1.8635, abs=1e-4)
+    assert p == pytest.approx(0.031194, abs=1e-6)
+    assert two_proportion_z_test(38, 50, 45, 50)[1] == pytest.approx(2 * p)
+    # The other way round the lower tail holds almost everything: 1 - 0.0312.
+    assert two_proportion_z_test(45, 50, 38, 50, alternative="less")[1] == pytest.approx(0.968806, abs=1e-6)
+
+
 def test_two_proportion_z_test_without_difference() -> None:
     assert two_proportion_z_test(30, 50, 60, 100) == (0.0, 1.0)
     assert two_proportion_z_test(50, 50, 20, 20) == (0.0, 1.0)  # no variance at all

@@ -80,22 +80,36 @@ def test_error_ratio_at_the_limit_passes() -> None:
 
 
 def test_a_significantly_worse_live_accuracy_fails() -> None:
-    # 35/50 against 45/50: z = -2.5, p = 0.012 < 0.05.
+    # 35/50 against 45/50: z = -2.5, one-sided p = P(Z <= -2.5) = 0.0062 < 0.05.
     decision = evaluate_gate(canary(feedback_correct=35), STABLE)
     assert decision.result is GateResult.FAIL
     check = decision.check(GateCheckName.LIVE_ACCURACY)
     assert check.outcome is CheckOutcome.FAIL
-    assert check.observed == pytest.approx(0.012419, abs=1e-6)
+    assert check.observed == pytest.approx(0.006210, abs=1e-6)
     assert "significantly worse" in check.detail
+
+
+def test_the_accuracy_test_is_one_sided_at_the_full_alpha() -> None:
+    # 38/50 against 45/50: z = -1.8635, one-sided p = 0.0312 < 0.05 fails the canary; a two-sided
+    # test (p = 0.0624) would have let it through, at an effective level of alpha / 2.
+    check = evaluate_gate(canary(feedback_correct=38), STABLE).check(GateCheckName.LIVE_ACCURACY)
+    assert check.outcome is CheckOutcome.FAIL
+    assert check.observed == pytest.approx(0.031194, abs=1e-6)
+    # 39/50: pooled 0.84, se 0.073321, z = -1.6366, p = 0.0509: not significant at 0.05.
+    check = evaluate_gate(canary(feedback_correct=39), STABLE).check(GateCheckName.LIVE_ACCURACY)
+    assert check.outcome is CheckOutcome.PASS
+    assert check.observed == pytest.approx(0.050853, abs=1e-6)
 
 
 def test_live_accuracy_only_fails_when_worse_and_significant() -> None:
     better = STABLE.model_copy(update={"feedback_correct": 35})
-    assert evaluate_gate(CANARY, better).check(GateCheckName.LIVE_ACCURACY).outcome is CheckOutcome.PASS
-    slightly_worse = canary(feedback_correct=42)  # 42/50 vs 45/50: p = 0.39
+    check = evaluate_gate(CANARY, better).check(GateCheckName.LIVE_ACCURACY)
+    assert check.outcome is CheckOutcome.PASS
+    assert check.observed == pytest.approx(0.986435, abs=1e-6)  # 44/50 vs 35/50: z = +2.21
+    slightly_worse = canary(feedback_correct=42)  # 42/50 vs 45/50: z = -0.892, p = 0.186
     assert evaluate_gate(slightly_worse, STABLE).result is GateResult.PASS
     # The same shortfall fails at a looser alpha.
-    assert evaluate_gate(slightly_worse, STABLE, GateThresholds(accuracy_alpha=0.5)).result is GateResult.FAIL
+    assert evaluate_gate(slightly_worse, STABLE, GateThresholds(accuracy_alpha=0.2)).result is GateResult.FAIL
 
 
 def test_live_accuracy_needs_enough_feedback_on_both_sides() -> None:
