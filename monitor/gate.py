@@ -11,23 +11,30 @@ version has too little traffic; checks whose signal the route does not produce (
 reference statistics, too little feedback) are skipped, not failed. Each check keeps its observed
 value and threshold for the rollout history and the metrics.
 
+Drift is judged canary against stable like every other check: when all traffic shifts, both
+versions drift and the canary is not to blame (the drift alerts tell the operator). A feature fails
+the canary when its PSI exceeds stable's PSI of the same feature by max_drift_psi or more; a feature
+stable has no score for is judged on the canary's PSI alone.
+
     check             observed                           fails when
     min_requests      canary requests                    (inconclusive when < min_requests)
     error_ratio       canary errors / requests           > max_error_ratio
     p95_latency       canary p95 / stable p95            > max_p95_latency_ratio
     entropy_shift     |canary - stable| mean entropy     > max_entropy_shift_nats
-    drift_psi         canary's largest feature PSI       >= max_drift_psi
+    drift_psi         canary PSI - stable PSI, largest   >= max_drift_psi
+                      over features
     live_accuracy     one-sided p, canary below stable   < accuracy_alpha
 """
 
 from __future__ import annotations
 
 import enum
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from monitor.accuracy import two_proportion_z_test
-from monitor.metrics import GateResult
+from monitor.metrics import DriftFeature, GateResult
 
 
 class VersionSignals(BaseModel):
@@ -39,13 +46,19 @@ class VersionSignals(BaseModel):
     errors: int = Field(default=0, ge=0)
     p95_latency_s: float | None = Field(default=None, ge=0)
     mean_entropy_nats: float | None = Field(default=None, ge=0)
-    max_drift_psi: float | None = Field(default=None, ge=0)
+    drift_psi: dict[DriftFeature, Annotated[float, Field(ge=0)]] = Field(
+        default_factory=dict, description="Current PSI of each scored drift feature."
+    )
     feedback_correct: int = Field(default=0, ge=0)
     feedback_total: int = Field(default=0, ge=0)
 
     @property
     def error_ratio(self) -> float | None:
         return self.errors / self.requests if self.requests else None
+
+    @property
+    def max_drift_psi(self) -> float | None:
+        return max(self.drift_psi.values(), default=None)
 
     @property
     def accuracy_ratio(self) -> float | None:
@@ -63,7 +76,10 @@ class GateThresholds(BaseModel):
         default=0.3, gt=0, description="Largest tolerated |canary - stable| mean token entropy."
     )
     max_drift_psi: float = Field(
-        default=0.2, gt=0, description="The canary fails at this feature PSI or above."
+        default=0.2,
+        gt=0,
+        description="The canary fails when a feature's PSI is this much above stable's, or reaches it "
+        "where stable has no score.",
     )
     min_requests: int = Field(default=20, ge=1, description="Fewer canary requests than this: inconclusive.")
     accuracy_alpha: float = Field(
@@ -184,17 +200,22 @@ def _entropy_shift(canary: VersionSignals, stable: VersionSignals, t: GateThresh
     )
 
 
-def _drift(canary: VersionSignals, t: GateThresholds) -> GateCheck:
+def _drift(canary: VersionSignals, stable: VersionSignals, t: GateThresholds) -> GateCheck:
     name = GateCheckName.DRIFT_PSI
-    if canary.max_drift_psi is None:
+    if not canary.drift_psi:
         return GateCheck(name=name, outcome=CheckOutcome.SKIPPED, detail="no drift score for the canary")
-    ok = canary.max_drift_psi < t.max_drift_psi
+    excess = {f: psi - stable.drift_psi.get(f, 0.0) for f, psi in canary.drift_psi.items()}
+    feature, worst = max(excess.items(), key=lambda kv: kv[1])
+    base = stable.drift_psi.get(feature)
+    against = f"stable {base:.3f}" if base is not None else "stable not scored"
+    ok = worst < t.max_drift_psi
     return GateCheck(
         name=name,
         outcome=CheckOutcome.PASS if ok else CheckOutcome.FAIL,
-        observed=canary.max_drift_psi,
+        observed=worst,
         threshold=t.max_drift_psi,
-        detail=f"canary's largest feature PSI {canary.max_drift_psi:.3f}, limit {t.max_drift_psi}",
+        detail=f"{feature} PSI canary {canary.drift_psi[feature]:.3f}, {against}: the canary's excess "
+        f"{worst:.3f}, limit {t.max_drift_psi}",
     )
 
 
@@ -240,7 +261,7 @@ def evaluate_gate(
         _error_ratio(canary, t),
         _p95_latency(canary, stable, t),
         _entropy_shift(canary, stable, t),
-        _drift(canary, t),
+        _drift(canary, stable, t),
         _accuracy(canary, stable, t),
     ]
     failed = [c.detail for c in checks if c.outcome is CheckOutcome.FAIL]

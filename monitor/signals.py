@@ -14,7 +14,7 @@ Both read the same series and count the same way:
                     (bad_request, unauthorized, not_found: CLIENT_ERROR_REASONS)
     p95 latency     lorafleet_router_request_duration_seconds buckets
     mean entropy    lorafleet_response_token_entropy_nats sum / count
-    max drift PSI   the largest current lorafleet_drift_psi over features (and replicas)
+    drift PSI       the current lorafleet_drift_psi of each feature (the largest over replicas)
     feedback        lorafleet_feedback_total by outcome (correct, incorrect)
 """
 
@@ -33,7 +33,7 @@ from prometheus_client import CollectorRegistry
 from monitor.errors import SignalsUnavailableError
 from monitor.feedback import FeedbackOutcome
 from monitor.gate import VersionSignals
-from monitor.metrics import ErrorReason
+from monitor.metrics import DriftFeature, ErrorReason
 
 CLIENT_ERROR_REASONS: frozenset[ErrorReason] = frozenset(
     {ErrorReason.BAD_REQUEST, ErrorReason.UNAUTHORIZED, ErrorReason.NOT_FOUND}
@@ -45,6 +45,7 @@ ERRORS = "lorafleet_router_errors_total"
 DURATION = "lorafleet_router_request_duration_seconds"
 ENTROPY = "lorafleet_response_token_entropy_nats"
 DRIFT_PSI = "lorafleet_drift_psi"
+DRIFT_FEATURES = frozenset(f.value for f in DriftFeature)
 FEEDBACK = "lorafleet_feedback_total"
 
 
@@ -105,10 +106,10 @@ class LocalSignals:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
 
-    def _samples(self, route: str, version: str) -> tuple[Snapshot, float | None]:
+    def _samples(self, route: str, version: str) -> tuple[Snapshot, dict[DriftFeature, float]]:
         requests = errors = e_sum = e_count = correct = incorrect = 0.0
         buckets: dict[float, float] = defaultdict(float)
-        drift: float | None = None
+        drift: dict[DriftFeature, float] = {}
         for family in self.registry.collect():
             for s in family.samples:
                 if s.labels.get("route") != route or s.labels.get("version") != version:
@@ -123,8 +124,13 @@ class LocalSignals:
                     e_sum += s.value
                 elif s.name == f"{ENTROPY}_count":
                     e_count += s.value
-                elif s.name == DRIFT_PSI and math.isfinite(s.value):
-                    drift = s.value if drift is None else max(drift, s.value)
+                elif (
+                    s.name == DRIFT_PSI
+                    and s.labels.get("feature") in DRIFT_FEATURES
+                    and math.isfinite(s.value)
+                ):
+                    feature = DriftFeature(s.labels["feature"])
+                    drift[feature] = max(s.value, drift.get(feature, s.value))
                 elif s.name == FEEDBACK:
                     if s.labels.get("outcome") == FeedbackOutcome.CORRECT:
                         correct += s.value
@@ -162,7 +168,7 @@ class LocalSignals:
             mean_entropy_nats=max(0.0, (now.entropy_sum - snapshot.entropy_sum) / d_count)
             if d_count > 0
             else None,
-            max_drift_psi=drift,
+            drift_psi=drift,
             feedback_correct=correct,
             feedback_total=correct + incorrect,
         )
@@ -209,7 +215,7 @@ class PrometheusSignals:
             "errors": f"{by} (increase({ERRORS}{err}{w}))",
             "p95_latency_s": f"histogram_quantile(0.95, sum by (route, version, le) (increase({DURATION}_bucket{sel}{w})))",
             "mean_entropy_nats": f"{by} (increase({ENTROPY}_sum{sel}{w})) / {by} (increase({ENTROPY}_count{sel}{w}))",
-            "max_drift_psi": f"max by (route, version) ({DRIFT_PSI}{sel})",
+            "drift_psi": f"max by (route, version, feature) ({DRIFT_PSI}{sel})",
             "feedback": f"sum by (route, version, outcome) (increase({FEEDBACK}{sel}{w}))",
         }
 
@@ -263,9 +269,13 @@ class PrometheusSignals:
             fields[key]["requests"] = round(v or 0.0)
         for key, _, v in each("errors"):
             fields[key]["errors"] = round(v or 0.0)
-        for name in ("p95_latency_s", "mean_entropy_nats", "max_drift_psi"):
+        for name in ("p95_latency_s", "mean_entropy_nats"):
             for key, _, v in each(name):
                 fields[key][name] = max(0.0, v) if v is not None else None
+        for key, labels, v in each("drift_psi"):
+            feature = labels.get("feature")
+            if v is not None and feature in DRIFT_FEATURES:
+                fields[key].setdefault("drift_psi", {})[feature] = max(0.0, v)
         for key, labels, v in each("feedback"):
             if labels.get("outcome") not in (FeedbackOutcome.CORRECT, FeedbackOutcome.INCORRECT):
                 continue

@@ -11,14 +11,14 @@ from monitor.gate import (
     VersionSignals,
     evaluate_gate,
 )
-from monitor.metrics import GateResult
+from monitor.metrics import DriftFeature, GateResult
 
 STABLE = VersionSignals(
     requests=900,
     errors=9,
     p95_latency_s=0.40,
     mean_entropy_nats=0.10,
-    max_drift_psi=0.03,
+    drift_psi={DriftFeature.INPUT_LENGTH: 0.03, DriftFeature.PREDICTED_LABEL: 0.02},
     feedback_correct=45,
     feedback_total=50,
 )
@@ -27,7 +27,7 @@ CANARY = VersionSignals(
     errors=2,
     p95_latency_s=0.45,
     mean_entropy_nats=0.15,
-    max_drift_psi=0.05,
+    drift_psi={DriftFeature.INPUT_LENGTH: 0.05, DriftFeature.PREDICTED_LABEL: 0.04},
     feedback_correct=44,
     feedback_total=50,
 )
@@ -61,11 +61,11 @@ def test_too_little_canary_traffic_is_inconclusive() -> None:
         ({"errors": 6}, GateCheckName.ERROR_RATIO, 0.06),
         ({"p95_latency_s": 0.8}, GateCheckName.P95_LATENCY, 2.0),
         ({"mean_entropy_nats": 0.5}, GateCheckName.ENTROPY_SHIFT, 0.4),
-        ({"max_drift_psi": 0.2}, GateCheckName.DRIFT_PSI, 0.2),
+        ({"drift_psi": {DriftFeature.PREDICTED_LABEL: 0.27}}, GateCheckName.DRIFT_PSI, 0.25),
     ],
 )
 def test_each_limit_fails_the_canary(
-    changes: dict[str, float], check: GateCheckName, observed: float
+    changes: dict[str, object], check: GateCheckName, observed: float
 ) -> None:
     decision = evaluate_gate(canary(**changes), STABLE)
     assert decision.result is GateResult.FAIL
@@ -73,6 +73,44 @@ def test_each_limit_fails_the_canary(
     assert [c.name for c in failed] == [check]
     assert failed[0].observed == pytest.approx(observed)
     assert decision.reasons == [failed[0].detail]
+
+
+def test_drift_every_version_sees_does_not_fail_the_canary() -> None:
+    # All traffic shifted: both versions' inputs and labels moved far from their references.
+    shifted = {
+        DriftFeature.INPUT_LENGTH: 0.9,
+        DriftFeature.INPUT_VOCABULARY: 1.4,
+        DriftFeature.PREDICTED_LABEL: 0.6,
+    }
+    stable = STABLE.model_copy(update={"drift_psi": shifted})
+    both = canary(
+        drift_psi={
+            DriftFeature.INPUT_LENGTH: 1.0,
+            DriftFeature.INPUT_VOCABULARY: 1.3,
+            DriftFeature.PREDICTED_LABEL: 0.7,
+        }
+    )
+    decision = evaluate_gate(both, stable)
+    assert decision.result is GateResult.PASS
+    check = decision.check(GateCheckName.DRIFT_PSI)
+    assert check.observed == pytest.approx(0.1)  # the canary's largest excess: 1.0 - 0.9 (or 0.7 - 0.6)
+    # The same canary numbers against a stable version that did not drift: the canary is to blame.
+    alone = evaluate_gate(both, STABLE).check(GateCheckName.DRIFT_PSI)
+    assert alone.outcome is CheckOutcome.FAIL
+    assert alone.observed == pytest.approx(1.3)  # input_vocabulary: stable has no score, judged alone
+    assert "input_vocabulary PSI canary 1.300, stable not scored" in alone.detail
+
+
+def test_drift_fails_on_the_canary_s_excess_over_stable() -> None:
+    stable = STABLE.model_copy(update={"drift_psi": {DriftFeature.INPUT_LENGTH: 0.4}})
+    decision = evaluate_gate(canary(drift_psi={DriftFeature.INPUT_LENGTH: 0.65}), stable)
+    assert decision.result is GateResult.FAIL
+    check = decision.check(GateCheckName.DRIFT_PSI)
+    assert check.observed == pytest.approx(0.25)
+    assert "input_length PSI canary 0.650, stable 0.400" in check.detail
+    assert (
+        evaluate_gate(canary(drift_psi={DriftFeature.INPUT_LENGTH: 0.59}), stable).result is GateResult.PASS
+    )
 
 
 def test_error_ratio_at_the_limit_passes() -> None:

@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry
 
 from monitor.errors import SignalsUnavailableError
 from monitor.gate import VersionSignals
-from monitor.metrics import Arm, ErrorReason, Metrics, build_metrics
+from monitor.metrics import Arm, DriftFeature, ErrorReason, Metrics, build_metrics
 from monitor.signals import LocalSignals, PrometheusSignals, histogram_quantile
 
 ROUTE = "banking"
@@ -75,7 +75,7 @@ def test_local_signals_measure_what_happened_since_the_mark() -> None:
         errors=3,  # bad_request is the client's mistake, not the version's
         p95_latency_s=got.p95_latency_s,
         mean_entropy_nats=got.mean_entropy_nats,
-        max_drift_psi=0.31,
+        drift_psi={DriftFeature.INPUT_LENGTH: 0.04, DriftFeature.INPUT_VOCABULARY: 0.31},
         feedback_correct=30,
         feedback_total=35,
     )
@@ -138,6 +138,7 @@ def test_prometheus_signals_sum_every_replica(
         a.metrics.entropy.labels(ROUTE, CANARY).observe(value)
     a.metrics.drift_psi.labels(ROUTE, CANARY, "input_length").set(0.05)
     b.metrics.drift_psi.labels(ROUTE, CANARY, "input_vocabulary").set(0.25)
+    b.metrics.drift_psi.labels(ROUTE, CANARY, "input_length").set(0.08)
     a.metrics.feedback.labels(ROUTE, CANARY, "correct").inc(20)
     b.metrics.feedback.labels(ROUTE, CANARY, "correct").inc(10)
     b.metrics.feedback.labels(ROUTE, CANARY, "incorrect").inc(5)
@@ -170,7 +171,10 @@ def test_prometheus_signals_sum_every_replica(
     # Ratios within one replica are exact: latency and entropy came from replica a only.
     assert canary.p95_latency_s == pytest.approx(0.75, rel=1e-6)
     assert canary.mean_entropy_nats == pytest.approx(0.3, rel=1e-6)
-    assert canary.max_drift_psi == pytest.approx(0.25)
+    # Drift per feature, the largest over replicas.
+    assert canary.drift_psi == {DriftFeature.INPUT_LENGTH: 0.08, DriftFeature.INPUT_VOCABULARY: 0.25}
+    assert canary.max_drift_psi == 0.25
+    assert every[(ROUTE, STABLE)].drift_psi == {}
     assert every[(ROUTE, STABLE)].max_drift_psi is None
     assert every[(ROUTE, STABLE)].mean_entropy_nats is None  # 0 / 0
 
