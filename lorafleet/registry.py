@@ -234,6 +234,20 @@ class Registry:
     def __repr__(self) -> str:
         return f"Registry({str(self.root)!r})"
 
+    def check_writable(self) -> None:
+        """Raise RegistryError unless new versions can be written here (the folder is made if missing)."""
+        hint = "name a registry folder you can write to with --registry DIR or LORAFLEET_REGISTRY"
+        if self.root.exists() and not self.root.is_dir():
+            raise RegistryError(f"the registry {self.root} is a file, not a folder", hint=hint)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RegistryError(
+                f"cannot create the registry {self.root}: {exc.strerror}", hint=hint
+            ) from None
+        if not os.access(self.root, os.W_OK | os.X_OK):
+            raise RegistryError(f"cannot write to the registry {self.root}: permission denied", hint=hint)
+
     def versions(self, task: str | None = None) -> list[Version]:
         """Every complete version (of one task, if given), oldest first."""
         if not self.root.is_dir():

@@ -75,3 +75,13 @@ class StageFailedError(TrainingError):
     def __init__(self, stage: str, message: str, hint: str | None = None) -> None:
         super().__init__(f"finetune stopped at the {stage} stage: {message}", hint=hint)
         self.stage = stage
+
+
+def describe_exception(exc: BaseException) -> str:
+    """One line for an error that is not lorafleet's: `file: reason` for an OSError, else its message."""
+    if isinstance(exc, OSError) and exc.strerror:
+        # A rename's or copy's target (filename2) is the file the user named; its source is ours.
+        name = exc.filename2 if exc.filename2 is not None else exc.filename
+        return f"{name}: {exc.strerror}" if name is not None else exc.strerror
+    text = " ".join(str(exc).split())
+    return f"{text} ({type(exc).__name__})" if text else type(exc).__name__

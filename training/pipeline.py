@@ -9,8 +9,10 @@
     register  a new immutable registry version <task>-v<N>-<YYYYMMDD>
 
 Every stage runs in a work folder (temporary unless one is named); only `register` writes to the
-registry, in one atomic step (lorafleet.registry). A failure inside a stage becomes one
-StageFailedError naming it; errors that are not lorafleet's (bugs) are left to surface as they are.
+registry, in one atomic step (lorafleet.registry). What can be checked before the first stage is
+(the device, the target modules, the registry and work folders), so that a typo does not surface
+after training. A failure inside a stage becomes one StageFailedError naming it, whatever raised it;
+LORAFLEET_DEBUG=1 lets errors that are not lorafleet's surface as they are, with their traceback.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import math
+import os
 import shutil
 import tempfile
 import time
@@ -41,9 +44,10 @@ from lorafleet.registry import (
 )
 from lorafleet.textstats import reference_stats
 from training.config import TRAIN_CONFIG_FILE, TrainConfig
-from training.errors import StageFailedError
+from training.errors import StageFailedError, describe_exception
 from training.evaluate import EvalReport
-from training.train import ADAPTER_FILES, HISTORY_FILE
+from training.outputs import check_output_dir
+from training.train import ADAPTER_FILES, HISTORY_FILE, check_target_modules, pick_device
 
 CONFIG_BESIDE_DATA = "train.yaml"
 SPLIT_MANIFEST_FILE = "split_manifest.json"
@@ -83,6 +87,12 @@ def _stage(stage: Stage, seconds: dict[str, float], log: Callable[[str], None]) 
         raise
     except LorafleetError as exc:
         raise StageFailedError(stage, exc.message, exc.hint) from exc
+    except Exception as exc:
+        if os.environ.get("LORAFLEET_DEBUG") == "1":
+            raise
+        raise StageFailedError(
+            stage, describe_exception(exc), hint="run again with LORAFLEET_DEBUG=1 for the traceback"
+        ) from exc
     seconds[stage] = round(time.perf_counter() - started, 1)
     log(f"[{stage}] done in {seconds[stage]:.1f} s")
 
@@ -110,6 +120,12 @@ def finetune(
 
     validate_task(task)
     data = Path(data)
+    if work_dir is not None:
+        check_output_dir(work_dir, "--work-dir")
+    registry.check_writable()
+    pick_device(config)
+    base_dir = basemodel.resolve(config.base_model)
+    check_target_modules(base_dir, config.target_modules)
     seconds: dict[str, float] = {}
     started = time.perf_counter()
     with contextlib.ExitStack() as stack:
@@ -118,7 +134,6 @@ def finetune(
         else:
             work = work_dir
             work.mkdir(parents=True, exist_ok=True)
-        base_dir = basemodel.resolve(config.base_model)
 
         jsonl = data
         if data.suffix.lower() == ".csv":

@@ -38,7 +38,8 @@ from lorafleet import basemodel
 from training.check import read_valid
 from training.config import Balance, Precision, TrainConfig
 from training.dataset import Example, label_set
-from training.errors import OutputExistsError
+from training.errors import OutputExistsError, TrainingError
+from training.outputs import check_output_dir
 
 HISTORY_FILE = "loss_history.json"
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
@@ -88,11 +89,53 @@ class TrainResult:
 
 
 def pick_device(config: TrainConfig) -> Any:
+    """The torch device of `config.device`; a TrainingError when this machine does not have it."""
     import torch
 
-    if config.device != "auto":
-        return torch.device(config.device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if config.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(config.device)
+    hint = "use --device cpu, or --device auto (CUDA when present)"
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            why = (
+                "this torch is built without CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
+            )
+            raise TrainingError(f"--device {config.device}: CUDA is not available ({why})", hint=hint)
+        if (device.index or 0) >= count:
+            raise TrainingError(
+                f"--device {config.device}: this machine has {count} CUDA device{'s' if count > 1 else ''} "
+                f"(cuda:0 to cuda:{count - 1})",
+                hint=hint,
+            )
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise TrainingError(
+            f"--device {config.device}: Apple MPS is not available on this machine", hint=hint
+        )
+    return device
+
+
+def check_target_modules(base_dir: Path, targets: Sequence[str]) -> None:
+    """Raise TrainingError naming every target that is not a layer LoRA can adapt in the base model.
+
+    Builds the model's skeleton without weights (meta device), so it costs seconds, not a load.
+    A target matches a layer's name or a dotted tail of it, as PEFT matches them.
+    """
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(base_dir))
+    names = [n for n, m in model.named_modules() if n and isinstance(m, torch.nn.Linear | torch.nn.Embedding)]
+    missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
+    if missing:
+        valid = ", ".join(dict.fromkeys(n.rsplit(".", 1)[-1] for n in names))
+        raise TrainingError(
+            f"--target-modules: {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not a layer of "
+            f"{base_dir.name}; its layers LoRA can adapt are: {valid}",
+            hint="for example --target-modules q_proj,v_proj (the default)",
+        )
 
 
 def cpu_threads(requested: int | None = None, own: int = 0) -> int:
@@ -338,7 +381,7 @@ def train(
     import torch
     from peft import LoraConfig, get_peft_model
 
-    out = Path(out_dir)
+    out = check_output_dir(out_dir, "--out")
     if (out / ADAPTER_FILES[0]).exists() and not force:
         raise OutputExistsError(
             f"{out} already holds an adapter", hint="name a new folder, or pass --force to replace it"
@@ -347,6 +390,7 @@ def train(
     val_examples = read_valid(Path(val_path)) if val_path else []
     base_dir = basemodel.resolve(config.base_model)
     device = pick_device(config)
+    check_target_modules(base_dir, config.target_modules)
     dtype = pick_dtype(config.precision, device)
     threads = cpu_threads(config.threads) if device.type == "cpu" else None
     torch.manual_seed(config.seed)

@@ -87,6 +87,7 @@ def evaluate(
     from training.errors import TrainingError
     from training.evaluate import Endpoint, api_key_from_env, write_report
     from training.evaluate import evaluate as run_eval
+    from training.outputs import check_output_dir
 
     urls, models = endpoint or [], endpoint_model or []
     if len(urls) != len(models):
@@ -96,6 +97,9 @@ def evaluate(
         )
     key = api_key_from_env(endpoint_key_env)
     endpoints = [Endpoint(u, m, key) for u, m in zip(urls, models, strict=True)]
+    folder = adapter.resolve()
+    name = folder.parent.name if folder.name == "adapter" else folder.name  # a registry version's adapter/
+    target = check_output_dir(out or Path(f"{name}-eval"), "--out")
     report = run_eval(
         test_file,
         adapter,
@@ -107,9 +111,6 @@ def evaluate(
         batch_size=batch_size,
         log=info,
     )
-    folder = adapter.resolve()
-    name = folder.parent.name if folder.name == "adapter" else folder.name  # a registry version's adapter/
-    target = out or Path(f"{name}-eval")
     written = write_report(report, target, adapter)
     for kind, path in written.items():
         info(f"{kind}: {path}")

@@ -8,6 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+import torch
+
 from lorafleet.modelcard import ModelCard
 from lorafleet.registry import AdapterRef, ReferenceStats, Registry
 
@@ -47,6 +50,67 @@ def test_finetune_stops_at_the_check_stage_for_a_broken_file(tmp_path: Path) -> 
     assert f"{data}:3: (line): not valid JSON" in proc.stderr
     assert "[train]" not in proc.stderr and "Traceback" not in proc.stderr
     assert Registry(registry).versions() == []
+
+
+def test_finetune_names_the_valid_target_modules_before_any_stage(tmp_path: Path) -> None:
+    registry = tmp_path / "registry"
+    proc = lorafleet(
+        "finetune", tiny_csv(tmp_path / "tiny.csv"), "--task", "tiny", "--registry", registry,
+        "--target-modules", "q_proj,foo",
+    )  # fmt: skip
+    assert proc.returncode == 1
+    assert proc.stderr.splitlines()[0] == (
+        "error: --target-modules: foo is not a layer of SmolLM2-135M-Instruct; its layers LoRA can adapt "
+        "are: embed_tokens, q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj, lm_head"
+    )
+    assert "[check]" not in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_finetune_refuses_cuda_where_there_is_none_before_any_stage(tmp_path: Path) -> None:
+    proc = lorafleet(
+        "finetune", tiny_csv(tmp_path / "tiny.csv"), "--task", "tiny", "--registry", tmp_path / "r", "--device", "cuda"
+    )  # fmt: skip
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("error: --device cuda: CUDA is not available")
+    assert "--device cpu" in proc.stderr and "[check]" not in proc.stderr
+
+
+def test_finetune_refuses_a_registry_or_work_dir_that_is_a_file(tmp_path: Path) -> None:
+    data, a_file = tiny_csv(tmp_path / "tiny.csv"), tmp_path / "notes.txt"
+    a_file.write_text("mine")
+    proc = lorafleet("finetune", data, "--task", "tiny", "--registry", a_file)
+    assert proc.returncode == 1
+    assert proc.stderr.splitlines()[0] == f"error: the registry {a_file} is a file, not a folder"
+    proc = lorafleet("finetune", data, "--task", "tiny", "--registry", tmp_path / "r", "--work-dir", a_file)
+    assert proc.returncode == 1
+    assert proc.stderr.splitlines()[0] == f"error: --work-dir {a_file} is a file, not a folder"
+    assert "[import]" not in proc.stderr and a_file.read_text() == "mine"
+
+
+def test_an_unexpected_error_inside_a_stage_is_one_line_naming_the_stage(tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    (work / "tiny.jsonl").mkdir(parents=True)  # where the import stage writes the converted CSV
+    proc = lorafleet(
+        "finetune", tiny_csv(tmp_path / "tiny.csv"), "--task", "tiny", "--registry", tmp_path / "r", "--work-dir", work
+    )  # fmt: skip
+    assert proc.returncode == 1
+    assert (
+        f"error: finetune stopped at the import stage: {work / 'tiny.jsonl'}: Is a directory" in proc.stderr
+    )
+    assert "LORAFLEET_DEBUG=1" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_finetune_stops_at_the_split_stage_when_the_test_split_would_be_empty(tmp_path: Path) -> None:
+    data = tmp_path / "same.csv"
+    data.write_text("text,label\n" + "Where is my card?,card_arrival\nwhere is my card,card_arrival\n" * 5)
+    proc = lorafleet("finetune", data, "--task", "tiny", "--registry", tmp_path / "r")
+    assert proc.returncode == 1
+    assert (
+        "error: finetune stopped at the split stage: the test split is empty: the 10 examples form 1 group "
+        "of equal or near-duplicate inputs (the largest holds 10)"
+    ) in proc.stderr
+    assert "[train]" not in proc.stderr
 
 
 def test_finetune_a_csv_end_to_end_registers_a_complete_version(tmp_path: Path) -> None:

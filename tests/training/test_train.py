@@ -253,3 +253,37 @@ def test_eval_compares_with_an_openai_compatible_endpoint(
     assert remote.kind == "endpoint" and len(remote.answers) == 4 and all(remote.answers)
     assert len(remote.errors) == round(4 * (1 - remote.scores.accuracy))
     assert set(report.summary) == {"base", "endpoint:base", "tuned"}
+
+
+def test_train_and_eval_refuse_bad_outputs_and_layers_before_the_work(
+    tiny_data: dict[str, Path], tmp_path: Path
+) -> None:
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("mine")
+
+    def lorafleet(*args: str | Path) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([LORAFLEET, *map(str, args)], capture_output=True, text=True, timeout=300)
+
+    proc = lorafleet("train", "--train", tiny_data["train"], "--out", a_file)
+    assert (proc.returncode, proc.stderr.splitlines()[0]) == (
+        1,
+        f"error: --out {a_file} is a file, not a folder",
+    )
+    proc = lorafleet("train", "--train", tiny_data["train"], "--out", a_file / "adapter")
+    assert (
+        proc.stderr.splitlines()[0]
+        == f"error: --out {a_file / 'adapter'} cannot be created: {a_file} is a file"
+    )
+    proc = lorafleet("eval", "--test", tiny_data["test"], "--adapter", tmp_path, "--out", a_file)
+    assert (proc.returncode, proc.stderr.splitlines()[0]) == (
+        1,
+        f"error: --out {a_file} is a file, not a folder",
+    )
+    proc = lorafleet(
+        "train", "--train", tiny_data["train"], "--out", tmp_path / "o", "--target-modules", "qproj"
+    )
+    assert proc.returncode == 1 and proc.stderr.splitlines()[1].startswith(
+        "error: --target-modules: qproj is not a layer of SmolLM2-135M-Instruct; its layers LoRA can adapt are: "
+    )
+    assert a_file.read_text() == "mine" and not (tmp_path / "o").exists()
+    assert "Traceback" not in proc.stderr
