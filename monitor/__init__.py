@@ -6,7 +6,8 @@ torch, vLLM nor transformers: it runs inside the gateway.
     metrics     build_metrics, Metrics, declared_names, the label enums
     entropy     with_logprobs, response_entropy, EntropyAccumulator, strip_logprobs
     drift       psi, js_distance, DriftWindow, DriftScore, DriftLevel
-    accuracy    wilson_interval, two_proportion_z_test, RollingAccuracy
+    accuracy    wilson_interval, two_proportion_z_test, RollingAccuracy, publish_live_accuracy,
+                restore_live_accuracy
     feedback    FeedbackStore, AnswerRecord, FeedbackRecord, FeedbackOutcome
     gate        VersionSignals, GateThresholds, evaluate_gate, GateDecision, GateCheck
     signals     LocalSignals, Snapshot, PrometheusSignals, histogram_quantile
@@ -15,7 +16,13 @@ torch, vLLM nor transformers: it runs inside the gateway.
     errors      MonitorError and its subclasses
 """
 
-from monitor.accuracy import RollingAccuracy, two_proportion_z_test, wilson_interval
+from monitor.accuracy import (
+    RollingAccuracy,
+    publish_live_accuracy,
+    restore_live_accuracy,
+    two_proportion_z_test,
+    wilson_interval,
+)
 from monitor.alerts import AlertThresholds, rule_groups
 from monitor.drift import DriftLevel, DriftScore, DriftWindow, js_distance, psi
 from monitor.entropy import EntropyAccumulator, response_entropy, strip_logprobs, with_logprobs
@@ -91,7 +98,9 @@ __all__ = [
     "histogram_quantile",
     "js_distance",
     "psi",
+    "publish_live_accuracy",
     "response_entropy",
+    "restore_live_accuracy",
     "rule_groups",
     "strip_logprobs",
     "two_proportion_z_test",

@@ -4,6 +4,9 @@
     two_proportion_z_test(s1, n1, s2, n2, alternative)  pooled z statistic of p1 - p2 and its
                                            p-value, two-sided or one-sided ("less": p1 < p2)
     RollingAccuracy(size)                  the last `size` verdicts: correct, total, ratio, interval()
+    publish_live_accuracy(metrics, route, version, correct, total)   the lorafleet_live_accuracy gauges
+    restore_live_accuracy(store, metrics, live, last_n)   those gauges from the persisted feedback,
+                                           for every live (route, version): at start-up
 
 The Wilson interval is used instead of the normal one (p +- z sqrt(p(1-p)/n)) because it stays
 inside [0, 1] and keeps its coverage at small n and at ratios near 0 or 1, which is where a live
@@ -14,7 +17,11 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Collection
 from typing import Literal
+
+from monitor.feedback import FeedbackStore
+from monitor.metrics import Metrics
 
 Z_95 = 1.96
 
@@ -85,3 +92,31 @@ class RollingAccuracy:
 
     def interval(self, z: float = Z_95) -> tuple[float, float]:
         return wilson_interval(self._correct, len(self._verdicts), z)
+
+
+def publish_live_accuracy(metrics: Metrics, route: str, version: str, correct: int, total: int) -> None:
+    """Set the live accuracy of (route, version) and its Wilson interval; nothing without verdicts."""
+    if total == 0:
+        return
+    low, high = wilson_interval(correct, total)
+    metrics.live_accuracy.labels(route, version).set(correct / total)
+    metrics.live_accuracy_lower.labels(route, version).set(low)
+    metrics.live_accuracy_upper.labels(route, version).set(high)
+
+
+def restore_live_accuracy(
+    store: FeedbackStore, metrics: Metrics, live: Collection[tuple[str, str]], last_n: int
+) -> dict[tuple[str, str], tuple[int, int]]:
+    """Recompute the live accuracy of each live (route, version) from the verdicts on disk.
+
+    A gateway (re)starting has empty gauges but the feedback persisted: call this once the live
+    versions are known. Returns (correct, total) of each version that has verdicts. Blocks on
+    SQLite (one indexed query of at most `last_n` rows per version).
+    """
+    restored = {}
+    for route, version in live:
+        correct, total = store.rolling(route, version, last_n)
+        if total:
+            publish_live_accuracy(metrics, route, version, correct, total)
+            restored[(route, version)] = (correct, total)
+    return restored

@@ -5,7 +5,8 @@
                                batches by a background thread (the request path never touches disk)
       flush()                  write the queued answers now
       answer(id)               an answer (flushes this process's queue first)
-      add_feedback(id, ...)    a verdict on an answer: a label (correctness derived) or correct=True/False
+      add_feedback(id, ...)    a verdict on an answer: a label (correctness derived) or correct=True/False;
+                               -> (the stored record, whether this call created it)
       feedback(id)             the verdict stored for an answer
       rolling(route, version, last_n)  (correct, total) over the last n verdicts of a version
       versions_with_feedback() (route, version) pairs that have verdicts
@@ -15,7 +16,8 @@
 
 WAL mode lets several processes read while one writes; writers wait on each other (busy timeout).
 Feedback is append-only and idempotent per completion id: the same verdict again returns the stored
-record, a different one raises FeedbackConflictError. Rows older than the retention (30 days by
+record (created False: count it once, even when two workers get it at the same moment), a different
+one raises FeedbackConflictError. Rows older than the retention (30 days by
 default) are deleted when a store is opened, which bounds the file. Calls block on SQLite: from an
 event loop, run add_feedback/rolling in a thread (`asyncio.to_thread`).
 """
@@ -276,10 +278,12 @@ class FeedbackStore:
         label: str | None = None,
         correct: bool | None = None,
         source: str | None = None,
-    ) -> FeedbackRecord:
+    ) -> tuple[FeedbackRecord, bool]:
         """Record a verdict on an answer: the right `label` (correctness is derived) or `correct`.
 
-        Returns the stored record: the new one, or the earlier one if this verdict repeats it.
+        Returns the stored record and whether this call created it (False: an earlier call stored
+        the same verdict). Both are decided inside one write transaction, so of several concurrent
+        calls for one completion id, in any number of processes, exactly one creates it.
         """
         if (label is None) == (correct is None):
             raise InvalidFeedbackError(
@@ -317,15 +321,16 @@ class FeedbackStore:
                 self._db.execute("ROLLBACK")
                 raise
         if stored is None:
-            return FeedbackRecord(
+            record = FeedbackRecord(
                 completion_id, answer.route, answer.version, answer.label, label, verdict, source, _utc(now)
             )
+            return record, True
         same_labels = label is None or stored.label is None or match_label(label, [stored.label]) is not None
         if stored.correct != verdict or not same_labels:
             raise FeedbackConflictError(
                 completion_id, _describe(stored.label, stored.correct), _describe(label, verdict)
             )
-        return stored
+        return stored, False
 
     def _feedback(self, completion_id: str) -> FeedbackRecord | None:
         row = self._db.execute(

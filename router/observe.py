@@ -16,7 +16,7 @@ from typing import Any
 from lorafleet.errors import LorafleetError
 from lorafleet.registry import ReferenceStats, Registry
 from lorafleet.textstats import match_label
-from monitor.accuracy import wilson_interval
+from monitor.accuracy import publish_live_accuracy, restore_live_accuracy
 from monitor.drift import DriftWindow
 from monitor.feedback import FeedbackRecord, FeedbackStore
 from monitor.metrics import OTHER, Arm, Direction, ErrorReason, Metrics
@@ -74,10 +74,13 @@ class Observer:
         increase() cannot see the first increment of a series it never saw at zero, so a canary
         whose first requests all fall between two scrapes would otherwise count as idle.
         """
-        for (route, version), state in live.items():
-            if (route, version) not in self.known:
-                self._prime(route, version, state)
+        new = [key for key in live if key not in self.known]
+        for route, version in new:
+            self._prime(route, version, live[(route, version)])
         self.known = set(live)
+        if self.feedback_store is not None:
+            # At start-up the gauges are empty but the verdicts are on disk.
+            restore_live_accuracy(self.feedback_store, self.metrics, new, self.accuracy_window)
 
     def _prime(self, route: str, version: str, state: str) -> None:
         m = self.metrics
@@ -196,11 +199,9 @@ class Observer:
         store = self.feedback_store
         if store is None:
             raise LorafleetError("feedback is disabled on this gateway (no state folder)")
-        known = await asyncio.to_thread(store.feedback, completion_id)
-        record = await asyncio.to_thread(
+        record, created = await asyncio.to_thread(
             store.add_feedback, completion_id, label=label, correct=correct, source=source
         )
-        created = known is None
         await self.refresh_accuracy(record.route, record.version, new=record if created else None)
         return record, created
 
@@ -214,9 +215,5 @@ class Observer:
         route_l, version_l = self.label_values(route, version)
         if new is not None:
             self.metrics.feedback.labels(route_l, version_l, "correct" if new.correct else "incorrect").inc()
-        if total:
-            low, high = wilson_interval(correct, total)
-            self.metrics.live_accuracy.labels(route_l, version_l).set(correct / total)
-            self.metrics.live_accuracy_lower.labels(route_l, version_l).set(low)
-            self.metrics.live_accuracy_upper.labels(route_l, version_l).set(high)
+        publish_live_accuracy(self.metrics, route_l, version_l, correct, total)
         return correct, total

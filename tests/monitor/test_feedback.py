@@ -9,9 +9,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry
 
+from monitor.accuracy import restore_live_accuracy
 from monitor.errors import FeedbackConflictError, InvalidFeedbackError, UnknownCompletionError
 from monitor.feedback import FeedbackOutcome, FeedbackStore
+from monitor.metrics import build_metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 V1 = "banking-v1-20261124"
@@ -27,7 +30,8 @@ def store(tmp_path: Path) -> Iterator[FeedbackStore]:
 def test_feedback_right_after_the_answer(store: FeedbackStore) -> None:
     store.record_answer("chatcmpl-1", "banking", V1, "card_arrival", "card_arrival")
     # No flush and no wait: the lookup writes this process's queue first.
-    record = store.add_feedback("chatcmpl-1", label="Card_Arrival", source="agent")
+    record, created = store.add_feedback("chatcmpl-1", label="Card_Arrival", source="agent")
+    assert created is True
     assert record.correct is True
     assert record.outcome is FeedbackOutcome.CORRECT
     assert (record.route, record.version, record.answer_label, record.source) == (
@@ -42,23 +46,24 @@ def test_correctness_is_derived_from_the_label(store: FeedbackStore) -> None:
     store.record_answer("a", "banking", V1, "card_arrival", "card_arrival")
     store.record_answer("b", "banking", V1, "I think you want to change your PIN.", None)
     store.record_answer("c", "banking", V1, " change_pin. ", "change_pin")
-    assert store.add_feedback("a", label="change_pin").correct is False
-    assert store.add_feedback("b", label="change_pin").correct is False  # a sentence is not the label
-    assert store.add_feedback("c", label="change_pin").correct is True
-    assert store.add_feedback("c", correct=True).label == "change_pin"  # consistent: the stored record
+    assert store.add_feedback("a", label="change_pin")[0].correct is False
+    assert store.add_feedback("b", label="change_pin")[0].correct is False  # a sentence is not the label
+    assert store.add_feedback("c", label="change_pin")[0].correct is True
+    assert store.add_feedback("c", correct=True)[0].label == "change_pin"  # consistent: the stored record
 
 
 def test_verdicts_without_label(store: FeedbackStore) -> None:
     store.record_answer("summary-1", "summaries", V1, "A long summary.", None)
-    record = store.add_feedback("summary-1", correct=False, source="thumbs")
+    record, _ = store.add_feedback("summary-1", correct=False, source="thumbs")
     assert (record.correct, record.label, record.outcome) == (False, None, FeedbackOutcome.INCORRECT)
 
 
 def test_feedback_is_idempotent_and_append_only(store: FeedbackStore) -> None:
     store.record_answer("x", "banking", V1, "card_arrival", "card_arrival")
-    first = store.add_feedback("x", label="card_arrival")
-    assert store.add_feedback("x", label="card_arrival ") == first
-    assert store.add_feedback("x", correct=True) == first
+    first, created = store.add_feedback("x", label="card_arrival")
+    assert created
+    assert store.add_feedback("x", label="card_arrival ") == (first, False)
+    assert store.add_feedback("x", correct=True) == (first, False)
     with pytest.raises(FeedbackConflictError, match="already has feedback"):
         store.add_feedback("x", label="change_pin")
     with pytest.raises(FeedbackConflictError):
@@ -96,12 +101,12 @@ def test_everything_survives_a_restart(tmp_path: Path) -> None:
     with FeedbackStore(path) as first:
         first.record_answer("p", "banking", V1, "card_arrival", "card_arrival")
         first.record_answer("q", "banking", V1, "change_pin", "change_pin")  # never looked up: queued only
-        stored = first.add_feedback("p", label="card_arrival")
+        stored, _ = first.add_feedback("p", label="card_arrival")
     with FeedbackStore(path, lookup_grace_s=0) as second:
         assert second.feedback("p") == stored
         answer = second.answer("q")
         assert answer is not None and answer.label == "change_pin"
-        assert second.add_feedback("q", label="cancel_transfer").correct is False
+        assert second.add_feedback("q", label="cancel_transfer")[0].correct is False
         assert second.rolling("banking", V1, 10) == (1, 2)
 
 
@@ -164,7 +169,7 @@ def test_two_gateway_workers_share_one_file(tmp_path: Path) -> None:
         try:
             assert worker.stdout is not None and worker.stdin is not None
             assert worker.stdout.readline().strip() == "recorded"
-            record = here.add_feedback("worker-1", label="card_arrival", source="worker-test")
+            record, _ = here.add_feedback("worker-1", label="card_arrival", source="worker-test")
             assert record.correct and record.version == V1
             worker.stdin.write("\n")
             worker.stdin.flush()
@@ -175,3 +180,84 @@ def test_two_gateway_workers_share_one_file(tmp_path: Path) -> None:
                 worker.wait()
     with FeedbackStore(path) as again:
         assert again.rolling("banking", V1, 10) == (1, 1)
+
+
+CONCURRENT = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+    from monitor.feedback import FeedbackStore
+
+    with FeedbackStore(Path(sys.argv[1]), lookup_grace_s=10) as store:
+        print("ready", flush=True)
+        sys.stdin.readline()  # all start together
+        record, created = store.add_feedback("dup", correct=True, source=sys.argv[2])
+        print(created, flush=True)
+    """
+)
+
+
+def test_concurrent_duplicate_feedback_is_created_once(tmp_path: Path) -> None:
+    """Several gateway workers get the same verdict at once: exactly one of them counts it."""
+    path = tmp_path / "shared.sqlite3"
+    with FeedbackStore(path) as store:
+        store.record_answer("dup", "banking", V1, "card_arrival", "card_arrival")
+        store.flush()
+        workers = [
+            subprocess.Popen(
+                [sys.executable, "-c", CONCURRENT, str(path), f"worker-{i}"],
+                cwd=ROOT,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            for i in range(4)
+        ]
+        try:
+            for w in workers:
+                assert w.stdout is not None and w.stdout.readline().strip() == "ready"
+            for w in workers:
+                assert w.stdin is not None
+                w.stdin.write("\n")
+                w.stdin.flush()
+            created = [w.communicate(timeout=60)[0].strip() for w in workers]
+        finally:
+            for w in workers:
+                if w.poll() is None:
+                    w.kill()
+                    w.wait()
+        assert [w.returncode for w in workers] == [0, 0, 0, 0]
+        assert sorted(created) == ["False", "False", "False", "True"]
+        assert store.rolling("banking", V1, 10) == (1, 1)
+
+
+def test_live_accuracy_gauges_are_restored_from_disk(tmp_path: Path) -> None:
+    path = tmp_path / "fb.sqlite3"
+    with FeedbackStore(path, lookup_grace_s=0) as first:
+        for i, ok in enumerate([True, True, False, True]):
+            first.record_answer(f"v1-{i}", "banking", V1, "card_arrival", "card_arrival")
+            first.add_feedback(f"v1-{i}", correct=ok)
+        first.record_answer("v2-0", "banking", V2, "card_arrival", "card_arrival")
+        first.add_feedback("v2-0", correct=False)
+    # A restarted gateway: fresh gauges, the same file. V2 is no longer live; v3 has no feedback.
+    registry = CollectorRegistry()
+    metrics = build_metrics(registry)
+    with FeedbackStore(path) as second:
+        live = [("banking", V1), ("banking", "banking-v3-20261215")]
+        restored = restore_live_accuracy(second, metrics, live, last_n=500)
+        assert restored == {("banking", V1): (3, 4)}
+        assert restore_live_accuracy(second, build_metrics(CollectorRegistry()), live, last_n=2) == {
+            ("banking", V1): (1, 2)  # the last two verdicts: False, True
+        }
+
+    def gauge(name: str, version: str) -> float | None:
+        return registry.get_sample_value(name, {"route": "banking", "version": version})
+
+    # 3 of 4: Wilson 95% interval by hand, z = 1.96, z^2 = 3.8416:
+    #   centre = (0.75 + 3.8416 / 8) / (1 + 3.8416 / 4) = 1.2302 / 1.9604 = 0.62753
+    #   half   = 1.96 / 1.9604 * sqrt(0.75 * 0.25 / 4 + 3.8416 / 64) = 0.99980 * 0.32696 = 0.32689
+    assert gauge("lorafleet_live_accuracy_ratio", V1) == 0.75
+    assert gauge("lorafleet_live_accuracy_lower_ratio", V1) == pytest.approx(0.30064, abs=1e-4)
+    assert gauge("lorafleet_live_accuracy_upper_ratio", V1) == pytest.approx(0.95442, abs=1e-4)
+    assert gauge("lorafleet_live_accuracy_ratio", V2) is None
+    assert gauge("lorafleet_live_accuracy_ratio", "banking-v3-20261215") is None

@@ -164,9 +164,13 @@ def test_feedback_gives_live_accuracy_and_survives_a_restart(
         assert r.json()["version"] == v1
     status = httpx.get(f"{gw.url}/admin/monitor", headers=TOKEN).json()["versions"][0]
     assert status["feedback"]["total"] == 4
+    before = status["live_accuracy"]
     gw.stop()
 
     again = start_gateway(routes, registry, [engine.url], state_dir=state)
+    # The gauges are back from the persisted feedback at start-up, before any feedback or status call.
+    metrics = httpx.get(f"{again.url}/metrics").text
+    assert _sample(metrics, "lorafleet_live_accuracy_ratio", route="banking", version=v1) == before
     repeat = httpx.post(f"{again.url}/v1/feedback", json={"completion_id": ids[0], "correct": True})
     assert repeat.status_code == 200 and repeat.json()["correct"] is True
     conflict = httpx.post(f"{again.url}/v1/feedback", json={"completion_id": ids[0], "correct": False})
