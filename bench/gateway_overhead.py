@@ -294,6 +294,7 @@ def cost_breakdown(work: Path) -> list[tuple[str, str, float]]:
     from monitor.metrics import Arm, build_metrics
     from router.gateway import CHAT, validate_body
     from router.observe import Observer, Outcome
+    from router.settings import GatewaySettings
     from router.upstream import sse, sse_events
 
     names = fakes.register_versions(work / "registry")
@@ -363,7 +364,7 @@ def cost_breakdown(work: Path) -> list[tuple[str, str, float]]:
     loop = asyncio.new_event_loop()
     rows = [
         ("openai_api.read_json", "json.loads of the request", _time_us(lambda: json.loads(raw_request))),
-        ("gateway.complete", "validate_body", _time_us(lambda: validate_body(CHAT, body, 4096))),
+        ("gateway.complete", "validate_body", _time_us(lambda: validate_body(CHAT, body, GatewaySettings()))),
         ("gateway.complete", "request id (uuid4)", _time_us(lambda: f"req-{uuid.uuid4().hex}")),
         (
             "gateway.complete",

@@ -25,13 +25,14 @@ import asyncio
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, Field, ValidationError
 from starlette.responses import JSONResponse
 
 from lorafleet.errors import describe_validation_error
 from monitor.accuracy import wilson_interval
 from monitor.signals import LocalSignals, Snapshot
+from router.auth import require_admin
 from router.errors import BadRequestError, ConflictError
 from router.gateway import Gateway
 from router.openai_api import read_json
@@ -39,7 +40,7 @@ from router.policy import RoutesFile, Step, default_steps
 from router.rollout import Controller, Rollouts
 from router.settings import ControllerMode
 
-router = APIRouter(prefix="/admin")
+router = APIRouter(prefix="/admin", dependencies=[Depends(require_admin)])
 
 ACTOR_HEADER = "x-lorafleet-actor"
 _B = TypeVar("_B", bound=BaseModel)
@@ -84,7 +85,8 @@ class VersionBody(_Write):
 
 
 async def _parse(request: Request, model: type[_B]) -> _B:
-    body = await read_json(request, 1 << 20)
+    """The body as `model`; no body at all (`curl -X POST .../rollback`) means `{}`."""
+    body = await read_json(request, 1 << 20, empty={})
     try:
         return model.model_validate(body)
     except ValidationError as exc:

@@ -16,6 +16,7 @@ import contextlib
 import datetime as dt
 import logging
 import os
+import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
@@ -25,6 +26,7 @@ from fastapi.exceptions import RequestValidationError
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lorafleet import __version__
 from lorafleet.registry import Registry
@@ -34,11 +36,11 @@ from monitor.signals import LocalSignals
 from router import admin, openai_api
 from router.auth import AuthMiddleware
 from router.errors import RouterError
-from router.gateway import Gateway, error_response, openai_error
+from router.gateway import REQUEST_ID_HEADER, Gateway, error_response, openai_error
 from router.observe import Observer
 from router.rollout import Controller, LeaderLock, LocalGateSource, PrometheusGateSource, Rollouts, utcnow
 from router.settings import ControllerMode, GatewaySettings
-from router.store import FileStore, RouteStore
+from router.store import FileStore, RouteStore, check_routes
 from router.upstream import build_client
 from serve.fleet import Fleet
 
@@ -63,6 +65,36 @@ async def _every(interval_s: float, what: str, fn: Callable[[], object]) -> None
                 await result
         except Exception:
             log.exception("%s failed; trying again in %.0f s", what, interval_s)
+
+
+class RequestIdMiddleware:
+    """Every response carries `x-request-id`, errors included: the client's own, or one made here.
+
+    A made one is added to the request's headers too, so the gateway passes the same id upstream.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        name = REQUEST_ID_HEADER.encode()
+        request_id = next((v for k, v in scope["headers"] if k.lower() == name and v), None)
+        if request_id is None:
+            request_id = f"req-{uuid.uuid4().hex}".encode()
+            # In place: the error handler of last resort sees this scope, not a copy.
+            scope["headers"] = [*scope["headers"], (name, request_id)]
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", ()))
+                if not any(k.lower() == name for k, _ in headers):
+                    message = {**message, "headers": [*headers, (name, request_id)]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
 
 
 def create_app(
@@ -100,6 +132,7 @@ def create_app(
             accuracy_window=settings.accuracy_window,
         )
         gateway = Gateway(settings, route_store, registry, fleet, http, observer, clock=clock)
+        check_routes(route_store)  # an invalid routes file stops the start-up, naming the field
         gateway.reload(force=True)
         rollouts = Rollouts(route_store, registry, metrics, clock=clock, on_change=gateway.apply)
         app.state.gateway = gateway
@@ -154,14 +187,22 @@ def create_app(
             await http.aclose()
             feedback.close()
 
+    # No /openapi.json or /docs: they would describe the admin API to anyone, without a token.
     app = FastAPI(
-        title="lorafleet gateway", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None
+        title="lorafleet gateway",
+        version=__version__,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
     )
+    app.state.admin_token = settings.admin_secret()
     app.add_middleware(
         AuthMiddleware,
-        admin_token=settings.admin_secret(),
+        admin_token=app.state.admin_token,
         api_keys=[k.get_secret_value() for k in settings.api_keys],
     )
+    app.add_middleware(RequestIdMiddleware)  # the outermost: 401s carry the id too
     app.router.routes.extend(openai_api.routes)
     app.include_router(admin.router)
 
@@ -181,9 +222,16 @@ def create_app(
         return openai_error(exc.status_code, type_, str(exc.detail))
 
     @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
-        log.exception("unexpected error")
-        return openai_error(500, "server_error", f"internal error: {type(exc).__name__}")
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # Answered outside every middleware, RequestIdMiddleware's included: set the id here.
+        request_id = request.headers.get(REQUEST_ID_HEADER)
+        log.exception("unexpected error in request %s", request_id)
+        return openai_error(
+            500,
+            "server_error",
+            f"internal error: {type(exc).__name__}",
+            headers={REQUEST_ID_HEADER: request_id} if request_id else None,
+        )
 
     @app.get("/health")
     async def health(request: Request) -> JSONResponse:

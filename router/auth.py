@@ -2,8 +2,10 @@
 
 A pure ASGI middleware, so streaming responses pass untouched. The admin check looks at the path
 as any spelling could reach it (percent-decoded, case-folded, dot segments and repeated slashes
-resolved): `/ADMIN/status`, `//admin/./status` and `/admin%2fstatus` all need the token. Tokens are
-compared in constant time.
+resolved): `/ADMIN/status`, `//admin/./status` and `/admin%2fstatus` all need the token. It checks
+the path Starlette routes on too, without the ASGI `root_path` (`uvicorn --root-path /api` makes
+`/api/admin/status` reach the admin router). Tokens are compared in constant time. The admin router
+checks the token again itself (`require_admin`), in case a path ever slips past this middleware.
 """
 
 from __future__ import annotations
@@ -14,7 +16,10 @@ import posixpath
 from collections.abc import Sequence
 from urllib.parse import unquote
 
+from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+from router.errors import AuthenticationError
 
 ADMIN_PREFIX = "/admin"
 OPEN_PATHS = ("/health", "/metrics")
@@ -28,6 +33,21 @@ def canonical_path(path: str) -> str:
         path = decoded
     # POSIX keeps a leading "//" as it is; strip every leading slash first.
     return posixpath.normpath("/" + path.replace("\\", "/").lower().lstrip("/"))
+
+
+def _without_root(path: str, root_path: str) -> str:
+    """The path Starlette routes on: `path` without the ASGI root_path (as starlette's get_route_path)."""
+    if root_path and path.startswith(root_path) and path[len(root_path) : len(root_path) + 1] in ("", "/"):
+        return path[len(root_path) :] or "/"
+    return path
+
+
+def _candidate_paths(scope: Scope) -> set[str]:
+    """Every canonical spelling under which the request's path might be routed."""
+    root = scope.get("root_path", "")
+    raw = (scope.get("raw_path") or scope["path"].encode()).decode("latin-1")
+    paths = {scope["path"], raw, _without_root(scope["path"], root), _without_root(raw, root)}
+    return {canonical_path(p) for p in paths}
 
 
 def _bearer(headers: Sequence[tuple[bytes, bytes]]) -> bytes | None:
@@ -58,21 +78,33 @@ class AuthMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        raw = scope.get("raw_path") or scope["path"].encode()
-        path = canonical_path(raw.decode("latin-1"))
-        also = canonical_path(scope["path"])
+        paths = _candidate_paths(scope)
         token = _bearer(scope["headers"])
-        if path.startswith(ADMIN_PREFIX) or also.startswith(ADMIN_PREFIX):
+        if any(p.startswith(ADMIN_PREFIX) for p in paths):
             if not self.admin:
                 await _deny(send, "the admin API is disabled: start the gateway with an admin token")
                 return
             if not _matches(token, self.admin):
                 await _deny(send, "the admin API needs 'Authorization: Bearer <admin token>'")
                 return
-        elif self.api_keys and path not in OPEN_PATHS and not _matches(token, self.api_keys):
+        elif (
+            self.api_keys
+            and _without_root(scope["path"], scope.get("root_path", "")) not in OPEN_PATHS
+            and not _matches(token, self.api_keys)
+        ):
             await _deny(send, "Incorrect or missing API key: send 'Authorization: Bearer <key>'")
             return
         await self.app(scope, receive, send)
+
+
+def require_admin(request: Request) -> None:
+    """The admin router's own token check (a FastAPI dependency), behind the middleware's."""
+    secret: str | None = getattr(request.app.state, "admin_token", None)
+    if not secret:
+        raise AuthenticationError("the admin API is disabled: start the gateway with an admin token")
+    header = request.headers.get("authorization", "").encode("latin-1")
+    if not _matches(_bearer([(b"authorization", header)]), [secret.encode()]):
+        raise AuthenticationError("the admin API needs 'Authorization: Bearer <admin token>'")
 
 
 async def _deny(send: Send, message: str) -> None:

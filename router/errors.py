@@ -16,6 +16,9 @@ RouterError(LorafleetError)             status, type, code, param
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from types import MappingProxyType
+
 from lorafleet.errors import LorafleetError
 
 
@@ -24,6 +27,7 @@ class RouterError(LorafleetError):
     type = "server_error"
     code: str | None = None
     param: str | None = None
+    headers: Mapping[str, str] = MappingProxyType({})  # response headers, e.g. the version tried
 
 
 class BadRequestError(RouterError):

@@ -17,7 +17,7 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,6 +54,8 @@ ROUTE_HEADER = "x-lorafleet-route"
 VERSION_HEADER = "x-lorafleet-version"
 ARM_HEADER = "x-lorafleet-arm"
 REQUEST_ID_HEADER = "x-request-id"
+NO_ENGINE = "-"  # EngineFailure.engine when no engine could be tried
+MAX_TOP_LOGPROBS = 20  # OpenAI's bound on top_logprobs
 
 
 @dataclass(frozen=True)
@@ -96,14 +98,30 @@ def input_text(endpoint: str, body: Mapping[str, Any]) -> str:
     )
 
 
-def validate_body(endpoint: str, body: Any, max_tokens_limit: int) -> dict[str, Any]:
-    """The checks the gateway makes itself, so that a bad body is a 400 naming the field, never a 500."""
+def _check_int(body: Mapping[str, Any], key: str, low: int, high: int | None = None) -> None:
+    """`body[key]` is absent, null, or a whole number from `low` to `high` (400 naming it otherwise)."""
+    value = body.get(key)
+    if value is None:
+        return
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        raise BadRequestError(f"'{key}' must be an integer of at least {low}, got {value!r}", param=key)
+    if high is not None and value > high:
+        raise BadRequestError(f"'{key}' is {value}; this gateway allows at most {high}", param=key)
+
+
+def validate_body(endpoint: str, body: Any, settings: GatewaySettings) -> dict[str, Any]:
+    """The body checked and completed, so that a bad body is a 400 naming the field, never a 500.
+
+    `stream: null` means false, as in OpenAI's API; without `max_tokens` (or `max_completion_tokens`)
+    the engine is asked for the gateway's limit, not for everything the context has room for.
+    """
     if not isinstance(body, dict):
         raise BadRequestError("the request body must be a JSON object")
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise BadRequestError("'model' is required and must be a string", param="model")
-    if endpoint == CHAT:
+    chat = endpoint == CHAT
+    if chat:
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
             raise BadRequestError("'messages' must be a non-empty list", param="messages")
@@ -116,21 +134,34 @@ def validate_body(endpoint: str, body: Any, max_tokens_limit: int) -> dict[str, 
         prompt = body.get("prompt")
         if not isinstance(prompt, str | list) or not prompt:
             raise BadRequestError("'prompt' must be a non-empty string or list", param="prompt")
+    limit = settings.max_tokens_limit
     for key in ("max_tokens", "max_completion_tokens"):
         value = body.get(key)
         if value is None:
             continue
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise BadRequestError(f"'{key}' must be a positive integer", param=key)
-        if value > max_tokens_limit:
+        if value > limit:
             raise BadRequestError(
-                f"'{key}' is {value}; this gateway allows at most {max_tokens_limit}",
-                param=key,
-                code="max_tokens",
+                f"'{key}' is {value}; this gateway allows at most {limit}", param=key, code="max_tokens"
             )
-    if "stream" in body and not isinstance(body["stream"], bool):
+    stream = body.get("stream")
+    if stream is not None and not isinstance(stream, bool):
         raise BadRequestError("'stream' must be true or false", param="stream")
-    return body
+    logprobs = body.get("logprobs")
+    if chat and logprobs is not None and not isinstance(logprobs, bool):
+        raise BadRequestError("'logprobs' must be true or false", param="logprobs")
+    if not chat:
+        _check_int(body, "logprobs", 0, MAX_TOP_LOGPROBS)
+    _check_int(body, "top_logprobs", 0, MAX_TOP_LOGPROBS)
+    _check_int(body, "n", 1, settings.max_n)
+    _check_int(body, "best_of", 1, settings.max_n)
+    checked: dict[str, Any] = {
+        k: v for k, v in body.items() if not (k in ("stream", "stream_options") and v is None)
+    }
+    if checked.get("max_tokens") is None and checked.get("max_completion_tokens") is None:
+        checked["max_tokens"] = limit
+    return checked
 
 
 class FastJSONResponse(JSONResponse):
@@ -326,13 +357,21 @@ class Gateway:
         return version
 
     async def _send(
-        self, endpoint: str, body: dict[str, Any], version: str, arm: Arm, request_id: str, deadline: float
+        self,
+        endpoint: str,
+        body: dict[str, Any],
+        version: str,
+        arm: Arm,
+        request_id: str,
+        deadline: float,
+        exclude: Sequence[str] = (),
     ) -> _Attempt:
         """Send to one engine holding `version`; raise EngineFailure for anything a fallback may fix."""
         upstream_model = self._upstream_model(version)
-        engine = self.fleet.pick(None if version == BASE_FALLBACK else version)
+        engine = self.fleet.pick(None if version == BASE_FALLBACK else version, exclude)
         if engine is None or upstream_model is None:
-            raise EngineFailure("-", "not_loaded", f"no healthy engine holds {version}")
+            other = "other " if exclude else ""
+            raise EngineFailure(NO_ENGINE, "not_loaded", f"no {other}healthy engine holds {version}")
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise EngineFailure(engine.url, "timeout", "the request's deadline passed")
@@ -371,11 +410,30 @@ class Gateway:
             raise EngineFailure(engine.url, reason, detail, response.status_code)
         return _Attempt(version, arm, engine, response, started)
 
+    async def _send_to_any(
+        self, endpoint: str, body: dict[str, Any], version: str, arm: Arm, request_id: str, deadline: float
+    ) -> _Attempt:
+        """`_send`, tried on each other healthy engine holding `version` while the deadline allows."""
+        failed: list[EngineFailure] = []
+        while True:
+            tried = [f.engine for f in failed]
+            try:
+                return await self._send(endpoint, body, version, arm, request_id, deadline, tried)
+            except EngineFailure as failure:
+                if failure.engine == NO_ENGINE and failed:
+                    raise failed[-1] from None  # no other engine holds it: report the last real failure
+                if failure.engine == NO_ENGINE or time.monotonic() >= deadline:
+                    raise
+                failed.append(failure)
+                log.warning(
+                    "request %s to %s failed: %s; trying another engine", request_id, version, failure
+                )
+
     async def _send_with_fallback(
         self, endpoint: str, body: dict[str, Any], target: Target, request_id: str, deadline: float
     ) -> _Attempt:
         try:
-            return await self._send(endpoint, body, target.version, target.arm, request_id, deadline)
+            return await self._send_to_any(endpoint, body, target.version, target.arm, request_id, deadline)
         except EngineFailure as first:
             log.warning("request %s to %s failed: %s", request_id, target.version, first)
             fallback = target.fallback
@@ -425,7 +483,7 @@ class Gateway:
 
     async def complete(self, endpoint: str, raw: Any, headers: Mapping[str, str]) -> Response:
         """Answer one chat or completions request."""
-        body = validate_body(endpoint, raw, self.settings.max_tokens_limit)
+        body = validate_body(endpoint, raw, self.settings)
         request_id = headers.get(REQUEST_ID_HEADER) or f"req-{uuid.uuid4().hex}"
         target = self.resolve(body["model"], headers, body)
         chat = endpoint == CHAT
@@ -454,6 +512,12 @@ class Gateway:
             self.observer.record(
                 Outcome(target.route, target.version, target.arm, exc.status, time.perf_counter() - start)
             )
+            exc.headers = {
+                ROUTE_HEADER: target.route,
+                VERSION_HEADER: target.version,
+                ARM_HEADER: target.arm.value,
+                REQUEST_ID_HEADER: request_id,
+            }
             raise
         out_headers = self._headers(target, attempt, request_id)
         text = input_text(endpoint, body)
@@ -714,12 +778,19 @@ def _chunk_text(choice: Mapping[str, Any], chat: bool) -> str | None:
 
 
 def openai_error(
-    status: int, type_: str, message: str, param: str | None = None, code: str | None = None
+    status: int,
+    type_: str,
+    message: str,
+    param: str | None = None,
+    code: str | None = None,
+    headers: Mapping[str, str] | None = None,
 ) -> JSONResponse:
     return JSONResponse(
-        {"error": {"message": message, "type": type_, "param": param, "code": code}}, status_code=status
+        {"error": {"message": message, "type": type_, "param": param, "code": code}},
+        status_code=status,
+        headers=headers,
     )
 
 
 def error_response(exc: RouterError) -> JSONResponse:
-    return openai_error(exc.status, exc.type, exc.message, exc.param, exc.code)
+    return openai_error(exc.status, exc.type, exc.message, exc.param, exc.code, exc.headers)

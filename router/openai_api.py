@@ -28,8 +28,11 @@ from router.errors import (
 from router.gateway import CHAT, COMPLETIONS, Gateway
 
 
-async def read_json(request: Request, limit: int) -> Any:
-    """The request's JSON body, refusing more than `limit` bytes and anything that is not JSON."""
+async def read_json(request: Request, limit: int, empty: Any = None) -> Any:
+    """The request's JSON body, refusing more than `limit` bytes and anything that is not JSON.
+
+    A request without a body gets `empty`, or a 400 when `empty` is None.
+    """
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLargeError(
@@ -42,6 +45,8 @@ async def read_json(request: Request, limit: int) -> Any:
             raise PayloadTooLargeError(
                 f"the request body is over {limit} bytes, the most this gateway accepts"
             )
+    if not body.strip() and empty is not None:
+        return empty
     if not body:
         raise BadRequestError("the request has no body; send a JSON object")
     try:

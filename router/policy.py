@@ -230,6 +230,15 @@ class Route(_Model):
         return states
 
 
+def check_route_name(name: str) -> str:
+    """`name` if it can name a route (what clients send as `model`), else ValueError saying why."""
+    if not _ROUTE_RE.match(name) or AdapterRef.is_version_name(name):
+        raise ValueError(
+            f"route name '{name}' is invalid: use lowercase letters, digits, '-' or '_' (not a version name)"
+        )
+    return name
+
+
 class RoutesFile(_Model):
     revision: int = Field(default=0, ge=0, description="Bumped by every admin write; a stale write gets 409.")
     retention_days: float = Field(
@@ -243,10 +252,7 @@ class RoutesFile(_Model):
     @classmethod
     def _names(cls, v: dict[str, Route]) -> dict[str, Route]:
         for name in v:
-            if not _ROUTE_RE.match(name) or AdapterRef.is_version_name(name):
-                raise ValueError(
-                    f"route name '{name}' is invalid: use lowercase letters, digits, '-' or '_' (not a version name)"
-                )
+            check_route_name(name)
         return v
 
     def live_versions(self, now: dt.datetime) -> dict[str, tuple[str, str]]:

@@ -29,14 +29,26 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from pydantic import ValidationError
 
-from lorafleet.errors import LorafleetError
+from lorafleet.errors import LorafleetError, describe_validation_error
 from lorafleet.registry import AdapterRef, Registry
 from monitor.gate import GateDecision, VersionSignals, evaluate_gate
 from monitor.metrics import GateResult, Metrics
 from monitor.signals import LocalSignals, PrometheusSignals, Snapshot
 from router.errors import BadRequestError, ConflictError, RouteNotFoundError, StaleRevisionError
-from router.policy import BASE_FALLBACK, Analysis, Canary, Pause, Route, RoutesFile, SetWeight, Shadow, Step
+from router.policy import (
+    BASE_FALLBACK,
+    Analysis,
+    Canary,
+    Pause,
+    Route,
+    RoutesFile,
+    SetWeight,
+    Shadow,
+    Step,
+    check_route_name,
+)
 from router.store import HistoryEvent, Progress, RolloutState, RouteStore
 
 log = logging.getLogger("lorafleet.rollout")
@@ -110,8 +122,19 @@ class Rollouts:
         if new_route is None:
             new_routes.pop(name, None)
         else:
-            new_routes[name] = Route.model_validate(new_route.model_dump())
-        saved = self.store.save(routes.model_copy(update={"routes": new_routes}), expected)
+            new_routes[name] = new_route
+        # Validated whole, as a reader will parse it: model_copy alone checks nothing, and one bad
+        # field written would make the file unreadable for every replica and every later write.
+        try:
+            candidate = RoutesFile.model_validate(
+                {**routes.model_dump(), "routes": {k: r.model_dump() for k, r in new_routes.items()}}
+            )
+        except ValidationError as exc:
+            raise BadRequestError(
+                describe_validation_error(exc, "routes file"),
+                param=".".join(str(p) for p in exc.errors()[0]["loc"]) or None,
+            ) from None
+        saved = self.store.save(candidate, expected)
         self.store.append_history(
             HistoryEvent(
                 at=self.clock(),
@@ -148,6 +171,10 @@ class Rollouts:
     def create(
         self, name: str, stable: str, fallback: str | None, actor: str, expected_revision: int | None = None
     ) -> RoutesFile:
+        try:
+            check_route_name(name)
+        except ValueError as exc:
+            raise BadRequestError(str(exc), param="route", code="invalid_route_name") from None
         routes = self.store.load()
         if name in routes.routes:
             raise ConflictError(f"route '{name}' exists already")

@@ -9,11 +9,11 @@ from __future__ import annotations
 import enum
 from pathlib import Path
 
-from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from lorafleet import paths
-from lorafleet.errors import ConfigFileError
+from lorafleet.errors import ConfigFileError, describe_validation_error
 
 
 class Transport(enum.StrEnum):
@@ -70,7 +70,14 @@ class GatewaySettings(BaseSettings):
     max_body_bytes: int = Field(
         default=1 << 20, gt=0, description="Largest request body accepted (413 above)."
     )
-    max_tokens_limit: int = Field(default=4096, gt=0, description="Largest max_tokens a request may ask for.")
+    max_tokens_limit: int = Field(
+        default=4096,
+        gt=0,
+        description="Largest max_tokens a request may ask for; a request without max_tokens gets it.",
+    )
+    max_n: int = Field(
+        default=8, ge=1, description="Largest n (answers per request) and best_of a request may ask for."
+    )
     timeouts: Timeouts = Field(default_factory=Timeouts, description="Upstream timeouts (below).")
     max_connections: int = Field(
         default=512, gt=0, description="Size of the shared upstream connection pool."
@@ -116,18 +123,24 @@ class GatewaySettings(BaseSettings):
     )
     retention_days: float = Field(default=14.0, ge=0, description="Default retention of retired versions.")
 
-    @model_validator(mode="after")
-    def _check_files(self) -> GatewaySettings:
-        if self.admin_token_file is not None and not self.admin_token_file.is_file():
-            raise ValueError(f"admin_token_file {self.admin_token_file} does not exist")
-        return self
+    @field_validator("admin_token_file")
+    @classmethod
+    def _token_file_exists(cls, v: Path | None) -> Path | None:
+        if v is not None and not v.is_file():
+            raise ValueError(f"{v} does not exist or is not a file")
+        return v
 
     def admin_secret(self) -> str | None:
         """The admin token, from the setting or its file (read at start-up)."""
         if self.admin_token is not None:
             return self.admin_token.get_secret_value()
         if self.admin_token_file is not None:
-            token = self.admin_token_file.read_text().strip()
+            try:
+                token = self.admin_token_file.read_text().strip()
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ConfigFileError(
+                    f"cannot read the admin token file {self.admin_token_file}: {exc}"
+                ) from None
             if not token:
                 raise ConfigFileError(f"admin token file {self.admin_token_file} is empty")
             return token
@@ -142,3 +155,14 @@ class GatewaySettings(BaseSettings):
         if self.engine_registry is None:
             return registry_path
         return self.engine_registry / registry_path.relative_to(self.registry)
+
+
+def build_settings(**overrides: object) -> GatewaySettings:
+    """GatewaySettings from the environment and `overrides`; a bad value is a ConfigFileError naming it."""
+    try:
+        return GatewaySettings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        message = describe_validation_error(exc, "gateway setting").replace("Value error, ", "")
+        raise ConfigFileError(
+            message, hint="options override the LORAFLEET_ROUTER_* variables; see --help"
+        ) from None

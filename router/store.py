@@ -20,6 +20,7 @@ import contextlib
 import datetime as dt
 import fcntl
 import json
+import logging
 import os
 import tempfile
 from collections.abc import Iterator
@@ -32,6 +33,8 @@ from pydantic import BaseModel, Field, ValidationError
 from lorafleet.errors import describe_validation_error
 from router.errors import RoutesFileError, StaleRevisionError
 from router.policy import RoutesFile
+
+log = logging.getLogger("lorafleet.router")
 
 
 class Progress(BaseModel):
@@ -89,6 +92,21 @@ def parse_routes(text: str, source: str) -> RoutesFile:
         raise RoutesFileError(
             describe_validation_error(exc, source), hint="see docs/configuration.md#routes-file"
         ) from None
+
+
+def check_routes(store: RouteStore) -> RoutesFile:
+    """The routes at start-up: an invalid file raises RoutesFileError (naming the field); a missing
+    or empty one is logged, since every request would get 404 until routes are created."""
+    routes = store.load()
+    if store.fingerprint() is None:
+        log.warning(
+            "%r holds no routes file: every request gets 404 until one is written or a route is created "
+            "(`lorafleet route create`)",
+            store,
+        )
+    elif not routes.routes:
+        log.warning("%s names no routes: every request gets 404 until a route is added", store)
+    return routes
 
 
 def dump_routes(routes: RoutesFile) -> str:

@@ -6,7 +6,9 @@ costs about 5x more CPU per request under concurrency (bench/gateway_overhead.py
 and the gateway's throughput on one core is bounded by it. Tests may pass any httpx transport.
 
 httpx's exceptions become our own once, here: a refused connection or a timeout is an
-`EngineFailure` that the gateway answers with the route's fallback or a 503/504.
+`EngineFailure` that the gateway answers with another engine, the route's fallback or a 503/504.
+httpx-aiohttp reports a refused connection and a server that hung up as `httpx.ConnectTimeout`
+(its exception map picks the wrong one of two matches), so the cause is looked at too.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
 import httpx
 import orjson
 
@@ -49,10 +52,27 @@ class EngineFailure(Exception):
         return f"{self.engine}: {self.reason}: {self.detail}"
 
 
+def _causes(exc: BaseException) -> list[BaseException]:
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in chain:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    return chain
+
+
 def classify(exc: httpx.HTTPError, engine: str) -> EngineFailure:
+    detail = f"{type(exc).__name__}: {exc}"
+    for cause in _causes(exc)[1:]:
+        if isinstance(cause, TimeoutError):  # aiohttp's timeouts (connect included) are TimeoutErrors
+            return EngineFailure(engine, "timeout", detail)
+        if isinstance(
+            cause, ConnectionError | aiohttp.ClientConnectorError | aiohttp.ServerDisconnectedError
+        ):
+            return EngineFailure(engine, "connect", detail)
     if isinstance(exc, httpx.TimeoutException):
-        return EngineFailure(engine, "timeout", f"{type(exc).__name__}: {exc}")
-    return EngineFailure(engine, "connect", f"{type(exc).__name__}: {exc}")
+        return EngineFailure(engine, "timeout", detail)
+    return EngineFailure(engine, "connect", detail)
 
 
 def error_message(body: bytes) -> str:

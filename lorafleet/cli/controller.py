@@ -19,7 +19,7 @@ from lorafleet.cli._options import RegistryOpt
 from lorafleet.cli._output import info
 from lorafleet.cli.gateway import ensure_admin_token
 from lorafleet.errors import LorafleetError
-from router.settings import GatewaySettings
+from router.settings import GatewaySettings, build_settings
 from router.store import FileStore, RouteStore
 
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
@@ -158,7 +158,7 @@ def controller(
             overrides[key] = value
     if engine:
         overrides["engines"] = engine
-    settings = GatewaySettings(**overrides)  # type: ignore[arg-type]
+    settings = build_settings(**overrides)
     if settings.admin_token is None and settings.admin_token_file is None:
         token_file = ensure_admin_token(settings.resolved_state_dir / "admin.token")
         settings = settings.model_copy(update={"admin_token_file": token_file})

@@ -12,7 +12,8 @@ import typer
 
 from lorafleet.cli._options import RegistryOpt
 from lorafleet.cli._output import info
-from router.settings import GatewaySettings
+from router.settings import GatewaySettings, build_settings
+from router.store import FileStore
 
 
 def ensure_admin_token(path: Path) -> Path:
@@ -73,11 +74,13 @@ def gateway(
             overrides[key] = value
     if engine:
         overrides["engines"] = engine
-    settings = GatewaySettings(**overrides)  # type: ignore[arg-type]
+    settings = build_settings(**overrides)
+    FileStore(settings.routes_file).load()  # an invalid routes file stops here, naming the field
     if settings.admin_token is None and settings.admin_token_file is None:
         token_file = ensure_admin_token(settings.resolved_state_dir / "admin.token")
         settings = settings.model_copy(update={"admin_token_file": token_file})
         info(f"admin token: {token_file} (pass it as LORAFLEET_ADMIN_TOKEN_FILE to `lorafleet route`)")
+    settings.admin_secret()  # an empty or unreadable token file stops here, not in a worker
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     # Workers are separate processes: they read the same settings from the environment.

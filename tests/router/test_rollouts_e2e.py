@@ -276,33 +276,6 @@ def test_a_retired_version_stays_pinnable_for_the_retention_then_is_unloaded(
     )
 
 
-def test_every_admin_path_needs_the_token_whatever_its_spelling(
-    start_gateway: Any, trained_registry: tuple[Registry, list[str]]
-) -> None:
-    registry, (v1, _) = trained_registry
-    gw = start_gateway(f"routes:\n  banking:\n    stable: {v1}\n", registry, ["http://127.0.0.1:9"])
-    admin_routes = [
-        (r.path, sorted(r.methods)) for r in gw.app.routes if getattr(r, "path", "").startswith("/admin")
-    ]
-    assert len(admin_routes) >= 12
-    for path, methods in admin_routes:
-        concrete = path.replace("{route}", "banking")
-        spellings = [
-            concrete,
-            concrete.upper(),
-            "/" + concrete,
-            concrete.replace("/admin", "/admin/."),
-            concrete.replace("/admin", "/%61dmin"),
-        ]
-        for spelling in spellings:
-            for method in methods:
-                for headers in ({}, {"authorization": "Bearer wrong"}, {"authorization": "test-admin-token"}):
-                    r = httpx.request(method, gw.url + spelling, headers=headers, json={})
-                    assert r.status_code == 401, (method, spelling, headers, r.status_code)
-                    assert r.json()["error"]["type"] == "authentication_error"
-    assert httpx.get(f"{gw.url}/admin/status", headers=TOKEN).status_code == 200
-
-
 def test_two_concurrent_admin_writes_one_gets_409(
     start_gateway: Any, trained_registry: tuple[Registry, list[str]]
 ) -> None:

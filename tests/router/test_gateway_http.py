@@ -1,0 +1,389 @@
+"""The gateway over real HTTP, without the vLLM engine: what it answers by itself (auth, validation,
+error shapes and headers, the admin API's guards), and engine faults injected with the benchmarks'
+FAKE upstream (bench/fakes.py) standing in for engines that refuse connections."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+import uvicorn
+
+from bench.fakes import FakeOpenAIUpstream, _UpstreamConnection, register_versions
+from lorafleet.registry import Registry
+from router.app import create_app
+from router.gateway import VERSION_HEADER
+from router.settings import GatewaySettings
+
+TOKEN = "test-admin-token"
+AUTH = {"authorization": f"Bearer {TOKEN}"}
+MESSAGES = [{"role": "user", "content": "Where is my card?"}]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def raw_http(port: int, method: str, target: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+    """One request with the request target sent exactly as given (httpx would normalise it)."""
+    lines = [
+        f"{method} {target} HTTP/1.1",
+        f"Host: 127.0.0.1:{port}",
+        "Connection: close",
+        "Content-Length: 0",
+    ]
+    lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        s.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), body
+
+
+class Server:
+    """An ASGI app served by uvicorn in a thread, on a free port (optionally under a root path)."""
+
+    def __init__(self, app: Any, root_path: str = "") -> None:
+        self.app = app
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(
+            app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on", root_path=root_path
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            assert time.monotonic() < deadline and self.thread.is_alive(), "gateway did not start"
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+
+class FakeEngine:
+    """Fault injection, named as such: the benchmarks' FAKE OpenAI upstream, in a thread, which
+    `refuse()` turns into an engine that refuses connections (listener and open connections closed)."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.upstream = FakeOpenAIUpstream()
+        self.connections: list[_UpstreamConnection] = []
+        self.loop = asyncio.new_event_loop()
+        ready = threading.Event()
+
+        def run() -> None:
+            asyncio.set_event_loop(self.loop)
+            self.server = self.loop.run_until_complete(
+                self.loop.create_server(self._connection, "127.0.0.1", self.port)
+            )
+            ready.set()
+            self.loop.run_forever()
+
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
+        ready.wait(10)
+
+    def _connection(self) -> _UpstreamConnection:
+        conn = _UpstreamConnection(self.upstream)
+        self.connections.append(conn)
+        return conn
+
+    def refuse(self) -> None:
+        def close() -> None:
+            self.server.close()
+            for conn in self.connections:
+                if conn.transport is not None:
+                    conn.transport.close()
+
+        self.loop.call_soon_threadsafe(close)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+            except OSError:
+                return
+            time.sleep(0.05)
+        raise AssertionError("the fake engine still accepts connections")
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def versions(tmp_path_factory: pytest.TempPathFactory) -> tuple[Registry, list[str]]:
+    """A registry with two registered versions of the task 'banking' (dummy adapter files)."""
+    root = tmp_path_factory.mktemp("registry")
+    return Registry(root), register_versions(root, task="banking", count=2)
+
+
+@pytest.fixture
+def gateway(tmp_path: Path, versions: tuple[Registry, list[str]]) -> Iterator[Callable[..., Server]]:
+    """gateway(routes_yaml, engines=[...], root_path="", **settings) -> a running gateway."""
+    registry, _ = versions
+    started: list[Server] = []
+
+    def start(
+        routes_yaml: str | None, engines: list[str] | None = None, root_path: str = "", **kwargs: Any
+    ) -> Server:
+        routes_file = tmp_path / f"routes-{len(started)}.yaml"
+        if routes_yaml is not None:
+            routes_file.write_text(routes_yaml)
+        settings = GatewaySettings(
+            routes_file=routes_file,
+            registry=registry.root,
+            engines=engines or [f"http://127.0.0.1:{free_port()}"],
+            admin_token=TOKEN,
+            **{"reconcile_interval_s": 60.0, **kwargs},
+        )
+        server = Server(create_app(settings), root_path=root_path)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+def _routes(stable: str, fallback: str | None = None) -> str:
+    return f"routes:\n  banking:\n    stable: {stable}\n" + (
+        f"    fallback: {fallback}\n" if fallback else ""
+    )
+
+
+# --- the admin API's guards -------------------------------------------------------------------
+
+
+def test_every_admin_path_needs_the_token_whatever_its_spelling(
+    gateway: Callable[..., Server], versions: tuple[Registry, list[str]]
+) -> None:
+    _, (v1, _) = versions
+    gw = gateway(_routes(v1))
+    app = gw.app
+    admin_routes = [
+        (r.path, sorted(r.methods)) for r in app.routes if getattr(r, "path", "").startswith("/admin")
+    ]
+    assert len(admin_routes) >= 12
+    for path, methods in admin_routes:
+        concrete = path.replace("{route}", "banking")
+        spellings = [
+            concrete,
+            concrete.upper(),
+            "/" + concrete,
+            concrete.replace("/admin", "/admin/."),
+            concrete.replace("/admin", "/x/../admin"),
+            concrete.replace("/admin", "/%61dmin"),
+            concrete.replace("/admin/", "/admin%2F"),
+        ]
+        for spelling in spellings:
+            for method in methods:
+                for headers in ({}, {"authorization": "Bearer wrong"}, {"authorization": TOKEN}):
+                    status, body = raw_http(gw.port, method, spelling, headers)
+                    assert status == 401, (method, spelling, headers, status, body)
+                    assert b'"authentication_error"' in body
+    assert httpx.get(f"{gw.url}/admin/status", headers=AUTH).status_code == 200
+
+
+def test_admin_needs_the_token_under_a_root_path(
+    gateway: Callable[..., Server], versions: tuple[Registry, list[str]]
+) -> None:
+    _, (v1, _) = versions
+    gw = gateway(_routes(v1), root_path="/api")
+    # uvicorn --root-path: the proxy in front strips /api, the app routes on the path without it.
+    for target in ("/admin/status", "/ADMIN/status", "//admin/./status", "/admin%2Fstatus"):
+        status, body = raw_http(gw.port, "GET", target)
+        assert status == 401, (target, status, body)
+    assert raw_http(gw.port, "GET", "/admin/status", AUTH)[0] == 200
+    assert raw_http(gw.port, "GET", "/v1/models")[0] == 200
+
+
+def test_no_schema_without_a_token_and_an_empty_admin_body_is_an_empty_object(
+    gateway: Callable[..., Server], versions: tuple[Registry, list[str]]
+) -> None:
+    _, (v1, _) = versions
+    gw = gateway(_routes(v1))
+    for path in ("/openapi.json", "/docs", "/redoc"):
+        assert httpx.get(gw.url + path).status_code == 404, path
+    # `curl -X POST .../rollback`: no body, no content type.
+    r = httpx.post(f"{gw.url}/admin/routes/banking/rollback", headers=AUTH)
+    assert r.status_code == 409, r.text  # parsed as {}: there is just nothing to roll back to
+    assert "no previous stable version" in r.json()["error"]["message"]
+
+
+def test_an_invalid_route_name_is_refused_and_the_routes_file_stays_valid(
+    gateway: Callable[..., Server], versions: tuple[Registry, list[str]], tmp_path: Path
+) -> None:
+    _, (v1, v2) = versions
+    gw = gateway(_routes(v1))
+    routes_file = tmp_path / "routes-0.yaml"
+    before = routes_file.read_text()
+    for name in ("Banking", "banking-v1-20261124", "a b"):
+        r = httpx.post(f"{gw.url}/admin/routes/{name}", headers=AUTH, json={"stable": v2})
+        assert r.status_code == 400, (name, r.text)
+        err = r.json()["error"]
+        assert err["param"] == "route" and "route name" in err["message"], err
+    assert routes_file.read_text() == before
+    created = httpx.post(f"{gw.url}/admin/routes/cards", headers=AUTH, json={"stable": v2})
+    assert created.status_code == 200, created.text
+    later = httpx.post(f"{gw.url}/admin/routes/cards/weights", headers=AUTH, json={"weights": {v1: 10}})
+    assert later.status_code == 200, later.text
+    assert set(httpx.get(f"{gw.url}/admin/routes", headers=AUTH).json()["routes"]) == {"banking", "cards"}
+
+
+# --- request validation and error answers -------------------------------------------------------
+
+
+def test_bad_fields_are_400_naming_the_field(
+    gateway: Callable[..., Server], versions: tuple[Registry, list[str]]
+) -> None:
+    _, (v1, _) = versions
+    gw = gateway(_routes(v1), max_n=4)
+    chat = {"model": "banking", "messages": MESSAGES}
+    prompt = {"model": "banking", "prompt": "card"}
+    cases: list[tuple[str, dict[str, Any], str]] = [
+        ("chat/completions", {**chat, "logprobs": "yes"}, "logprobs"),
+        ("chat/completions", {**chat, "logprobs": True, "top_logprobs": "5"}, "top_logprobs"),
+        ("chat/completions", {**chat, "logprobs": True, "top_logprobs": 50}, "top_logprobs"),
+        ("chat/completions", {**chat, "n": 5}, "n"),
+        ("chat/completions", {**chat, "n": 0}, "n"),
+        ("chat/completions", {**chat, "stream": "yes"}, "stream"),
+        ("completions", {**prompt, "logprobs": [1]}, "logprobs"),
+        ("completions", {**prompt, "logprobs": -1}, "logprobs"),
+        ("completions", {**prompt, "best_of": 100}, "best_of"),
+    ]
+    for endpoint, body, param in cases:
+        r = httpx.post(f"{gw.url}/v1/{endpoint}", json=body, headers={"x-request-id": "req-mine"})
+        assert r.status_code == 400, (body, r.text)
+        assert r.json()["error"]["param"] == param, (body, r.text)
+        assert r.headers["x-request-id"] == "req-mine"
+
+
+def test_every_error_carries_a_request_id(
+    gateway: Callable[..., Server], versions: tuple[Registry, list[str]]
+) -> None:
+    _, (v1, _) = versions
+    gw = gateway(_routes(v1))
+    answers = [
+        httpx.post(f"{gw.url}/v1/chat/completions", content=b"{not json"),
+        httpx.post(f"{gw.url}/v1/chat/completions", json={"model": "nope", "messages": MESSAGES}),
+        httpx.get(f"{gw.url}/no/such/path"),
+        httpx.get(f"{gw.url}/admin/status"),
+        httpx.post(f"{gw.url}/v1/chat/completions", json={"model": "banking", "messages": MESSAGES}),
+    ]
+    assert [r.status_code for r in answers] == [400, 404, 404, 401, 503]
+    ids = [r.headers.get("x-request-id") for r in answers]
+    assert all(ids) and len(set(ids)) == len(ids), ids
+    assert answers[-1].headers[VERSION_HEADER] == v1
+    client = openai.OpenAI(base_url=f"{gw.url}/v1", api_key="x", max_retries=0)
+    with pytest.raises(openai.NotFoundError) as missing:
+        client.chat.completions.create(model="nope", messages=MESSAGES, extra_headers={"x-request-id": "r-1"})
+    assert missing.value.request_id == "r-1"
+
+
+# --- engine faults (fake upstream) --------------------------------------------------------------
+
+
+@pytest.fixture
+def fake_engines() -> Iterator[Callable[[], FakeEngine]]:
+    started: list[FakeEngine] = []
+
+    def start() -> FakeEngine:
+        started.append(FakeEngine())
+        return started[-1]
+
+    yield start
+    for engine in started:
+        engine.stop()
+
+
+def _engine_up(url: str, engine: FakeEngine) -> float | None:
+    for line in httpx.get(f"{url}/metrics").text.splitlines():
+        if line.startswith(f'lorafleet_engine_up{{engine="{engine.url}"}}'):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+def test_a_refused_connection_marks_the_engine_down_and_answers_503(
+    gateway: Callable[..., Server],
+    fake_engines: Callable[[], FakeEngine],
+    versions: tuple[Registry, list[str]],
+) -> None:
+    _, (v1, _) = versions
+    engine = fake_engines()
+    gw = gateway(_routes(v1), [engine.url])
+    body = {"model": "banking", "messages": MESSAGES, "max_tokens": 4}
+    assert httpx.post(f"{gw.url}/v1/chat/completions", json=body).status_code == 200
+    engine.refuse()
+    r = httpx.post(f"{gw.url}/v1/chat/completions", json=body, headers={"x-request-id": "req-refused"})
+    assert r.status_code == 503, r.text
+    err = r.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"} and err["type"] == "service_unavailable"
+    assert r.headers["x-request-id"] == "req-refused" and r.headers[VERSION_HEADER] == v1
+    assert _engine_up(gw.url, engine) == 0.0
+
+
+def test_a_failed_engine_is_retried_on_another_engine_holding_the_version(
+    gateway: Callable[..., Server],
+    fake_engines: Callable[[], FakeEngine],
+    versions: tuple[Registry, list[str]],
+) -> None:
+    _, (v1, _) = versions
+    alive, dead = fake_engines(), fake_engines()
+    gw = gateway(_routes(v1), [alive.url, dead.url])
+    dead.refuse()
+    body = {"model": "banking", "messages": MESSAGES, "max_tokens": 4}
+    # Engines are picked in turn: of two requests, one goes to the dead engine first.
+    answers = [httpx.post(f"{gw.url}/v1/chat/completions", json=body) for _ in range(2)]
+    assert [r.status_code for r in answers] == [200, 200], [r.text for r in answers]
+    assert all(r.headers[VERSION_HEADER] == v1 and r.headers["x-lorafleet-arm"] == "stable" for r in answers)
+    assert _engine_up(gw.url, dead) == 0.0 and _engine_up(gw.url, alive) == 1.0
+
+
+# --- start-up -------------------------------------------------------------------------------------
+
+
+LORAFLEET = Path(sys.executable).parent / "lorafleet"
+
+
+def _gateway_cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [LORAFLEET, "gateway", *map(str, args)], capture_output=True, text=True, timeout=120
+    )
+
+
+def test_bad_gateway_options_are_one_line_errors_naming_the_setting(tmp_path: Path) -> None:
+    routes = tmp_path / "routes.yaml"
+    routes.write_text("routes:\n  Banking:\n    stable: banking-v1-20261124\n")
+    common: list[str | Path] = ["--registry", tmp_path / "registry"]
+    cases: list[tuple[list[str | Path], str]] = [
+        (["--port", "70000", "--routes", tmp_path / "none.yaml"], "port"),
+        (
+            ["--admin-token-file", tmp_path / "missing.token", "--routes", tmp_path / "none.yaml"],
+            "admin_token_file",
+        ),
+        (["--controller", "sometimes", "--routes", tmp_path / "none.yaml"], "controller"),
+        (["--routes", routes], "route name 'Banking'"),
+    ]
+    for args, named in cases:
+        proc = _gateway_cli(*args, *common)
+        assert proc.returncode == 1, (args, proc.stderr)
+        assert "Traceback" not in proc.stderr and named in proc.stderr, (args, proc.stderr)
+        assert proc.stderr.startswith("error: "), proc.stderr
