@@ -3,6 +3,8 @@
 Each row becomes `[system?], user = the text column, assistant = the label column`. Every problem is
 collected before anything is written, each naming the file, the line and the column: a missing column,
 an empty text or label, bytes that are not UTF-8, a row with more or fewer fields than the header.
+The delimiter is the one of `, ; tab |` that splits the header into the named columns (spreadsheets
+in many locales export `;`), else csv.Sniffer's guess from the first lines.
 The output is written whole through a temporary file, or not at all.
 """
 
@@ -16,6 +18,8 @@ from pathlib import Path
 from training.dataset import Example, Problem
 from training.errors import CsvImportError, OutputExistsError, TrainingError
 from training.split import jsonl_bytes, write_atomic
+
+DELIMITERS = ",;\t|"
 
 
 def labels_system_prompt(labels: Sequence[str]) -> str:
@@ -42,6 +46,19 @@ def _decode(path: Path, data: bytes) -> tuple[str | None, list[Problem]]:
         ]
 
 
+def _delimiter(text: str, columns: Sequence[str]) -> str:
+    """The delimiter that splits the header into the named columns, else csv.Sniffer's guess, else ','."""
+    lines = text.splitlines()
+    for d in DELIMITERS:
+        names = [h.strip() for h in next(csv.reader(lines[:1], delimiter=d), [])]
+        if all(c in names for c in columns):
+            return d
+    try:
+        return csv.Sniffer().sniff("\n".join(lines[:20]), delimiters=DELIMITERS).delimiter
+    except csv.Error:
+        return ","
+
+
 def read_labelled_csv(
     csv_path: Path, *, text_column: str = "text", label_column: str = "label"
 ) -> list[tuple[str, str]]:
@@ -55,7 +72,8 @@ def read_labelled_csv(
     text, problems = _decode(path, path.read_bytes())
     if text is None:
         raise CsvImportError(path, problems)
-    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    delimiter = _delimiter(text, (text_column, label_column))
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
     rows: list[tuple[str, str]] = []
     try:
         header = next(reader, None)

@@ -107,10 +107,17 @@ def finetune(
     few_shot: int = 0,
     skip_baseline: bool = False,
     work_dir: Path | None = None,
+    text_column: str = "text",
+    label_column: str = "label",
+    system: str | None = None,
     log: Callable[[str], None] = lambda _m: None,
     progress: bool = True,
 ) -> FinetuneResult:
-    """Check, audit, split, train, evaluate and register `data` as a new version of `task`."""
+    """Check, audit, split, train, evaluate and register `data` as a new version of `task`.
+
+    A CSV `data` is imported first from `text_column` and `label_column`, with `system` as the system
+    prompt, or without one given, a system prompt listing the labels.
+    """
     from training.audit import audit_file
     from training.check import check_file
     from training.csvimport import import_csv
@@ -139,8 +146,17 @@ def finetune(
         if data.suffix.lower() == ".csv":
             with _stage(Stage.IMPORT, seconds, log):
                 jsonl = work / f"{data.stem}.jsonl"
-                n = import_csv(data, jsonl, system_from_labels=True, force=True)
-                log(f"[import] {n} examples from {data}, with a system prompt listing the labels")
+                n = import_csv(
+                    data,
+                    jsonl,
+                    text_column=text_column,
+                    label_column=label_column,
+                    system=system,
+                    system_from_labels=system is None,
+                    force=True,
+                )
+                prompt = "the given system prompt" if system else "a system prompt listing the labels"
+                log(f"[import] {n} examples from {data}, with {prompt}")
 
         with _stage(Stage.CHECK, seconds, log):
             problems = check_file(jsonl, tokenizer_dir=base_dir)

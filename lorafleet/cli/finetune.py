@@ -26,6 +26,8 @@ from lorafleet.cli.train import (
     train_overrides,
 )
 
+_CSV = "A CSV's columns"
+
 
 def finetune(
     data: Annotated[Path, typer.Argument(help="A chat JSONL file, or a CSV with text,label columns.")],
@@ -59,6 +61,22 @@ def finetune(
         typer.Option(
             "--work-dir",
             help="Keep the intermediate files (split, adapter, eval) here (default: a temporary folder).",
+        ),
+    ] = None,
+    text_column: Annotated[
+        str,
+        typer.Option("--text-column", help="A CSV's column holding the input text.", rich_help_panel=_CSV),
+    ] = "text",
+    label_column: Annotated[
+        str, typer.Option("--label-column", help="A CSV's column holding the answer.", rich_help_panel=_CSV)
+    ] = "label",
+    system: Annotated[
+        str | None,
+        typer.Option(
+            "--system",
+            help="A CSV's system prompt for every example (default: one listing the labels).",
+            show_default=False,
+            rich_help_panel=_CSV,
         ),
     ] = None,
     quiet: QuietOpt = False,
@@ -104,6 +122,9 @@ def finetune(
         few_shot=few_shot,
         skip_baseline=skip_baseline,
         work_dir=work_dir,
+        text_column=text_column,
+        label_column=label_column,
+        system=system,
         log=info,
         progress=not quiet,
     )

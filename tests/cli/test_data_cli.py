@@ -247,3 +247,20 @@ def test_the_data_guide_runs_as_written(tmp_path: Path, monkeypatch: pytest.Monk
     (python,) = re.findall(r"```python\n(.*?)```", guide, re.S)
     exec(compile(python, "data-guide.md", "exec"), {})
     assert (tmp_path / "runs" / "banking" / "splits-7" / "manifest.json").is_file()
+
+
+def test_import_csv_reads_a_semicolon_csv_as_spreadsheets_export_it(tmp_path: Path) -> None:
+    source = tmp_path / "tickets.csv"
+    source.write_text(
+        "id;question;intent\n1;Hello, where is my card?;card_arrival\n2;Ich habe meine PIN vergessen;change_pin\n"
+    )
+    out = tmp_path / "tickets.jsonl"
+    result = run(
+        "data", "import-csv", source, "--out", out, "--text-column", "question", "--label-column", "intent"
+    )
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(x)["messages"] for x in out.read_text().splitlines()]
+    assert [(m[0]["content"], m[1]["content"]) for m in rows] == [
+        ("Hello, where is my card?", "card_arrival"),
+        ("Ich habe meine PIN vergessen", "change_pin"),
+    ]

@@ -110,3 +110,16 @@ def test_the_demo_data_imports_and_checks_clean(tmp_path: Path) -> None:
     examples = load_examples(out)
     assert len({e.answer for e in examples}) == 10
     assert import_csv(DEMO / "shifted.csv", tmp_path / "shifted.jsonl") == 200
+
+
+@pytest.mark.parametrize("delimiter", [";", "\t", "|"])
+def test_the_delimiter_is_detected_from_the_header(tmp_path: Path, delimiter: str) -> None:
+    rows = (
+        ["text", "label"],
+        ["Hi, where is my card?", "card_arrival"],
+        ["I forgot my PIN, help", "change_pin"],
+    )
+    source = csv_file(tmp_path, "".join(delimiter.join(r) + "\n" for r in rows))
+    assert import_csv(source, tmp_path / "out.jsonl") == 2
+    examples = load_examples(tmp_path / "out.jsonl")
+    assert [(e.user_text, e.answer) for e in examples] == [tuple(r) for r in rows[1:]]

@@ -102,10 +102,17 @@ def test_an_unexpected_error_inside_a_stage_is_one_line_naming_the_stage(tmp_pat
 
 
 def test_finetune_stops_at_the_split_stage_when_the_test_split_would_be_empty(tmp_path: Path) -> None:
+    # A semicolon CSV with its own column names, as a spreadsheet in many locales exports it.
     data = tmp_path / "same.csv"
-    data.write_text("text,label\n" + "Where is my card?,card_arrival\nwhere is my card,card_arrival\n" * 5)
-    proc = lorafleet("finetune", data, "--task", "tiny", "--registry", tmp_path / "r")
+    data.write_text(
+        "question;intent\n" + "Where is my card?;card_arrival\nwhere is my card;card_arrival\n" * 5
+    )
+    proc = lorafleet(
+        "finetune", data, "--task", "tiny", "--registry", tmp_path / "r",
+        "--text-column", "question", "--label-column", "intent", "--system", "Classify the message.",
+    )  # fmt: skip
     assert proc.returncode == 1
+    assert f"[import] 10 examples from {data}, with the given system prompt" in proc.stderr
     assert (
         "error: finetune stopped at the split stage: the test split is empty: the 10 examples form 1 group "
         "of equal or near-duplicate inputs (the largest holds 10)"
