@@ -31,7 +31,7 @@ import math
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lorafleet.errors import LorafleetError
 
@@ -54,6 +54,8 @@ def option_name(field: str) -> str:
 
 class CostInputs(BaseModel):
     """A deployment to price: the GPU side, the API side, and the monthly volume (one of two forms)."""
+
+    model_config = ConfigDict(allow_inf_nan=False)
 
     gpu_hourly_usd: float = Field(
         ge=0, description="Price of one GPU-hour (on demand, reserved or amortised)."
@@ -170,9 +172,18 @@ class CostEstimate(BaseModel):
     break_even: BreakEven
 
 
-def _ceil(x: float) -> int:
+def _ceil(x: float, what: str) -> int:
+    if not math.isfinite(x):
+        raise OverflowError(f"{what} come to {x}")
     # Float division can land a hair above a whole number (2.0000000000000004 GPUs is 2 GPUs).
     return math.ceil(x - 1e-9 * max(1.0, abs(x)))
+
+
+def _not_finite(value: Any, where: str = "") -> list[str]:
+    """The dotted names of the numbers in a model dump that are inf or NaN."""
+    if isinstance(value, dict):
+        return [n for k, v in value.items() for n in _not_finite(v, f"{where}.{k}" if where else k)]
+    return [where] if isinstance(value, float) and not math.isfinite(value) else []
 
 
 def break_even(inputs: CostInputs) -> BreakEven:
@@ -203,8 +214,8 @@ def break_even(inputs: CostInputs) -> BreakEven:
             f"would cost ${b * cap:,.2f} through the API, no more than the GPU's ${g:,.2f}: "
             "the API is cheaper (or equal) at every volume"
         )
-    n1 = max(inputs.gpus, _ceil(f / margin))
-    m = max(inputs.gpus, _ceil((g + f) / margin))
+    n1 = max(inputs.gpus, _ceil(f / margin, "the GPUs at break-even"))
+    m = max(inputs.gpus, _ceil((g + f) / margin, "the GPUs at break-even"))
     v1 = (n1 * g + f) / b
     v0 = (m * g + f) / b
     requests = None
@@ -226,12 +237,32 @@ def capacity_per_gpu_month(inputs: CostInputs) -> float:
 
 
 def estimate(inputs: CostInputs) -> CostEstimate:
-    """Both monthly costs at the stated volume, which is cheaper, and the break-even volume."""
+    """Both monthly costs at the stated volume, which is cheaper, and the break-even volume.
+
+    Raises CostInputError when finite inputs still overflow a float (2e308 tokens, say).
+    """
+    try:
+        result = _estimate(inputs)
+        problems = [f"{name} comes to inf or NaN" for name in _not_finite(result.model_dump())]
+    except ArithmeticError as exc:
+        problems = [str(exc)]
+    if problems:
+        raise CostInputError(
+            f"the inputs are out of range: {'; '.join(problems)}. "
+            "Some volume, price or throughput is far too large or too small to compute with",
+            hint="state realistic magnitudes; see docs/cost.md",
+        )
+    return result
+
+
+def _estimate(inputs: CostInputs) -> CostEstimate:
     tin, tout = inputs.monthly_tokens()
     volume = tin + tout
     cap = capacity_per_gpu_month(inputs)
+    if cap == 0:
+        raise OverflowError("the capacity of a GPU rounds to 0 tokens/month")
     needed = volume / cap
-    billed = max(inputs.gpus, _ceil(needed))
+    billed = max(inputs.gpus, _ceil(needed, "the GPUs needed (monthly tokens / capacity per GPU)"))
     gpu_month = inputs.gpu_hourly_usd * inputs.hours_per_month
     self_hosted = billed * gpu_month + inputs.ops_usd_per_month
     api = tin / MILLION * inputs.api_input_usd_per_1m + tout / MILLION * inputs.api_output_usd_per_1m

@@ -270,6 +270,60 @@ def test_errors_exit_1_with_one_line_per_problem_and_a_hint() -> None:
     assert "Traceback" not in proc.stderr
 
 
+MONTHLY_ARGS = [
+    "--gpu-hourly-usd=2",
+    "--tokens-per-second=2500",
+    "--api-input-usd-per-1m=0.5",
+    "--api-output-usd-per-1m=1.5",
+    "--input-tokens-per-month=8e9",
+    "--output-tokens-per-month=2e9",
+]
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("--gpu-hourly-usd", "inf"),
+        ("--input-tokens-per-month", "inf"),
+        ("--tokens-per-second", "Infinity"),
+        ("--api-output-usd-per-1m", "nan"),
+        ("--ops-usd-per-month", "-inf"),
+    ],
+)
+def test_infinite_and_nan_inputs_are_refused_naming_the_option(option: str, value: str) -> None:
+    proc = lorafleet(*MONTHLY_ARGS, f"{option}={value}")
+    assert proc.returncode == 1, proc.stdout
+    assert proc.stdout == ""
+    assert (
+        proc.stderr.splitlines()[0]
+        == f"error: {option}: input should be a finite number, got {float(value)!r}"
+    )
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        # 1e308 + 1e308 tokens overflow the volume: the GPUs needed come to inf.
+        (
+            ["--input-tokens-per-month=1e308", "--output-tokens-per-month=1e308"],
+            "the GPUs needed (monthly tokens / capacity per GPU) come to inf",
+        ),
+        (["--gpu-hourly-usd=1e306"], "gpu_usd_per_month comes to inf or NaN"),
+        (
+            ["--tokens-per-second=5e-324", "--utilization=0.5"],
+            "the capacity of a GPU rounds to 0 tokens/month",
+        ),
+    ],
+)
+def test_finite_inputs_that_overflow_are_refused(args: list[str], expected: str) -> None:
+    proc = lorafleet(*MONTHLY_ARGS, *args)
+    assert proc.returncode == 1, proc.stdout
+    assert proc.stderr.startswith("error: the inputs are out of range: "), proc.stderr
+    assert expected in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
 def _doc_examples() -> list[tuple[list[str], str]]:
     """(arguments, expected output) of every `$ lorafleet cost` console block in docs/cost.md."""
     text = (Path(__file__).resolve().parents[2] / "docs" / "cost.md").read_text()
