@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 from lorafleet.errors import (
     AdapterNotFoundError,
@@ -225,6 +225,34 @@ def _make_read_only(folder: Path) -> None:
         p.chmod(mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
 
 
+def _remove_tree(folder: Path) -> None:
+    """Remove a draft, made read-only or not (a read-only folder's files cannot be unlinked)."""
+    for p in [folder, *folder.rglob("*")]:
+        with contextlib.suppress(OSError):
+            if not p.is_symlink():
+                p.chmod(p.stat().st_mode | stat.S_IWUSR)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def _problem(folder: Path) -> str | None:
+    """What keeps `folder` from being a complete version, or None."""
+    for name in (INFO_FILE, CARD_FILE, f"{ADAPTER_DIR}/adapter_config.json"):
+        if not (folder / name).is_file():
+            return f"no {name}"
+    try:
+        VersionInfo.model_validate_json((folder / INFO_FILE).read_text())
+    except OSError as exc:
+        return f"{INFO_FILE} cannot be read: {exc.strerror}"
+    except ValidationError as exc:
+        return f"{INFO_FILE} is not valid: {exc.errors()[0]['msg']}"
+    try:
+        if (folder / EVAL_FILE).exists():
+            json.loads((folder / EVAL_FILE).read_text())
+    except (OSError, ValueError) as exc:
+        return f"{EVAL_FILE} cannot be read: {exc}"
+    return None
+
+
 class Registry:
     """A folder of immutable adapter versions."""
 
@@ -248,8 +276,8 @@ class Registry:
         if not os.access(self.root, os.W_OK | os.X_OK):
             raise RegistryError(f"cannot write to the registry {self.root}: permission denied", hint=hint)
 
-    def versions(self, task: str | None = None) -> list[Version]:
-        """Every complete version (of one task, if given), oldest first."""
+    def _folders(self, task: str | None = None) -> list[Version]:
+        """Every folder named like a version (of one task, if given), complete or not, oldest first."""
         if not self.root.is_dir():
             return []
         found = []
@@ -264,6 +292,26 @@ class Registry:
                 found.append(Version(ref, entry))
         return sorted(found, key=lambda v: (v.ref.task, v.ref.number))
 
+    def versions(self, task: str | None = None) -> list[Version]:
+        """Every complete version (of one task, if given), oldest first; `broken()` names the others."""
+        return [v for v in self._folders(task) if _problem(v.path) is None]
+
+    def broken(self, task: str | None = None) -> list[tuple[Version, str]]:
+        """Folders named like versions that are not complete ones (copied by hand, edited), and why."""
+        found = [(v, _problem(v.path)) for v in self._folders(task)]
+        return [(v, problem) for v, problem in found if problem is not None]
+
+    def check(self, version: Version) -> Version:
+        """`version`, or a RegistryError naming its folder and what is wrong with it."""
+        problem = _problem(version.path)
+        if problem is not None:
+            raise RegistryError(
+                f"{version.path} is not a complete version: {problem}",
+                hint="lorafleet never writes a version like this: it was copied or edited by hand; "
+                "move it out of the registry or restore it",
+            )
+        return version
+
     def tasks(self) -> list[str]:
         return sorted({v.ref.task for v in self.versions()})
 
@@ -271,8 +319,10 @@ class Registry:
         """The version called `name` (a full version name)."""
         ref = AdapterRef.parse(name)
         path = self.root / str(ref)
-        if not (path / INFO_FILE).is_file():
+        if not path.is_dir():
             raise AdapterNotFoundError(name, self.root)
+        if not (path / INFO_FILE).is_file():
+            return self.check(Version(ref, path))
         return Version(ref, path)
 
     def resolve(self, task_or_version: str) -> Version:
@@ -281,13 +331,16 @@ class Registry:
             return self.get(task_or_version)
         versions = self.versions(task_or_version)
         if not versions:
+            broken = self.broken(task_or_version)
+            if broken:
+                self.check(broken[-1][0])
             raise AdapterNotFoundError(task_or_version, self.root)
         return versions[-1]
 
     def _claim(self, task: str, date: dt.date) -> AdapterRef:
         claims = self.root / ".claims"
         claims.mkdir(parents=True, exist_ok=True)
-        taken = [v.ref.number for v in self.versions(task)]
+        taken = [v.ref.number for v in self._folders(task)]
         prefix = f"{task}-v"
         for entry in claims.iterdir():
             if entry.name.startswith(prefix) and entry.name[len(prefix) :].isdigit():
@@ -315,11 +368,9 @@ class Registry:
         draft = Draft(ref, staging)
         try:
             yield draft
-            missing = [n for n in (INFO_FILE, CARD_FILE) if not (staging / n).is_file()]
-            if not (staging / ADAPTER_DIR / "adapter_config.json").is_file():
-                missing.append(f"{ADAPTER_DIR}/adapter_config.json")
-            if missing:
-                raise RegistryError(f"version {ref} is incomplete: missing {', '.join(missing)}")
+            problem = _problem(staging)
+            if problem is not None:
+                raise RegistryError(f"version {ref} is incomplete: {problem}")
             _fsync_tree(staging)
             _make_read_only(staging)
             final = self.root / str(ref)
@@ -332,7 +383,7 @@ class Registry:
             final.chmod(final.stat().st_mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
             _fsync_dir(self.root)
         except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
+            _remove_tree(staging)
             raise
 
     def clean_staging(self) -> list[Path]:
@@ -341,10 +392,7 @@ class Registry:
         removed = []
         if staging.is_dir():
             for entry in staging.iterdir():
-                for p in [entry, *entry.rglob("*")]:
-                    with contextlib.suppress(OSError):
-                        p.chmod(p.stat().st_mode | stat.S_IWUSR)
-                shutil.rmtree(entry, ignore_errors=True)
+                _remove_tree(entry)
                 removed.append(entry)
         return removed
 

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import typer
+import yaml
+from pydantic import ValidationError
 
 from lorafleet.cli._options import JsonOpt, RegistryOpt, registry_path
-from lorafleet.cli._output import print_json, print_table
+from lorafleet.cli._output import info, print_json, print_table
+from lorafleet.errors import RegistryError, describe_validation_error
 from lorafleet.modelcard import ModelCard
 from lorafleet.registry import CARD_FILE, Registry
 
@@ -28,6 +31,8 @@ def list_versions(
     """List every version, oldest first, with its test accuracy against the base model."""
     reg = Registry(registry_path(registry))
     rows = [reg.summary(v) for v in reg.versions(task)]
+    for version, problem in reg.broken(task):
+        info(f"warning: skipped {version.path}: not a complete version: {problem}")
     if json:
         print_json(rows)
         return
@@ -57,9 +62,17 @@ def show(
 ) -> None:
     """Show one version: provenance, hyperparameters and the base-vs-tuned metrics."""
     reg = Registry(registry_path(registry))
-    version = reg.resolve(name)
+    version = reg.check(reg.resolve(name))
     summary = reg.summary(version)
-    card = ModelCard.parse((version.path / CARD_FILE).read_text())
+    try:
+        card = ModelCard.parse((version.path / CARD_FILE).read_text())
+    except ValidationError as exc:
+        raise RegistryError(
+            "the model card's lorafleet block is not valid:\n"
+            + describe_validation_error(exc, str(version.path / CARD_FILE))
+        ) from None
+    except (RegistryError, yaml.YAMLError) as exc:
+        raise RegistryError(f"{version.path / CARD_FILE}: the model card cannot be read: {exc}") from None
     if json:
         print_json({**summary, "card": card.model_dump(mode="json"), "eval": version.eval_report()})
         return

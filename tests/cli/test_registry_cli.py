@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from lorafleet.registry import Registry, VersionInfo
+
 LORAFLEET = Path(sys.executable).parent / "lorafleet"
 LABELS = {
     "card_arrival": ["card", "arrived", "delivery", "post", "mail", "came", "shipping", "envelope"],
@@ -66,3 +68,37 @@ def test_show_prints_the_card_and_json_has_both_models_metrics(registry: Path) -
         assert shown["card"]["metrics"][model]["accuracy"] == metrics["accuracy"]
     assert shown["eval"]["summary"] == shown["metrics"]
     assert shown["eval"]["models"]["tuned"]["errors"] is not None
+
+
+def test_a_broken_version_folder_is_skipped_with_a_warning_and_show_names_it(tmp_path: Path) -> None:
+    reg = Registry(tmp_path / "reg")
+    with reg.new_version("cards") as draft:
+        draft.adapter_path.mkdir()
+        (draft.adapter_path / "adapter_config.json").write_text('{"peft_type": "LORA", "r": 8}\n')
+        (draft.path / "README.md").write_text("---\nlorafleet: {}\n---\n")
+        draft.write_json(
+            "version.json",
+            VersionInfo(
+                name=str(draft.ref), task="cards", number=1, created_at=dt.datetime.now(dt.UTC),
+                base_model="base", adapter_sha256="0" * 64, lora_rank=8,
+            ),
+        )  # fmt: skip
+        good = str(draft.ref)
+    broken = reg.root / f"cards-v2-{dt.date.today():%Y%m%d}"
+    broken.mkdir()  # a version folder copied by hand, without its version.json
+    proc = lorafleet("registry", "list", "--registry", reg.root)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[2].split()[0] == good
+    assert f"warning: skipped {broken}: not a complete version: no version.json" in proc.stderr
+    listed = json.loads(lorafleet("registry", "list", "--registry", reg.root, "--json").stdout)
+    assert [v["name"] for v in listed] == [good]
+
+    proc = lorafleet("registry", "show", broken.name, "--registry", reg.root)
+    assert proc.returncode == 1
+    assert proc.stderr.splitlines()[0] == f"error: {broken} is not a complete version: no version.json"
+    assert "Traceback" not in proc.stderr
+    # `show cards` is the newest complete version, whose card here has an empty lorafleet block.
+    proc = lorafleet("registry", "show", "cards", "--registry", reg.root)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("error: the model card's lorafleet block is not valid:\n")
+    assert f"{reg.root / good / 'README.md'}: version: Field required" in proc.stderr

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 import signal
 import stat
 import subprocess
@@ -18,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from lorafleet.errors import RegistryError
-from lorafleet.registry import AdapterRef, Draft, Registry, adapter_digest
+from lorafleet.registry import AdapterRef, Draft, Registry, VersionInfo, adapter_digest
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -29,7 +30,20 @@ def fill(draft: Draft, marker: str = "x") -> None:
     (draft.adapter_path / "adapter_config.json").write_text('{"peft_type": "LORA", "r": 8}\n')
     (draft.adapter_path / "adapter_model.safetensors").write_bytes(marker.encode() * 64)
     (draft.path / "README.md").write_text(f"---\nlorafleet: {{}}\n---\n# {draft.ref}\n")
-    draft.write_json("version.json", {"name": str(draft.ref), "marker": marker})
+    draft.write_json("version.json", info(draft.ref, marker))
+
+
+def info(ref: AdapterRef, marker: str = "x") -> VersionInfo:
+    return VersionInfo(
+        name=str(ref),
+        task=ref.task,
+        number=ref.number,
+        created_at=dt.datetime.now(dt.UTC),
+        base_model="base",
+        adapter_sha256="0" * 64,
+        lora_rank=8,
+        tags={"marker": marker},
+    )
 
 
 def register(reg: Registry, task: str, marker: str = "x") -> str:
@@ -125,9 +139,9 @@ def test_a_registration_killed_mid_write_leaves_no_version(tmp_path: Path) -> No
 
 
 CONCURRENT = """
-import sys, time
+import datetime as dt, sys, time
 from pathlib import Path
-from lorafleet.registry import Registry
+from lorafleet.registry import Registry, VersionInfo
 root, go = sys.argv[1], Path(sys.argv[2])
 while not go.exists():
     time.sleep(0.005)
@@ -135,7 +149,10 @@ with Registry(root).new_version("banking") as draft:
     draft.adapter_path.mkdir()
     (draft.adapter_path / "adapter_config.json").write_text("{}")
     (draft.path / "README.md").write_text("card")
-    draft.write_json("version.json", {"pid": sys.argv[3]})
+    draft.write_json("version.json", VersionInfo(
+        name=str(draft.ref), task="banking", number=draft.ref.number, created_at=dt.datetime.now(dt.UTC),
+        base_model="base", adapter_sha256="0" * 64, lora_rank=8, tags={"pid": sys.argv[3]},
+    ))
     name = str(draft.ref)
 print(name, flush=True)
 """
@@ -154,3 +171,41 @@ def test_two_concurrent_registrations_of_one_task_get_different_numbers(tmp_path
     assert len(set(names)) == 2
     assert sorted(AdapterRef.parse(n).number for n in names) == [1, 2]
     assert sorted(v.name for v in Registry(root).versions("banking")) == sorted(names)
+
+
+def test_a_broken_version_folder_is_named_never_listed_or_resolved(tmp_path: Path) -> None:
+    reg = Registry(tmp_path)
+    good = register(reg, "banking")
+    today = f"{dt.date.today():%Y%m%d}"
+    (tmp_path / f"banking-v2-{today}").mkdir()  # copied by hand, half-way
+    (tmp_path / f"banking-v2-{today}" / "version.json").write_text('{"name": "banking-v2"}')
+    (tmp_path / f"refunds-v1-{today}").mkdir()
+    assert [v.name for v in reg.versions()] == [good]
+    assert [(v.name, why) for v, why in reg.broken()] == [
+        (f"banking-v2-{today}", "no README.md"),
+        (f"refunds-v1-{today}", "no version.json"),
+    ]
+    assert reg.resolve("banking").name == good
+    with pytest.raises(
+        RegistryError,
+        match=re.escape(f"{tmp_path / f'refunds-v1-{today}'} is not a complete version: no version.json"),
+    ):
+        reg.resolve("refunds")
+    with pytest.raises(RegistryError, match=r"no version\.json"):
+        reg.get(f"refunds-v1-{today}")
+    assert register(reg, "banking") == f"banking-v3-{today}"  # the broken folder's number is taken
+
+
+def test_a_draft_that_fails_after_it_was_made_read_only_is_removed(tmp_path: Path) -> None:
+    reg = Registry(tmp_path)
+    name = register(reg, "banking")
+    # The same name taken on disk: the rename fails after the draft's files were made read-only.
+    with (
+        pytest.raises(RegistryError, match="already exists"),
+        reg.new_version("banking", dt.date.today()) as d,
+    ):
+        fill(d)
+        (tmp_path / str(d.ref)).mkdir()
+        (tmp_path / str(d.ref) / "taken").write_text("")
+    assert list((tmp_path / ".staging").iterdir()) == []
+    assert [v.name for v in reg.versions()] == [name]
