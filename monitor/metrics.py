@@ -45,6 +45,7 @@ class ErrorReason(enum.StrEnum):
     UNAVAILABLE = "unavailable"
     FALLBACK = "fallback"
     STREAM_ABORTED = "stream_aborted"
+    CLIENT_CANCELLED = "client_cancelled"  # the client went away mid-stream: not the version's fault
 
 
 class Direction(enum.StrEnum):

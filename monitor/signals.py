@@ -11,7 +11,7 @@
 Both read the same series and count the same way:
     requests        lorafleet_router_requests_total, every arm and status class
     errors          lorafleet_router_errors_total except the client's own mistakes
-                    (bad_request, unauthorized, not_found: CLIENT_ERROR_REASONS)
+                    (bad_request, unauthorized, not_found, client_cancelled: CLIENT_ERROR_REASONS)
     p95 latency     lorafleet_router_request_duration_seconds buckets
     mean entropy    lorafleet_response_token_entropy_nats sum / count
     drift PSI       the current lorafleet_drift_psi of each feature (the largest over replicas)
@@ -36,7 +36,7 @@ from monitor.gate import VersionSignals
 from monitor.metrics import DriftFeature, ErrorReason
 
 CLIENT_ERROR_REASONS: frozenset[ErrorReason] = frozenset(
-    {ErrorReason.BAD_REQUEST, ErrorReason.UNAUTHORIZED, ErrorReason.NOT_FOUND}
+    {ErrorReason.BAD_REQUEST, ErrorReason.UNAUTHORIZED, ErrorReason.NOT_FOUND, ErrorReason.CLIENT_CANCELLED}
 )
 CLIENT_ERROR_REASONS_RE = "|".join(sorted(r.value for r in CLIENT_ERROR_REASONS))
 

@@ -665,7 +665,7 @@ class Gateway:
             )
             yield b"data: [DONE]\n\n"
         except asyncio.CancelledError:
-            error, status = ErrorReason.STREAM_ABORTED, 499
+            error, status = ErrorReason.CLIENT_CANCELLED, 499
             raise
         finally:
             attempt.engine.in_flight -= 1

@@ -19,7 +19,7 @@ import openai
 import pytest
 import uvicorn
 
-from bench.fakes import FakeOpenAIUpstream, _UpstreamConnection, register_versions
+from bench.fakes import FakeOpenAIUpstream, UpstreamConfig, _UpstreamConnection, register_versions
 from lorafleet.registry import Registry
 from router.app import create_app
 from router.gateway import VERSION_HEADER
@@ -81,10 +81,10 @@ class FakeEngine:
     """Fault injection, named as such: the benchmarks' FAKE OpenAI upstream, in a thread, which
     `refuse()` turns into an engine that refuses connections (listener and open connections closed)."""
 
-    def __init__(self) -> None:
+    def __init__(self, config: UpstreamConfig | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.upstream = FakeOpenAIUpstream()
+        self.upstream = FakeOpenAIUpstream(config)
         self.connections: list[_UpstreamConnection] = []
         self.loop = asyncio.new_event_loop()
         ready = threading.Event()
@@ -302,11 +302,11 @@ def test_every_error_carries_a_request_id(
 
 
 @pytest.fixture
-def fake_engines() -> Iterator[Callable[[], FakeEngine]]:
+def fake_engines() -> Iterator[Callable[..., FakeEngine]]:
     started: list[FakeEngine] = []
 
-    def start() -> FakeEngine:
-        started.append(FakeEngine())
+    def start(config: UpstreamConfig | None = None) -> FakeEngine:
+        started.append(FakeEngine(config))
         return started[-1]
 
     yield start
@@ -323,7 +323,7 @@ def _engine_up(url: str, engine: FakeEngine) -> float | None:
 
 def test_a_refused_connection_marks_the_engine_down_and_answers_503(
     gateway: Callable[..., Server],
-    fake_engines: Callable[[], FakeEngine],
+    fake_engines: Callable[..., FakeEngine],
     versions: tuple[Registry, list[str]],
 ) -> None:
     _, (v1, _) = versions
@@ -342,7 +342,7 @@ def test_a_refused_connection_marks_the_engine_down_and_answers_503(
 
 def test_a_failed_engine_is_retried_on_another_engine_holding_the_version(
     gateway: Callable[..., Server],
-    fake_engines: Callable[[], FakeEngine],
+    fake_engines: Callable[..., FakeEngine],
     versions: tuple[Registry, list[str]],
 ) -> None:
     _, (v1, _) = versions
@@ -355,6 +355,32 @@ def test_a_failed_engine_is_retried_on_another_engine_holding_the_version(
     assert [r.status_code for r in answers] == [200, 200], [r.text for r in answers]
     assert all(r.headers[VERSION_HEADER] == v1 and r.headers["x-lorafleet-arm"] == "stable" for r in answers)
     assert _engine_up(gw.url, dead) == 0.0 and _engine_up(gw.url, alive) == 1.0
+
+
+def test_a_client_that_leaves_mid_stream_is_not_an_error_of_the_version(
+    gateway: Callable[..., Server],
+    fake_engines: Callable[..., FakeEngine],
+    versions: tuple[Registry, list[str]],
+) -> None:
+    _, (v1, _) = versions
+    slow = fake_engines(UpstreamConfig(chunks=40, itl_s=0.2))  # a slow engine: time to leave mid-stream
+    gw = gateway(_routes(v1), [slow.url])
+    body = {"model": "banking", "messages": MESSAGES, "stream": True}
+    with httpx.stream("POST", f"{gw.url}/v1/chat/completions", json=body) as r:
+        assert r.status_code == 200
+        next(r.iter_lines())
+    series = f'lorafleet_router_errors_total{{reason="client_cancelled",route="banking",version="{v1}"}} 1.0'
+    deadline = time.monotonic() + 30
+    while series not in (text := httpx.get(f"{gw.url}/metrics").text):
+        assert time.monotonic() < deadline, "the cancelled stream was not counted"
+        time.sleep(0.1)
+    assert 'reason="stream_aborted",route="banking"' in text  # the series exists, primed at zero
+    assert (
+        f'lorafleet_router_errors_total{{reason="stream_aborted",route="banking",version="{v1}"}} 0.0' in text
+    )
+    monitor = httpx.get(f"{gw.url}/admin/monitor", headers=AUTH).json()["versions"]
+    (mine,) = [v for v in monitor if v["version"] == v1]
+    assert mine["requests"] == 1 and mine["errors"] == 0 and mine["error_ratio"] == 0
 
 
 # --- start-up -------------------------------------------------------------------------------------
