@@ -9,7 +9,9 @@
     6. post feedback: live accuracy per version
     7. roll back to v1, and end with a per-version summary and where to look
 
-Every process it starts is stopped at the end, also on Ctrl-C. Everything it writes is under
+Every process it starts is stopped at the end (with --keep-running: at Ctrl-C), also on Ctrl-C,
+SIGTERM or SIGHUP, after which it exits with 130. A canary the gate rolled back, or one that did not
+finish in time, is reported as such and makes the demo exit 1. Everything it writes is under
 out/demo/ (registry, routes, logs). `python -m lorafleet.demo --help` lists the knobs.
 """
 
@@ -32,6 +34,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -42,6 +45,8 @@ from lorafleet.textstats import match_label
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data" / "banking77"
 TOKEN = "demo-admin-token"
+CANARY_TIMEOUT_S = 600
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def say(message: str = "") -> None:
@@ -86,6 +91,15 @@ class Processes:
         return proc
 
     def stop_all(self) -> None:
+        # A second Ctrl-C (or a SIGTERM) in the middle of this would leave children running.
+        previous = {s: signal.signal(s, signal.SIG_IGN) for s in STOP_SIGNALS}
+        try:
+            self._stop_all()
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+    def _stop_all(self) -> None:
         for _, proc in reversed(self.children):
             if proc.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
@@ -160,8 +174,12 @@ def send_traffic(
         reply = raw.parse()
         return reply.id, raw.headers["x-lorafleet-version"], reply.choices[0].message.content or "", expected
 
-    with ThreadPoolExecutor(workers) as pool:
+    pool = ThreadPoolExecutor(workers)
+    try:
         return list(pool.map(one, range(len(users))))
+    finally:
+        # On Ctrl-C (or a failed request) the queued requests are dropped, not sent first.
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 def per_version(results: list[tuple[str, str, str, str]], labels: list[str]) -> list[list[Any]]:
@@ -175,14 +193,21 @@ def per_version(results: list[tuple[str, str, str, str]], labels: list[str]) -> 
 
 @contextlib.contextmanager
 def background(fn: Callable[[threading.Event], None]) -> Iterator[None]:
+    """Run fn(stop) in a thread; set `stop` at the end, and wait for it unless interrupted."""
     stop = threading.Event()
     thread = threading.Thread(target=fn, args=(stop,), daemon=True)
     thread.start()
     try:
         yield
-    finally:
+    except BaseException:
         stop.set()
-        thread.join(timeout=120)
+        raise
+    stop.set()
+    thread.join(timeout=120)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -195,6 +220,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--requests", type=int, default=300, help="Requests in the 90/10 split.")
     parser.add_argument("--v1-epochs", type=float, default=1.0, help="Epochs of version 1.")
     parser.add_argument("--skip-training", action="store_true", help="Reuse the versions already in --out.")
+    parser.add_argument(
+        "--keep-running",
+        action="store_true",
+        help="Keep the engine, gateway and Prometheus up after the summary, until Ctrl-C.",
+    )
     args = parser.parse_args(argv)
 
     started = time.monotonic()
@@ -206,17 +236,27 @@ def main(argv: list[str] | None = None) -> None:
         d.mkdir(parents=True, exist_ok=True)
     registry = Registry(registry_dir)
     procs = Processes(logs)
-    previous = signal.getsignal(signal.SIGTERM)
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    previous = {s: signal.signal(s, _interrupt) for s in (signal.SIGTERM, signal.SIGHUP)}
+    interrupted = False
+    problems: list[str] = []
     try:
         v1, v2, labels, test_examples = train_versions(args, registry, out)
-        serve_and_roll_out(args, registry, out, procs, v1, v2, labels, test_examples)
+        problems = serve_and_roll_out(args, registry, out, procs, v1, v2, labels, test_examples)
     except KeyboardInterrupt:
+        interrupted = True
         say("\ninterrupted: stopping everything")
     finally:
         procs.stop_all()
-        signal.signal(signal.SIGTERM, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
     say(f"\ndemo finished in {(time.monotonic() - started) / 60:.1f} minutes; files in {out}")
+    if interrupted:
+        sys.exit(130)
+    if problems:
+        say("\nthe demo did not go as planned:")
+        for problem in problems:
+            say(f"  - {problem}")
+        sys.exit(1)
 
 
 def train_versions(
@@ -275,8 +315,11 @@ def serve_and_roll_out(
     v2: str,
     labels: list[str],
     test: list[tuple[list[dict[str, str]], str]],
-) -> None:
+) -> list[str]:
+    """Steps 2 to 7; returns what did not go as planned (empty: everything did)."""
     import openai
+
+    problems: list[str] = []
 
     header("2. engine, gateway, Prometheus")
     engine_port, gw_port, prom_port = free_port(), free_port(), free_port()
@@ -347,37 +390,41 @@ def serve_and_roll_out(
             "reason": "demo canary",
         },
     )
-    seen_steps: list[str] = []
     canary_results: list[tuple[str, str, str, str]] = []
+    traffic_errors: list[str] = []
 
     def canary_traffic(stop: threading.Event) -> None:
         i = 0
         while not stop.is_set():
             batch = [f"canary-user-{i + j}" for j in range(16)]
-            canary_results.extend(send_traffic(client, "banking", test, batch, offset=i))
+            try:
+                canary_results.extend(send_traffic(client, "banking", test, batch, offset=i))
+            except Exception as exc:  # reported below; after a stop the gateway is going away
+                if not stop.is_set():
+                    traffic_errors.append(repr(exc))
+                return
             i += 16
 
     with background(canary_traffic):
-        deadline = time.monotonic() + 600
-        while time.monotonic() < deadline:
-            route = gw.status()["routes"]["banking"]
-            canary = route["canary"]
-            line = (
-                "promoted"
-                if canary is None
-                else f"weight {canary['weight']}%, step {(canary['progress'] or {}).get('step', 0) + 1}"
-            )
-            if canary and (canary["progress"] or {}).get("last_decision"):
-                decision = canary["progress"]["last_decision"]
-                line += f", last gate: {decision['result']}"
-            if not seen_steps or seen_steps[-1] != line:
-                seen_steps.append(line)
-                say(f"  {time.strftime('%H:%M:%S')}  {line}")
-            if canary is None:
-                break
-            time.sleep(1)
+        stuck = follow_canary(gw, CANARY_TIMEOUT_S)
     route = gw.status()["routes"]["banking"]
-    say(f"stable is now {route['stable']} (previous {route['previous']})")
+    promoted = stuck is None and route["stable"] == v2
+    if stuck is not None:
+        problems.append(f"the canary of {v2} did not finish within {CANARY_TIMEOUT_S} s ({stuck}); aborted")
+        gw.post("/admin/routes/banking/abort", {"reason": "demo: the canary did not finish in time"})
+        say(f"NOT PROMOTED: {problems[-1]}")
+    elif promoted:
+        say(f"promoted: stable is now {v2} (previous {route['previous']})")
+    else:
+        last = gw.admin.get("/admin/history", params={"route": "banking"}).json()["events"][-1]
+        problems.append(
+            f"the gate rolled the canary {v2} back ({last['action']}: {last['reason']}); "
+            f"stable is still {route['stable']}"
+        )
+        say(f"ROLLED BACK: {problems[-1]}")
+    if traffic_errors:
+        problems.append(f"canary traffic stopped on an error: {traffic_errors[0]}")
+        say(f"canary traffic stopped early: {traffic_errors[0]}")
     say(format_table(["version", "requests", "accuracy"], per_version(canary_results, labels)))
 
     header("5. shifted traffic: intents the adapters never saw")
@@ -403,9 +450,12 @@ def serve_and_roll_out(
     say(f"feedback posted: {dict(posted)}")
 
     header("7. roll back to the previous stable version, then the summary")
-    gw.post("/admin/routes/banking/rollback", {"reason": "demo: undo in one change"})
-    route = gw.status()["routes"]["banking"]
-    say(f"stable is {route['stable']} again; {route['previous']} stays pinnable while retiring")
+    if promoted:
+        gw.post("/admin/routes/banking/rollback", {"reason": "demo: undo in one change"})
+        route = gw.status()["routes"]["banking"]
+        say(f"stable is {route['stable']} again; {route['previous']} stays pinnable while retiring")
+    else:
+        say(f"nothing to roll back: {v2} was never promoted, stable is {route['stable']}")
     rows = []
     for v in gw.monitor()["versions"]:
         acc = v["live_accuracy"]
@@ -439,14 +489,62 @@ def serve_and_roll_out(
     )
     history = gw.admin.get("/admin/history", params={"route": "banking"}).json()["events"]
     say("\nroute history: " + " -> ".join(e["action"] for e in history))
-    say("\nwhere to look (while it runs; it stops now):")
+    when = "until Ctrl-C" if args.keep_running else "only while the demo runs: --keep-running keeps them up"
+    say(f"\nwhere to look ({when}):")
     say(f"  metrics:     {gw_url}/metrics   (vLLM's own: {engine_url}/metrics)")
+    say(f"  status:      LORAFLEET_ADMIN_TOKEN={TOKEN} lorafleet monitor status --gateway {gw_url}")
     if prometheus:
-        say(
-            f"  Prometheus:  {prom_url}/graph?g0.expr=sum%20by%20(version)%20(rate(lorafleet_router_requests_total%5B1m%5D))"
-        )
+        say(f"  Prometheus:  {prom_url}/graph?g0.expr={quote(PROMQL[0])}")
+        for query in PROMQL:
+            say(f"    {query}")
     say("  dashboard:   monitor/dashboards/lorafleet.json (import into Grafana)")
     say(f"  logs:        {out / 'logs'}")
+    if args.keep_running:
+        keep_running(procs)
+    return problems
+
+
+PROMQL = (
+    "sum by (version) (rate(lorafleet_router_requests_total[1m]))",
+    "max by (version, feature) (lorafleet_drift_psi)",
+    "lorafleet_live_accuracy_ratio",
+)
+
+
+def follow_canary(gw: Gateway, timeout_s: float) -> str | None:
+    """Print each change of the canary's state until it ends (None), or its state at the deadline."""
+    deadline = time.monotonic() + timeout_s
+    seen = ""
+    while True:
+        canary = gw.status()["routes"]["banking"]["canary"]
+        if canary is None:
+            return None
+        progress = canary["progress"] or {}
+        line = f"weight {canary['weight']}%, step {progress.get('step', 0) + 1}"
+        if decision := progress.get("last_decision"):
+            line += f", last gate: {decision['result']}"
+        if progress.get("paused"):
+            line += f", paused: {progress.get('pause_reason')}"
+        if line != seen:
+            say(f"  {time.strftime('%H:%M:%S')}  {line}")
+            seen = line
+        if time.monotonic() >= deadline:
+            return line
+        time.sleep(1)
+
+
+def keep_running(procs: Processes) -> None:
+    """Wait for Ctrl-C (a normal end here), or until one of the processes exits by itself."""
+    say("\neverything keeps running: press Ctrl-C to stop it")
+    try:
+        while True:
+            for name, proc in procs.children:
+                if proc.poll() is not None:
+                    say(f"{name} exited with code {proc.returncode}; see its log. Stopping the rest")
+                    return
+            time.sleep(1)
+    except KeyboardInterrupt:
+        say("")
 
 
 if __name__ == "__main__":
