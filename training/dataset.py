@@ -15,6 +15,14 @@ from pathlib import Path
 from typing import Any
 
 ROLES = ("system", "user", "assistant")
+UNSUPPORTED_ROLES = ("tool", "function", "ipython")
+_TOOL_KEYS = {"tool_calls", "function_call"}
+_JSON_TYPES = {dict: "object", list: "list", str: "string", int: "int", float: "number", bool: "boolean"}
+
+
+def _json_type(value: Any) -> str:
+    """A JSON value's type as the file spells it: null, not NoneType; boolean, not bool."""
+    return "null" if value is None else _JSON_TYPES.get(type(value), type(value).__name__)
 
 
 @dataclass(frozen=True)
@@ -89,14 +97,14 @@ def _parse_messages(obj: Any, where: tuple[str, int]) -> tuple[tuple[Message, ..
         problems.append(Problem(file, line, fld, msg))
 
     if not isinstance(obj, dict):
-        bad("(line)", f"expected a JSON object, got {type(obj).__name__}")
+        bad("(line)", f"expected a JSON object, got {_json_type(obj)}")
         return None, problems
     if "messages" not in obj:
         bad("messages", "missing")
         return None, problems
     raw = obj["messages"]
     if not isinstance(raw, list):
-        bad("messages", f"expected a list, got {type(raw).__name__}")
+        bad("messages", f"expected a list, got {_json_type(raw)}")
         return None, problems
     if not raw:
         bad("messages", "empty list")
@@ -105,24 +113,41 @@ def _parse_messages(obj: Any, where: tuple[str, int]) -> tuple[tuple[Message, ..
     for i, m in enumerate(raw):
         fld = f"messages[{i}]"
         if not isinstance(m, dict):
-            bad(fld, f"expected an object with role and content, got {type(m).__name__}")
+            bad(fld, f"expected an object with role and content, got {_json_type(m)}")
             continue
         role, content = m.get("role"), m.get("content")
         ok = True
         if role is None:
-            bad(f"{fld}.role", "missing")
+            bad(f"{fld}.role", "missing" if "role" not in m else "null (expected a string)")
             ok = False
         elif not isinstance(role, str):
-            bad(f"{fld}.role", f"expected a string, got {type(role).__name__}")
+            bad(f"{fld}.role", f"expected a string, got {_json_type(role)}")
+            ok = False
+        elif role in UNSUPPORTED_ROLES:
+            bad(
+                f"{fld}.role",
+                f"role {role!r} is not supported for fine-tuning data: tool and function turns cannot be "
+                f"trained on here (expected one of {', '.join(ROLES)})",
+            )
             ok = False
         elif role not in ROLES:
             bad(f"{fld}.role", f"unknown role {role!r} (expected one of {', '.join(ROLES)})")
             ok = False
-        if content is None:
+        if "content" not in m:
             bad(f"{fld}.content", "missing")
             ok = False
+        elif content is None:
+            calls = " (a tool call: not supported for fine-tuning data)" if _TOOL_KEYS & m.keys() else ""
+            bad(f"{fld}.content", f"null: expected a string{calls}")
+            ok = False
+        elif isinstance(content, list):
+            bad(
+                f"{fld}.content",
+                "a list of content parts is not supported for fine-tuning data: give the text as one string",
+            )
+            ok = False
         elif not isinstance(content, str):
-            bad(f"{fld}.content", f"expected a string, got {type(content).__name__}")
+            bad(f"{fld}.content", f"expected a string, got {_json_type(content)}")
             ok = False
         elif not content.strip():
             bad(f"{fld}.content", "empty")
@@ -172,6 +197,7 @@ def read_jsonl(path: Path | str) -> tuple[list[Example], list[Problem]]:
         return [], [Problem(name, 0, "(file)", "no such file" if not path.exists() else "not a regular file")]
     examples: list[Example] = []
     problems: list[Problem] = []
+    first: tuple[int, bool] | None = None  # the first non-blank line: its number, and whether it is broken
     with path.open("rb") as fh:
         for lineno, raw in enumerate(fh, start=1):
             try:
@@ -184,12 +210,49 @@ def read_jsonl(path: Path | str) -> tuple[list[Example], list[Problem]]:
             if not text.strip():
                 continue
             example, found = parse_line(text.lstrip("\ufeff") if lineno == 1 else text, (name, lineno))
+            if first is None:
+                first = (lineno, bool(found) and text.lstrip("\ufeff").lstrip()[:1] in ("[", "{"))
             problems.extend(found)
             if example is not None:
                 examples.append(example)
+    whole = _whole_file_problem(path, first[0]) if first is not None and first[1] else None
+    if whole is not None:
+        return [], [whole]
     if not examples and not problems:
         problems.append(Problem(name, 0, "(file)", "no examples: the file is empty"))
     return examples, problems
+
+
+def _whole_file_problem(path: Path, lineno: int) -> Problem | None:
+    """One problem for a file that is a JSON array, or one object over several lines, not JSONL.
+
+    Asked when the first line is broken: one problem per line would bury what is wrong.
+    """
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+        value = json.loads(text)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    # Never suggest writing over the input: the shell empties the target before jq reads.
+    target = path.with_name(path.stem + (".fixed.jsonl" if path.suffix == ".jsonl" else ".jsonl"))
+    if isinstance(value, list):
+        n = len(value)
+        return Problem(
+            str(path),
+            lineno,
+            "(file)",
+            f"this looks like a JSON array ({n} value{'' if n == 1 else 's'}), not JSONL (one JSON object "
+            f"per line); convert it with: jq -c '.[]' {path} > {target}",
+        )
+    if isinstance(value, dict) and "\n" in text.strip():
+        return Problem(
+            str(path),
+            lineno,
+            "(file)",
+            "this looks like one JSON object spread over several lines, not JSONL (one JSON object per "
+            f"line); convert it with: jq -c . {path} > {target}",
+        )
+    return None
 
 
 def load_examples(path: Path | str) -> list[Example]:

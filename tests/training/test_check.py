@@ -66,6 +66,26 @@ BROKEN: dict[str, tuple[str | bytes, str, str]] = {
         "messages[0].content",
         "expected a string, got int",
     ),
+    "null content": (
+        '{"messages": [{"role": "user", "content": null}, {"role": "assistant", "content": "x"}]}',
+        "messages[0].content",
+        "null: expected a string",
+    ),
+    "content parts": (
+        '{"messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}, {"role": "assistant", "content": "x"}]}',
+        "messages[0].content",
+        "a list of content parts is not supported for fine-tuning data",
+    ),
+    "tool role": (
+        '{"messages": [{"role": "user", "content": "hi"}, {"role": "tool", "content": "{}"}, {"role": "assistant", "content": "x"}]}',
+        "messages[1].role",
+        "role 'tool' is not supported for fine-tuning data",
+    ),
+    "assistant tool call": (
+        '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": null, "tool_calls": []}]}',
+        "messages[1].content",
+        "null: expected a string (a tool call: not supported for fine-tuning data)",
+    ),
     "no final assistant turn": (
         '{"messages": [{"role": "user", "content": "hi"}]}',
         "messages",
@@ -170,3 +190,25 @@ def test_read_valid_refuses_a_file_with_problems_and_points_at_check(tmp_path: P
     assert err.value.problems[0].line == 2
     assert f"{path}:2: (line)" in err.value.message
     assert err.value.hint is not None and "lorafleet data check" in err.value.hint
+
+
+@pytest.mark.parametrize("indent", [None, 2])
+def test_a_json_array_gets_one_problem_saying_how_to_convert_it(tmp_path: Path, indent: int | None) -> None:
+    path = tmp_path / "data.json"
+    path.write_text(
+        json.dumps([chat("Where is my card?", "card_arrival"), chat("Hi", "greeting")], indent=indent)
+    )
+    (problem,) = check_file(path)
+    assert (problem.line, problem.field) == (1, "(file)")
+    assert problem.message == (
+        "this looks like a JSON array (2 values), not JSONL (one JSON object per line); "
+        f"convert it with: jq -c '.[]' {path} > {tmp_path / 'data.jsonl'}"
+    )
+
+
+def test_one_object_over_several_lines_gets_one_problem(tmp_path: Path) -> None:
+    path = tmp_path / "data.jsonl"
+    path.write_text(json.dumps(chat("Where is my card?", "card_arrival"), indent=2))
+    (problem,) = check_file(path)
+    assert problem.message.startswith("this looks like one JSON object spread over several lines, not JSONL")
+    assert problem.message.endswith(f"jq -c . {path} > {tmp_path / 'data.fixed.jsonl'}")
