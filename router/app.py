@@ -122,6 +122,7 @@ def create_app(
                 version, engine
             ).inc(),
             on_health=lambda engine, up: metrics.engine_up.labels(engine).set(1 if up else 0),
+            on_removed=metrics.engine_up.remove,
         )
         observer = Observer(
             metrics,

@@ -77,10 +77,28 @@ class Observer:
         new = [key for key in live if key not in self.known]
         for route, version in new:
             self._prime(route, version, live[(route, version)])
+        for route, version in self.known - set(live):
+            self._forget(route, version)
         self.known = set(live)
         if self.feedback_store is not None:
             # At start-up the gauges are empty but the verdicts are on disk.
             restore_live_accuracy(self.feedback_store, self.metrics, new, self.accuracy_window)
+
+    def _forget(self, route: str, version: str) -> None:
+        """Drop the gauges of a version that is no longer live, so that its alerts stop firing."""
+        m = self.metrics
+        labels = {"route": route, "version": version}
+        for gauge in (
+            m.drift_psi,
+            m.drift_js,
+            m.drift_window,
+            m.live_accuracy,
+            m.live_accuracy_lower,
+            m.live_accuracy_upper,
+        ):
+            gauge.remove_by_labels(labels)
+        self._windows.pop((route, version), None)
+        self._answers.pop((route, version), None)
 
     def _prime(self, route: str, version: str, state: str) -> None:
         m = self.metrics

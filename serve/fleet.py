@@ -83,6 +83,7 @@ class Fleet:
         http: httpx.AsyncClient,
         on_load_failure: Callable[[str, str, str], None] | None = None,
         on_health: Callable[[str, bool], None] | None = None,
+        on_removed: Callable[[str], None] | None = None,
     ) -> None:
         self.targets = list(targets)
         self.http = http
@@ -91,6 +92,7 @@ class Fleet:
         self._lock = asyncio.Lock()
         self._on_load_failure = on_load_failure
         self._on_health = on_health
+        self._on_removed = on_removed
 
     def healthy(self) -> list[EngineState]:
         return [e for e in self.engines.values() if e.healthy]
@@ -157,6 +159,9 @@ class Fleet:
                     self._on_health(url, False)
         for gone in set(self.engines) - set(urls):
             del self.engines[gone]
+            log.info("engine %s is gone (no longer named or resolved)", gone)
+            if self._on_removed:
+                self._on_removed(gone)
         await asyncio.gather(*(self._check(e) for e in self.engines.values()))
 
     async def reconcile(self, desired: Mapping[str, Path], unload: bool = True) -> ReconcileReport:
