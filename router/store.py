@@ -22,6 +22,7 @@ import fcntl
 import json
 import logging
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -116,9 +117,17 @@ def dump_routes(routes: RoutesFile) -> str:
 
 
 def atomic_write(path: Path, data: str) -> None:
-    """Write `data` to `path` so that a reader (or a crash) sees the old content or the new, whole."""
+    """Write `data` to `path` so that a reader (or a crash) sees the old content or the new, whole.
+
+    The file keeps its mode (a new one is 0644), not mkstemp's 0600: other readers may need it.
+    """
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        mode = 0o644
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, mode)
         with os.fdopen(fd, "w") as fh:
             fh.write(data)
             fh.flush()

@@ -383,6 +383,15 @@ def test_a_client_that_leaves_mid_stream_is_not_an_error_of_the_version(
     assert mine["requests"] == 1 and mine["errors"] == 0 and mine["error_ratio"] == 0
 
 
+def test_a_missing_routes_file_is_a_warning_at_start_up(
+    gateway: Callable[..., Server], caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level("WARNING", logger="lorafleet.router"):
+        gw = gateway(None)
+    assert any("holds no routes file" in r.getMessage() for r in caplog.records), caplog.text
+    assert httpx.post(f"{gw.url}/v1/completions", json={"model": "banking", "prompt": "x"}).status_code == 404
+
+
 # --- start-up -------------------------------------------------------------------------------------
 
 

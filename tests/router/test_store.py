@@ -88,3 +88,12 @@ def test_history_is_append_only_and_filtered_by_route(tmp_path: Path) -> None:
     assert [e.revision for e in store.history("banking")] == [0, 2]
     assert len(store.history()) == 3
     assert store.history_path.stat().st_size > 0
+
+
+def test_a_write_keeps_the_file_mode(tmp_path: Path) -> None:
+    store = FileStore(tmp_path / "routes.yaml")
+    store.save(_routes(), expected_revision=0)
+    assert store.path.stat().st_mode & 0o777 == 0o644
+    store.path.chmod(0o640)
+    store.save(_routes(V2), expected_revision=1)
+    assert store.path.stat().st_mode & 0o777 == 0o640
