@@ -1,8 +1,8 @@
 """The `lorafleet` command: one typer app composed of one module per subcommand group.
 
 Commands are thin: parse arguments, call a library function, render the result. Data goes to
-stdout, messages to stderr. Known errors print one line and a hint and exit 1; a traceback appears
-only with LORAFLEET_DEBUG=1.
+stdout, messages to stderr. Known errors, and files that cannot be read or written (OSError), print
+one line (and a hint) and exit 1; a traceback appears only with LORAFLEET_DEBUG=1.
 """
 
 from __future__ import annotations
@@ -79,6 +79,18 @@ def main() -> None:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    except BrokenPipeError:
+        # The reader of stdout went away (`| head`): nothing left to say, and nowhere to say it.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
+    except OSError as exc:  # a file that cannot be read or written: no bug of ours, no traceback
+        if os.environ.get("LORAFLEET_DEBUG") == "1":
+            raise
+        # A rename's or copy's target (filename2) is the file the user named.
+        name = exc.filename2 if exc.filename2 is not None else exc.filename
+        reason = exc.strerror or str(exc)
+        print(f"error: {name}: {reason}" if name is not None else f"error: {reason}", file=sys.stderr)
+        sys.exit(1)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except typer.Abort:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import subprocess
@@ -264,3 +265,20 @@ def test_import_csv_reads_a_semicolon_csv_as_spreadsheets_export_it(tmp_path: Pa
         ("Hello, where is my card?", "card_arrival"),
         ("Ich habe meine PIN vergessen", "change_pin"),
     ]
+
+
+def test_a_file_that_cannot_be_written_is_one_line_not_a_traceback(tmp_path: Path) -> None:
+    source = tmp_path / "in.csv"
+    source.write_text("text,label\nWhere is my card?,card_arrival\n")
+    folder = tmp_path / "out"
+    folder.mkdir()
+    proc = run_script("data", "import-csv", source, "--out", folder, "--force")
+    assert (proc.returncode, proc.stderr) == (1, f"error: {folder}: Is a directory\n")
+    proc = subprocess.run(
+        [LORAFLEET, "data", "import-csv", source, "--out", folder, "--force"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "LORAFLEET_DEBUG": "1"},
+    )
+    assert proc.returncode == 1 and "Traceback" in proc.stderr and "IsADirectoryError" in proc.stderr
