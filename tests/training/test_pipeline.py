@@ -162,3 +162,16 @@ def test_finetune_a_csv_end_to_end_registers_a_complete_version(tmp_path: Path) 
     assert ref.entropy_nats is not None and sum(ref.entropy_nats.counts) == manifest["counts"]["test"]
     assert ref.system_prompt is not None and "change_pin" in ref.system_prompt
     assert AdapterRef.parse(name).task == "tiny"
+
+
+def test_the_config_files_seed_is_used_unless_seed_is_given(tmp_path: Path) -> None:
+    data = tmp_path / "same.csv"  # stops at the split stage, after it names the seed
+    data.write_text("text,label\n" + "Where is my card?,card_arrival\n" * 4)
+    config = tmp_path / "my.yaml"
+    config.write_text("seed: 7\n")
+    proc = lorafleet("finetune", data, "--task", "tiny", "--registry", tmp_path / "r", "--config", config)
+    assert "(seed 7)" in proc.stderr, proc.stderr
+    proc = lorafleet(
+        "finetune", data, "--task", "tiny", "--registry", tmp_path / "r", "--config", config, "--seed", "3"
+    )
+    assert "(seed 3)" in proc.stderr, proc.stderr
