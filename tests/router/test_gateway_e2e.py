@@ -432,3 +432,54 @@ def test_metrics_are_summed_over_several_gateway_workers(
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_stream_null_is_false_and_max_tokens_defaults_to_the_limit(
+    start_gateway: Any, engine: Any, versions: tuple[Registry, str, str]
+) -> None:
+    registry, v1, _ = versions
+    gw = start_gateway(_routes(v1), registry, [engine.url], max_tokens_limit=3)
+    _wait_loaded(gw.url, [v1])
+    # ignore_eos (vLLM's): without the gateway's default the engine would fill its whole context.
+    body = {"model": "banking", "prompt": "My card", "temperature": 0, "ignore_eos": True, "stream": None}
+    r = httpx.post(f"{gw.url}/v1/completions", json=body, timeout=60)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("application/json"), r.text
+    assert r.json()["usage"]["completion_tokens"] == 3
+    assert r.json()["choices"][0]["finish_reason"] == "length"
+
+
+def test_a_version_that_is_no_longer_live_loses_its_drift_and_accuracy_series(
+    start_gateway: Any, engine: Any, versions: tuple[Registry, str, str], tmp_path: Path
+) -> None:
+    registry, v1, v2 = versions
+    gw = start_gateway(
+        _routes(v1, f"    pinned: [{v2}]\n"), registry, [engine.url], drift_window=10, drift_min_samples=1
+    )
+    _wait_loaded(gw.url, [v1, v2])
+    answer = httpx.post(
+        f"{gw.url}/v1/completions", json={"model": v2, "prompt": "card", "max_tokens": 2}, timeout=60
+    )
+    assert answer.status_code == 200
+    feedback = httpx.post(
+        f"{gw.url}/v1/feedback", json={"completion_id": answer.json()["id"], "correct": True}, timeout=30
+    )
+    assert feedback.status_code == 201, feedback.text
+    series = (
+        f'lorafleet_drift_window_requests{{route="banking",version="{v2}"}}',
+        f'lorafleet_live_accuracy_ratio{{route="banking",version="{v2}"}}',
+    )
+
+    def exported() -> set[str]:
+        text = httpx.get(f"{gw.url}/metrics").text
+        return {s for s in series if s in text}
+
+    deadline = time.monotonic() + 30
+    while exported() != set(series):
+        assert time.monotonic() < deadline, exported()
+        time.sleep(0.2)
+    routes_file = next(tmp_path.glob("routes-*.yaml"))
+    routes_file.write_text(_routes(v1))
+    deadline = time.monotonic() + 30
+    while exported():
+        assert time.monotonic() < deadline, f"still exported after {v2} left the routes: {exported()}"
+        time.sleep(0.2)
