@@ -328,7 +328,7 @@ def cost_breakdown(work: Path) -> list[tuple[str, str, float]]:
     metrics = build_metrics(CollectorRegistry())
     feedback = FeedbackStore(work / "feedback.sqlite3")
     observer = Observer(metrics, Registry(work / "registry"), feedback)
-    observer.set_known({("bench", n) for n in names})
+    observer.set_known({("bench", n): "stable" for n in names})
     n = [0]
 
     def record() -> None:

@@ -12,6 +12,7 @@ import contextlib
 import csv
 import datetime as dt
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -268,6 +269,22 @@ def start_gateway(tmp_path: Path) -> Iterator[Callable[..., GatewayThread]]:
         gw.stop()
 
 
+def require_tool(path: str | None, reason: str) -> str:
+    """`path` if an external tool was found; else skip the test saying `reason`, or fail it in CI
+    (the CI environment variable set), so that CI cannot pass by skipping."""
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason}; CI must run this test (the CI environment variable is set)")
+        pytest.skip(reason)
+    return path
+
+
+@pytest.fixture(name="require_tool", scope="session")
+def require_tool_fixture() -> Callable[[str | None, str], str]:
+    """require_tool(path or None, reason) -> the path; for tests that cannot import this module."""
+    return require_tool
+
+
 # --- a real Prometheus server -----------------------------------------------------------
 
 PROMETHEUS = shutil.which("prometheus")
@@ -295,8 +312,9 @@ def start_prometheus(
 
     The caller stops the process (terminate, then kill). Its data and log live under `tmp_path`.
     """
-    if PROMETHEUS is None:
-        pytest.skip("prometheus is not installed (Debian package `prometheus`, see scripts/setup.sh)")
+    require_tool(
+        PROMETHEUS, "prometheus is not installed (Debian package `prometheus`, see scripts/setup.sh)"
+    )
     tmp_path.mkdir(parents=True, exist_ok=True)
     interval = f"{round(scrape_interval_s * 1000)}ms"
     config = {

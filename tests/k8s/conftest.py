@@ -2,12 +2,11 @@
 
 Without kubectl (scripts/setup.sh installs it) every test that needs a build is skipped, and says
 why; in CI (the CI environment variable set) a missing tool fails instead, so CI cannot pass by
-skipping. `require_tool` does the same for the other tools (hadolint, kubernetes-validate, promtool).
+skipping. `require_tool` (tests/conftest.py) does the same for every external tool.
 """
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 from collections.abc import Callable
@@ -21,37 +20,22 @@ ROOT = Path(__file__).resolve().parents[2]
 KUBECTL = shutil.which("kubectl")
 
 
-def _require(path: str | None, reason: str) -> str:
-    """`path` if the tool was found; else skip the test saying `reason`, or fail it in CI."""
-    if path is None:
-        if os.environ.get("CI"):
-            pytest.fail(f"{reason}; CI must run this test (the CI environment variable is set)")
-        pytest.skip(reason)
-    return path
-
-
-def _kustomize(path: Path) -> list[dict[str, Any]]:
-    kubectl = _require(
+@pytest.fixture(scope="session")
+def kustomize(require_tool: Callable[[str | None, str], str]) -> Callable[[Path], list[dict[str, Any]]]:
+    """`kubectl kustomize PATH`, parsed: the documents it prints."""
+    kubectl = require_tool(
         KUBECTL, "kubectl is not installed (scripts/setup.sh installs it): cannot build the kustomizations"
     )
-    proc = subprocess.run([kubectl, "kustomize", str(path)], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    return [d for d in yaml.safe_load_all(proc.stdout) if d]
+
+    def build(path: Path) -> list[dict[str, Any]]:
+        proc = subprocess.run([kubectl, "kustomize", str(path)], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        return [d for d in yaml.safe_load_all(proc.stdout) if d]
+
+    return build
 
 
 @pytest.fixture(scope="session")
-def require_tool() -> Callable[[str | None, str], str]:
-    """require_tool(path or None, reason): the path; else skip (fail in CI) saying `reason`."""
-    return _require
-
-
-@pytest.fixture(scope="session")
-def kustomize() -> Callable[[Path], list[dict[str, Any]]]:
-    """`kubectl kustomize PATH`, parsed: the documents it prints."""
-    return _kustomize
-
-
-@pytest.fixture(scope="session")
-def built() -> dict[str, list[dict[str, Any]]]:
+def built(kustomize: Callable[[Path], list[dict[str, Any]]]) -> dict[str, list[dict[str, Any]]]:
     """Each overlay's built resources."""
-    return {name: _kustomize(ROOT / "k8s" / "overlays" / name) for name in ("gpu", "cpu-demo")}
+    return {name: kustomize(ROOT / "k8s" / "overlays" / name) for name in ("gpu", "cpu-demo")}

@@ -2,13 +2,10 @@
 
 exporters        fixture: a function that serves lorafleet's metrics on a fresh registry over
                  HTTP (one call per gateway replica), stopped afterwards
-require_tool     fixture: require_tool(path or None, reason) -> the path of an external tool; when
-                 it is missing the test is skipped saying `reason`, or fails in CI (CI variable set)
 """
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -44,17 +41,3 @@ def exporters() -> Iterator[Callable[[], Exporter]]:
         server.shutdown()
         server.server_close()
         thread.join(timeout=10)
-
-
-@pytest.fixture(scope="session")
-def require_tool() -> Callable[[str | None, str], str]:
-    """The same check as tests/k8s/conftest.py's: CI must not pass by skipping."""
-
-    def require(path: str | None, reason: str) -> str:
-        if path is None:
-            if os.environ.get("CI"):
-                pytest.fail(f"{reason}; CI must run this test (the CI environment variable is set)")
-            pytest.skip(reason)
-        return path
-
-    return require
