@@ -312,7 +312,7 @@ def start_prometheus(
 
     The caller stops the process (terminate, then kill). Its data and log live under `tmp_path`.
     """
-    require_tool(
+    prometheus = require_tool(
         PROMETHEUS, "prometheus is not installed (Debian package `prometheus`, see scripts/setup.sh)"
     )
     tmp_path.mkdir(parents=True, exist_ok=True)
@@ -333,7 +333,7 @@ def start_prometheus(
         with log_file.open("ab") as log:
             process = subprocess.Popen(
                 [
-                    PROMETHEUS,
+                    prometheus,
                     f"--config.file={config_file}",
                     f"--storage.tsdb.path={tmp_path / 'data'}",
                     f"--web.listen-address=127.0.0.1:{port}",
