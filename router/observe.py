@@ -62,6 +62,7 @@ class Observer:
         self.drift_min_samples = min(drift_min_samples, drift_window)
         self.accuracy_window = accuracy_window
         self.known: set[tuple[str, str]] = set()
+        self._states: dict[tuple[str, str], str] = {}
         self._references: dict[str, ReferenceStats | None] = {}
         self._windows: dict[tuple[str, str], DriftWindow] = {}
         self._answers: dict[tuple[str, str], list[int]] = {}  # (answers, answers naming no label)
@@ -80,9 +81,22 @@ class Observer:
         for route, version in self.known - set(live):
             self._forget(route, version)
         self.known = set(live)
+        self._publish_states(live)
         if self.feedback_store is not None:
             # At start-up the gauges are empty but the verdicts are on disk.
             restore_live_accuracy(self.feedback_store, self.metrics, new, self.accuracy_window)
+
+    def _publish_states(self, live: dict[tuple[str, str], str]) -> None:
+        """`lorafleet_version_info{route, version, state}` = 1 for each live pair, and only its current state."""
+        info = self.metrics.version_info
+        for key, state in self._states.items():
+            if live.get(key) != state:
+                # 0 first: with several workers a removed series keeps its last value on disk.
+                info.labels(*key, state).set(0)
+                info.remove_by_labels({"route": key[0], "version": key[1], "state": state})
+        for (route, version), state in live.items():
+            info.labels(route, version, state).set(1)
+        self._states = dict(live)
 
     def _forget(self, route: str, version: str) -> None:
         """Drop the gauges of a version that is no longer live, so that its alerts stop firing."""

@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from lorafleet.registry import Registry
 from router.gateway import VERSION_HEADER
@@ -120,6 +121,14 @@ def test_a_canary_advances_through_its_steps_on_good_signals_and_is_promoted(
     assert route["previous"] == v1 and {v["version"]: v["state"] for v in route["versions"]}[v1] == "retiring"
     metrics = httpx.get(f"{gw.url}/metrics").text
     assert 'lorafleet_rollout_gate_decisions_total{result="pass",route="banking"} 2.0' in metrics
+    states = {
+        (s.labels["version"], s.labels["state"])
+        for family in text_string_to_metric_families(metrics)
+        if family.name == "lorafleet_version_info"
+        for s in family.samples
+        if s.labels["route"] == "banking" and s.value == 1
+    }
+    assert states == {(v2, "stable"), (v1, "retiring")}
 
 
 def test_a_failing_gate_rolls_the_canary_back_with_the_reason(
