@@ -89,13 +89,13 @@ def cost(
     gpus: Annotated[
         int | None,
         typer.Option(
-            "--gpus", help="GPUs you run at least, whatever the volume [default: 1].", show_default=False
+            "--gpus", help="GPUs you run at least, whatever the volume \\[default: 1].", show_default=False
         ),
     ] = None,
     hours_per_month: Annotated[
         _FloatOpt,
         typer.Option(
-            "--hours-per-month", help="Hours the GPUs are paid for [default: 730].", show_default=False
+            "--hours-per-month", help="Hours the GPUs are paid for \\[default: 730].", show_default=False
         ),
     ] = None,
     tokens_per_second: Annotated[
@@ -111,7 +111,7 @@ def cost(
         _FloatOpt,
         typer.Option(
             "--utilization",
-            help="Share of the month in (0, 1] a GPU runs at that throughput [default: 0.5].",
+            help="Share of the month in (0, 1] a GPU runs at that throughput \\[default: 0.5].",
             show_default=False,
         ),
     ] = None,
@@ -158,7 +158,7 @@ def cost(
         _FloatOpt,
         typer.Option(
             "--ops-usd-per-month",
-            help="Fixed costs of running it yourself: on-call, storage, time [default: 0].",
+            help="Fixed costs of running it yourself: on-call, storage, time \\[default: 0].",
             show_default=False,
         ),
     ] = None,
