@@ -357,6 +357,38 @@ def test_a_failed_engine_is_retried_on_another_engine_holding_the_version(
     assert _engine_up(gw.url, dead) == 0.0 and _engine_up(gw.url, alive) == 1.0
 
 
+def test_api_keys_guard_the_inference_endpoints_and_the_sdk_sends_them(
+    gateway: Callable[..., Server],
+    fake_engines: Callable[..., FakeEngine],
+    versions: tuple[Registry, list[str]],
+) -> None:
+    _, (v1, _) = versions
+    gw = gateway(_routes(v1), [fake_engines().url], api_keys=["team-key-1", "team-key-2"])
+    missing = httpx.post(f"{gw.url}/v1/chat/completions", json={"model": "banking", "messages": MESSAGES})
+    assert missing.status_code == 401 and missing.json()["error"]["type"] == "authentication_error"
+    for key in ("wrong", "team-key-12"):
+        client = openai.OpenAI(base_url=f"{gw.url}/v1", api_key=key, max_retries=0)
+        with pytest.raises(openai.AuthenticationError) as err:
+            client.chat.completions.create(model="banking", messages=MESSAGES, max_tokens=4)
+        assert err.value.status_code == 401 and err.value.type == "authentication_error"
+    for key in ("team-key-1", "team-key-2"):
+        client = openai.OpenAI(base_url=f"{gw.url}/v1", api_key=key, max_retries=0)
+        answer = client.chat.completions.with_raw_response.create(
+            model="banking",
+            messages=MESSAGES,
+            max_tokens=4,
+        )
+        assert answer.headers[VERSION_HEADER] == v1
+        assert [m.id for m in client.models.list()]
+    # Health checks and scrapes need no key; the admin API keeps its own token.
+    assert httpx.get(f"{gw.url}/health").status_code == 200
+    assert httpx.get(f"{gw.url}/metrics").status_code == 200
+    assert (
+        httpx.get(f"{gw.url}/admin/status", headers={"authorization": "Bearer team-key-1"}).status_code == 401
+    )
+    assert httpx.get(f"{gw.url}/admin/status", headers=AUTH).status_code == 200
+
+
 def test_a_client_that_leaves_mid_stream_is_not_an_error_of_the_version(
     gateway: Callable[..., Server],
     fake_engines: Callable[..., FakeEngine],
