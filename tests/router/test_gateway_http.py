@@ -1,39 +1,29 @@
 """The gateway over real HTTP, without the vLLM engine: what it answers by itself (auth, validation,
 error shapes and headers, the admin API's guards), and engine faults injected with the benchmarks'
-FAKE upstream (bench/fakes.py) standing in for engines that refuse connections."""
+FAKE upstream (bench/fakes.py) standing in for engines that refuse connections. The fixtures
+`versions`, `gateway` and `fake_engines` are in tests/router/conftest.py."""
 
 from __future__ import annotations
 
-import asyncio
 import socket
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 import openai
 import pytest
-import uvicorn
 
-from bench.fakes import FakeOpenAIUpstream, UpstreamConfig, _UpstreamConnection, register_versions
+from bench.fakes import UpstreamConfig
 from lorafleet.registry import Registry
-from router.app import create_app
 from router.gateway import VERSION_HEADER
-from router.settings import GatewaySettings
 
-TOKEN = "test-admin-token"
+TOKEN = "test-admin-token"  # the admin token of the `gateway` fixture
 AUTH = {"authorization": f"Bearer {TOKEN}"}
 MESSAGES = [{"role": "user", "content": "Where is my card?"}]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def raw_http(port: int, method: str, target: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
@@ -54,115 +44,6 @@ def raw_http(port: int, method: str, target: str, headers: dict[str, str] | None
     return int(head.split(b" ", 2)[1]), body
 
 
-class Server:
-    """An ASGI app served by uvicorn in a thread, on a free port (optionally under a root path)."""
-
-    def __init__(self, app: Any, root_path: str = "") -> None:
-        self.app = app
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(
-            app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on", root_path=root_path
-        )
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            assert time.monotonic() < deadline and self.thread.is_alive(), "gateway did not start"
-            time.sleep(0.05)
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
-
-
-class FakeEngine:
-    """Fault injection, named as such: the benchmarks' FAKE OpenAI upstream, in a thread, which
-    `refuse()` turns into an engine that refuses connections (listener and open connections closed)."""
-
-    def __init__(self, config: UpstreamConfig | None = None) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.upstream = FakeOpenAIUpstream(config)
-        self.connections: list[_UpstreamConnection] = []
-        self.loop = asyncio.new_event_loop()
-        ready = threading.Event()
-
-        def run() -> None:
-            asyncio.set_event_loop(self.loop)
-            self.server = self.loop.run_until_complete(
-                self.loop.create_server(self._connection, "127.0.0.1", self.port)
-            )
-            ready.set()
-            self.loop.run_forever()
-
-        self.thread = threading.Thread(target=run, daemon=True)
-        self.thread.start()
-        ready.wait(10)
-
-    def _connection(self) -> _UpstreamConnection:
-        conn = _UpstreamConnection(self.upstream)
-        self.connections.append(conn)
-        return conn
-
-    def refuse(self) -> None:
-        def close() -> None:
-            self.server.close()
-            for conn in self.connections:
-                if conn.transport is not None:
-                    conn.transport.close()
-
-        self.loop.call_soon_threadsafe(close)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-            except OSError:
-                return
-            time.sleep(0.05)
-        raise AssertionError("the fake engine still accepts connections")
-
-    def stop(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(timeout=10)
-
-
-@pytest.fixture(scope="module")
-def versions(tmp_path_factory: pytest.TempPathFactory) -> tuple[Registry, list[str]]:
-    """A registry with two registered versions of the task 'banking' (dummy adapter files)."""
-    root = tmp_path_factory.mktemp("registry")
-    return Registry(root), register_versions(root, task="banking", count=2)
-
-
-@pytest.fixture
-def gateway(tmp_path: Path, versions: tuple[Registry, list[str]]) -> Iterator[Callable[..., Server]]:
-    """gateway(routes_yaml, engines=[...], root_path="", **settings) -> a running gateway."""
-    registry, _ = versions
-    started: list[Server] = []
-
-    def start(
-        routes_yaml: str | None, engines: list[str] | None = None, root_path: str = "", **kwargs: Any
-    ) -> Server:
-        routes_file = tmp_path / f"routes-{len(started)}.yaml"
-        if routes_yaml is not None:
-            routes_file.write_text(routes_yaml)
-        settings = GatewaySettings(
-            routes_file=routes_file,
-            registry=registry.root,
-            engines=engines or [f"http://127.0.0.1:{free_port()}"],
-            admin_token=TOKEN,
-            **{"reconcile_interval_s": 60.0, **kwargs},
-        )
-        server = Server(create_app(settings), root_path=root_path)
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        server.stop()
-
-
 def _routes(stable: str, fallback: str | None = None) -> str:
     return f"routes:\n  banking:\n    stable: {stable}\n" + (
         f"    fallback: {fallback}\n" if fallback else ""
@@ -173,7 +54,7 @@ def _routes(stable: str, fallback: str | None = None) -> str:
 
 
 def test_every_admin_path_needs_the_token_whatever_its_spelling(
-    gateway: Callable[..., Server], versions: tuple[Registry, list[str]]
+    gateway: Callable[..., Any], versions: tuple[Registry, list[str]]
 ) -> None:
     _, (v1, _) = versions
     gw = gateway(_routes(v1))
@@ -203,7 +84,7 @@ def test_every_admin_path_needs_the_token_whatever_its_spelling(
 
 
 def test_admin_needs_the_token_under_a_root_path(
-    gateway: Callable[..., Server], versions: tuple[Registry, list[str]]
+    gateway: Callable[..., Any], versions: tuple[Registry, list[str]]
 ) -> None:
     _, (v1, _) = versions
     gw = gateway(_routes(v1), root_path="/api")
@@ -216,7 +97,7 @@ def test_admin_needs_the_token_under_a_root_path(
 
 
 def test_no_schema_without_a_token_and_an_empty_admin_body_is_an_empty_object(
-    gateway: Callable[..., Server], versions: tuple[Registry, list[str]]
+    gateway: Callable[..., Any], versions: tuple[Registry, list[str]]
 ) -> None:
     _, (v1, _) = versions
     gw = gateway(_routes(v1))
@@ -229,7 +110,7 @@ def test_no_schema_without_a_token_and_an_empty_admin_body_is_an_empty_object(
 
 
 def test_an_invalid_route_name_is_refused_and_the_routes_file_stays_valid(
-    gateway: Callable[..., Server], versions: tuple[Registry, list[str]], tmp_path: Path
+    gateway: Callable[..., Any], versions: tuple[Registry, list[str]], tmp_path: Path
 ) -> None:
     _, (v1, v2) = versions
     gw = gateway(_routes(v1))
@@ -252,7 +133,7 @@ def test_an_invalid_route_name_is_refused_and_the_routes_file_stays_valid(
 
 
 def test_bad_fields_are_400_naming_the_field(
-    gateway: Callable[..., Server], versions: tuple[Registry, list[str]]
+    gateway: Callable[..., Any], versions: tuple[Registry, list[str]]
 ) -> None:
     _, (v1, _) = versions
     gw = gateway(_routes(v1), max_n=4)
@@ -277,7 +158,7 @@ def test_bad_fields_are_400_naming_the_field(
 
 
 def test_every_error_carries_a_request_id(
-    gateway: Callable[..., Server], versions: tuple[Registry, list[str]]
+    gateway: Callable[..., Any], versions: tuple[Registry, list[str]]
 ) -> None:
     _, (v1, _) = versions
     gw = gateway(_routes(v1))
@@ -301,20 +182,7 @@ def test_every_error_carries_a_request_id(
 # --- engine faults (fake upstream) --------------------------------------------------------------
 
 
-@pytest.fixture
-def fake_engines() -> Iterator[Callable[..., FakeEngine]]:
-    started: list[FakeEngine] = []
-
-    def start(config: UpstreamConfig | None = None) -> FakeEngine:
-        started.append(FakeEngine(config))
-        return started[-1]
-
-    yield start
-    for engine in started:
-        engine.stop()
-
-
-def _engine_up(url: str, engine: FakeEngine) -> float | None:
+def _engine_up(url: str, engine: Any) -> float | None:
     for line in httpx.get(f"{url}/metrics").text.splitlines():
         if line.startswith(f'lorafleet_engine_up{{engine="{engine.url}"}}'):
             return float(line.rsplit(" ", 1)[1])
@@ -322,8 +190,8 @@ def _engine_up(url: str, engine: FakeEngine) -> float | None:
 
 
 def test_a_refused_connection_marks_the_engine_down_and_answers_503(
-    gateway: Callable[..., Server],
-    fake_engines: Callable[..., FakeEngine],
+    gateway: Callable[..., Any],
+    fake_engines: Callable[..., Any],
     versions: tuple[Registry, list[str]],
 ) -> None:
     _, (v1, _) = versions
@@ -341,8 +209,8 @@ def test_a_refused_connection_marks_the_engine_down_and_answers_503(
 
 
 def test_a_failed_engine_is_retried_on_another_engine_holding_the_version(
-    gateway: Callable[..., Server],
-    fake_engines: Callable[..., FakeEngine],
+    gateway: Callable[..., Any],
+    fake_engines: Callable[..., Any],
     versions: tuple[Registry, list[str]],
 ) -> None:
     _, (v1, _) = versions
@@ -358,8 +226,8 @@ def test_a_failed_engine_is_retried_on_another_engine_holding_the_version(
 
 
 def test_api_keys_guard_the_inference_endpoints_and_the_sdk_sends_them(
-    gateway: Callable[..., Server],
-    fake_engines: Callable[..., FakeEngine],
+    gateway: Callable[..., Any],
+    fake_engines: Callable[..., Any],
     versions: tuple[Registry, list[str]],
 ) -> None:
     _, (v1, _) = versions
@@ -390,8 +258,8 @@ def test_api_keys_guard_the_inference_endpoints_and_the_sdk_sends_them(
 
 
 def test_a_client_that_leaves_mid_stream_is_not_an_error_of_the_version(
-    gateway: Callable[..., Server],
-    fake_engines: Callable[..., FakeEngine],
+    gateway: Callable[..., Any],
+    fake_engines: Callable[..., Any],
     versions: tuple[Registry, list[str]],
 ) -> None:
     _, (v1, _) = versions
@@ -416,7 +284,7 @@ def test_a_client_that_leaves_mid_stream_is_not_an_error_of_the_version(
 
 
 def test_a_missing_routes_file_is_a_warning_at_start_up(
-    gateway: Callable[..., Server], caplog: pytest.LogCaptureFixture
+    gateway: Callable[..., Any], caplog: pytest.LogCaptureFixture
 ) -> None:
     with caplog.at_level("WARNING", logger="lorafleet.router"):
         gw = gateway(None)
