@@ -68,23 +68,35 @@ class AdminClient:
             "authorization": f"Bearer {_token(self.token_file)}",
             "x-lorafleet-actor": f"{getpass.getuser()}@{socket.gethostname()}",
         }
+        # httpx would send a None as an empty value (`?route=`), which filters on the route "".
+        query = {k: v for k, v in (params or {}).items() if v is not None}
         try:
             response = httpx.request(
-                method, f"{self.base}{path}", json=body, params=params, headers=headers, timeout=60
+                method, f"{self.base}{path}", json=body, params=query, headers=headers, timeout=60
             )
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
             raise AdminAPIError(
                 f"cannot reach {self.base}: {exc}", hint="is the gateway running? pass --gateway URL"
             ) from None
         try:
             data = response.json()
         except ValueError:
-            data = {"error": {"message": response.text[:500]}}
+            data = None
         if response.status_code >= 400:
-            message = data.get("error", {}).get("message") if isinstance(data, dict) else str(data)
+            error = data.get("error") if isinstance(data, dict) else None
+            message = error.get("message") if isinstance(error, dict) else None
             hints = {
                 401: "check the admin token (--token-file)",
                 409: "read the current state with `lorafleet route status` and retry",
             }
-            raise AdminAPIError(f"{response.status_code}: {message}", hint=hints.get(response.status_code))
+            text = " ".join(response.text.split())[:300]  # one line, whatever the body
+            raise AdminAPIError(
+                f"{response.status_code}: {message or text or response.reason_phrase}",
+                hint=hints.get(response.status_code),
+            )
+        if not isinstance(data, dict):
+            raise AdminAPIError(
+                f"{self.base}{path} did not answer with a JSON object",
+                hint="is --gateway the URL of a lorafleet gateway or controller?",
+            )
         return data

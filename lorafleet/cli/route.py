@@ -6,7 +6,7 @@ from typing import Any
 
 import typer
 
-from lorafleet.cli._admin import AdminClient, GatewayOpt, TokenFileOpt
+from lorafleet.cli._admin import AdminAPIError, AdminClient, GatewayOpt, TokenFileOpt
 from lorafleet.cli._options import JsonOpt
 from lorafleet.cli._output import info, print_json, print_table
 
@@ -21,14 +21,12 @@ RevisionOpt = typer.Option(
 )
 
 
-def _render_status(data: dict[str, Any], only: str | None) -> None:
+def _render_status(data: dict[str, Any]) -> None:
     print(
         f"routes revision {data['revision']}"
         + (f"  (reload error: {data['reload_error']})" if data.get("reload_error") else "")
     )
     for name, route in data["routes"].items():
-        if only and name != only:
-            continue
         print()
         line = f"route {name}: stable {route['stable']}"
         if route.get("fallback"):
@@ -97,6 +95,12 @@ def status(
     """Each route's versions and their states (stable, canary, shadow, retiring until DATE), canary progress."""
     client = AdminClient(gateway, token_file)
     data = client.call("GET", "/admin/status")
+    if route is not None:
+        if route not in data["routes"]:
+            raise AdminAPIError(
+                f"the gateway has no route '{route}'; its routes: {', '.join(data['routes']) or 'none'}"
+            )
+        data["routes"] = {route: data["routes"][route]}
     events = (
         client.call("GET", "/admin/history", params={"route": route, "limit": history})["events"]
         if history
@@ -105,26 +109,45 @@ def status(
     if json:
         print_json({**data, "history": events} if history else data)
         return
-    _render_status(data, route)
+    _render_status(data)
     if events:
         print()
-        print_table(
-            ["when", "route", "action", "by", "change", "why"],
-            [
-                [e["at"][:19].replace("T", " "), e["route"], e["action"], e["actor"], _change(e), e["reason"]]
-                for e in events
-            ],
-        )
+        _print_history(events)
+
+
+def _print_history(events: list[dict[str, Any]]) -> None:
+    print_table(
+        ["when", "route", "action", "by", "change", "why"],
+        [
+            [e["at"][:19].replace("T", " "), e["route"], e["action"], e["actor"], _change(e), e["reason"]]
+            for e in events
+        ],
+    )
 
 
 def _change(event: dict[str, Any]) -> str:
+    """What the event changed, e.g. `stable v1 -> v2; canary v3 5% -> 25%` (empty if none is shown)."""
     before, after = event.get("before", {}), event.get("after", {})
-    if before.get("stable") != after.get("stable") and after.get("stable"):
-        return f"stable {before.get('stable')} -> {after.get('stable')}"
+    changes = []
+    if before.get("stable") != after.get("stable"):
+        changes.append(f"stable {before.get('stable') or 'none'} -> {after.get('stable') or 'none'}")
     b, a = (before.get("canary") or {}), (after.get("canary") or {})
-    if a or b:
-        return f"canary {a.get('version') or b.get('version')} {b.get('weight', 0)}% -> {a.get('weight', 0)}%"
-    return ""
+    if a != b:
+        changes.append(
+            f"canary {a.get('version') or b.get('version')} {b.get('weight', 0)}% -> {a.get('weight', 0)}%"
+        )
+    if before.get("weights") != after.get("weights"):
+        changes.append(f"weights {_shares(before.get('weights'))} -> {_shares(after.get('weights'))}")
+    b, a = (before.get("shadow") or {}), (after.get("shadow") or {})
+    if a != b:
+        changes.append(
+            "shadow " + " -> ".join(f"{s['version']} {s['percent']}%" if s else "off" for s in (b, a))
+        )
+    return "; ".join(changes)
+
+
+def _shares(weights: dict[str, int] | None) -> str:
+    return ", ".join(f"{v} {w}%" for v, w in (weights or {}).items()) or "none"
 
 
 @app.command()
@@ -142,13 +165,7 @@ def history(
     if json:
         print_json(events)
         return
-    print_table(
-        ["when", "route", "action", "by", "change", "why"],
-        [
-            [e["at"][:19].replace("T", " "), e["route"], e["action"], e["actor"], _change(e), e["reason"]]
-            for e in events
-        ],
-    )
+    _print_history(events)
 
 
 @app.command()
@@ -278,14 +295,15 @@ def shadow(
     percent: int = typer.Option(100, "--percent", help="Share of requests mirrored."),
     off: bool = typer.Option(False, "--off", help="Stop mirroring."),
     reason: str = ReasonOpt,
+    revision: int | None = RevisionOpt,
     gateway: GatewayOpt = None,
     token_file: TokenFileOpt = None,
     json: JsonOpt = False,
 ) -> None:
     """Mirror a share of the route's traffic to a version; clients get the primary answer only."""
-    if not off and version is None:
-        raise typer.BadParameter("name the shadow version, or pass --off", param_hint="VERSION")
-    body = {"version": None if off else version, "percent": percent, "reason": reason}
+    if off == (version is not None):
+        raise typer.BadParameter("name the shadow version, or pass --off (not both)", param_hint="VERSION")
+    body = {"version": version, "percent": percent, "reason": reason, "revision": revision}
     data = AdminClient(gateway, token_file).call("POST", f"/admin/routes/{route}/shadow", body)
     _done(data, json, f"route {route}: shadow " + ("off" if off else f"{version} on {percent}%"))
 
@@ -295,13 +313,16 @@ def pin(
     route: str = typer.Argument(...),
     version: str = typer.Argument(...),
     reason: str = ReasonOpt,
+    revision: int | None = RevisionOpt,
     gateway: GatewayOpt = None,
     token_file: TokenFileOpt = None,
     json: JsonOpt = False,
 ) -> None:
     """Keep a version live for requests that pin it (by model name or header), without a share of traffic."""
     data = AdminClient(gateway, token_file).call(
-        "POST", f"/admin/routes/{route}/pin", {"version": version, "reason": reason}
+        "POST",
+        f"/admin/routes/{route}/pin",
+        {"version": version, "reason": reason, "revision": revision},
     )
     _done(data, json, f"{version} is pinnable on {route}")
 
@@ -311,12 +332,15 @@ def retire(
     route: str = typer.Argument(...),
     version: str = typer.Argument(...),
     reason: str = ReasonOpt,
+    revision: int | None = RevisionOpt,
     gateway: GatewayOpt = None,
     token_file: TokenFileOpt = None,
     json: JsonOpt = False,
 ) -> None:
     """Take a retiring, pinned or weighted version off the route now; the engines unload it."""
     data = AdminClient(gateway, token_file).call(
-        "POST", f"/admin/routes/{route}/retire", {"version": version, "reason": reason}
+        "POST",
+        f"/admin/routes/{route}/retire",
+        {"version": version, "reason": reason, "revision": revision},
     )
     _done(data, json, f"{version} retired from {route}")
