@@ -70,6 +70,10 @@ def _route_view(route: Route | None) -> dict[str, Any]:
         view["canary"] = {"version": route.canary.version, "weight": route.canary.weight}
     if route.shadow:
         view["shadow"] = {"version": route.shadow.version, "percent": route.shadow.percent}
+    if route.pinned:
+        view["pinned"] = sorted(route.pinned)
+    if route.retiring:
+        view["retiring"] = {v: until.isoformat() for v, until in sorted(route.retiring.items())}
     return view
 
 
@@ -206,8 +210,11 @@ class Rollouts:
     def _validated(route: Route) -> Route:
         try:
             return Route.model_validate(route.model_dump())
-        except ValueError as exc:
-            raise BadRequestError(str(exc).split("\n", 2)[-1].strip()) from None
+        except ValidationError as exc:
+            raise BadRequestError(
+                describe_validation_error(exc, "route"),
+                param=".".join(str(p) for p in exc.errors()[0]["loc"]) or None,
+            ) from None
 
     def start_canary(
         self,

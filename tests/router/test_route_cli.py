@@ -196,6 +196,19 @@ def test_a_stale_revision_is_refused_and_changes_nothing(
     assert route["canary"] is None and route["shadow"] is None
 
 
+def test_an_invalid_change_names_the_field_in_one_line(
+    gateway: Callable[..., Any], versions: tuple[Registry, list[str]]
+) -> None:
+    _, (v1, v2) = versions
+    gw = gateway(f"routes:\n  banking:\n    stable: {v1}\n")
+    proc = lorafleet("route", "weights", "banking", "--weight", f"{v2}=150", "--gateway", gw.url)
+    assert_one_line_error(proc, "400", "route: weights")
+    assert "pydantic" not in proc.stderr and "input_value" not in proc.stderr
+    cli(gw, "route", "pin", "banking", v2)
+    pin = cli_json(gw, "route", "history", "banking")[-1]
+    assert pin["action"] == "pin" and pin["before"].get("pinned") is None and pin["after"]["pinned"] == [v2]
+
+
 def test_a_wrong_token_or_no_gateway_is_a_one_line_error(
     gateway: Callable[..., Any],
     fake_engines: Callable[..., Any],
