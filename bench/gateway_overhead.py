@@ -362,9 +362,10 @@ def cost_breakdown(work: Path) -> list[tuple[str, str, float]]:
             sse(strip_logprobs(c, None))
 
     loop = asyncio.new_event_loop()
+    settings = GatewaySettings()
     rows = [
         ("openai_api.read_json", "json.loads of the request", _time_us(lambda: json.loads(raw_request))),
-        ("gateway.complete", "validate_body", _time_us(lambda: validate_body(CHAT, body, GatewaySettings()))),
+        ("gateway.complete", "validate_body", _time_us(lambda: validate_body(CHAT, body, settings))),
         ("gateway.complete", "request id (uuid4)", _time_us(lambda: f"req-{uuid.uuid4().hex}")),
         (
             "gateway.complete",
