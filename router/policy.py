@@ -100,10 +100,18 @@ def _expand_step(raw: Any) -> Any:
 
 
 def default_steps(weights: list[int], duration_s: float = 60, min_requests: int = 20) -> list[Step]:
-    """set_weight, pause, analysis for each weight: the plan `route canary --steps 5,25,50` builds."""
+    """set_weight, pause, analysis for each weight: the plan `route canary --steps 5,25,50` builds.
+
+    `min_requests` is asked of the pause and of the analysis' gate alike, so that
+    `--min-requests` means one thing.
+    """
     steps: list[Step] = []
     for w in weights:
-        steps += [SetWeight(weight=w), Pause(duration_s=duration_s, min_requests=min_requests), Analysis()]
+        steps += [
+            SetWeight(weight=w),
+            Pause(duration_s=duration_s, min_requests=min_requests),
+            Analysis(gate=GateThresholds(min_requests=min_requests)),
+        ]
     return steps
 
 

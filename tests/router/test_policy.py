@@ -5,7 +5,7 @@ import datetime as dt
 import pytest
 
 from router.errors import RoutesFileError
-from router.policy import Analysis, Pause, RoutesFile, SetWeight
+from router.policy import Analysis, Pause, RoutesFile, SetWeight, default_steps
 from router.store import dump_routes, parse_routes
 
 V1, V2 = "banking-v1-20261124", "banking-v2-20261125"
@@ -58,6 +58,14 @@ def test_invalid_routes_name_the_field(text: str, field: str) -> None:
     with pytest.raises(RoutesFileError) as err:
         parse_routes(text, "routes.yaml")
     assert f"routes.yaml: {field}" in err.value.message
+
+
+def test_the_canary_shorthand_asks_min_requests_of_the_pause_and_the_gate_alike() -> None:
+    steps = default_steps([25, 50], duration_s=30, min_requests=7)
+    assert [type(s) for s in steps] == [SetWeight, Pause, Analysis] * 2
+    assert [s.weight for s in steps if isinstance(s, SetWeight)] == [25, 50]
+    assert all(s.min_requests == 7 and s.duration_s == 30 for s in steps if isinstance(s, Pause))
+    assert all(s.gate.min_requests == 7 for s in steps if isinstance(s, Analysis))
 
 
 def test_not_yaml_is_a_clear_error() -> None:
