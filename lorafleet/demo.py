@@ -1,6 +1,6 @@
 """`make demo`: the whole loop on the embedded base model and the BANKING77 demo data.
 
-    1. prepare the base model; check, audit and split the data; train two versions (v1: one epoch,
+    1. prepare the base model; check, audit and split the data; train two versions (v1: half an epoch,
        v2: the full preset); evaluate base vs v1 vs v2 on the held-out test split; register both
     2. start a vLLM engine, the gateway and Prometheus
     3. send traffic through the `openai` SDK with a 90/10 split, and score each version's answers
@@ -46,6 +46,8 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data" / "banking77"
 TOKEN = "demo-admin-token"
 CANARY_TIMEOUT_S = 600
+# Drift windows of the demo's gateway; the shifted traffic fills one.
+DRIFT_WINDOW = 120
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
@@ -217,8 +219,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--out", type=Path, default=ROOT / "out" / "demo", help="Where everything goes (wiped first)."
     )
-    parser.add_argument("--requests", type=int, default=300, help="Requests in the 90/10 split.")
-    parser.add_argument("--v1-epochs", type=float, default=1.0, help="Epochs of version 1.")
+    parser.add_argument("--requests", type=int, default=200, help="Requests in the 90/10 split.")
+    parser.add_argument("--v1-epochs", type=float, default=0.5, help="Epochs of version 1.")
     parser.add_argument("--skip-training", action="store_true", help="Reuse the versions already in --out.")
     parser.add_argument(
         "--keep-running",
@@ -332,8 +334,8 @@ def serve_and_roll_out(
     )
     gw_env = {
         "LORAFLEET_ROUTER_ADMIN_TOKEN": TOKEN,
-        "LORAFLEET_ROUTER_DRIFT_WINDOW": "200",
-        "LORAFLEET_ROUTER_DRIFT_MIN_SAMPLES": "150",
+        "LORAFLEET_ROUTER_DRIFT_WINDOW": str(DRIFT_WINDOW),
+        "LORAFLEET_ROUTER_DRIFT_MIN_SAMPLES": str(DRIFT_WINDOW * 5 // 6),
         "LORAFLEET_ROUTER_CONTROLLER_INTERVAL_S": "1",
         "LORAFLEET_ROUTER_PROMETHEUS_URL": prom_url,
     }
@@ -378,13 +380,13 @@ def serve_and_roll_out(
     results = send_traffic(client, "banking", test, users)
     say(format_table(["version", "requests", "accuracy"], per_version(results, labels)))
 
-    header(f"4. canary {v2}: steps 10% -> 50% -> promote, each gated on real signals")
+    header(f"4. canary {v2}: steps 25% -> 50% -> promote, each gated on real signals")
     gw.post("/admin/routes/banking/weights", {"weights": {}, "reason": "make room for the canary"})
     gw.post(
         "/admin/routes/banking/canary",
         {
             "version": v2,
-            "weights": [10, 50],
+            "weights": [25, 50],
             "step_duration_s": 10,
             "min_requests": 10,
             "reason": "demo canary",
@@ -430,7 +432,7 @@ def serve_and_roll_out(
     header("5. shifted traffic: intents the adapters never saw")
     shifted = [
         ([*test[0][0][:-1], {"role": "user", "content": text}], label)
-        for text, label in read_csv(DATA / "shifted.csv")
+        for text, label in read_csv(DATA / "shifted.csv")[:DRIFT_WINDOW]
     ]
     send_traffic(client, "banking", shifted, [f"shifted-{i}" for i in range(len(shifted))])
     time.sleep(3)
