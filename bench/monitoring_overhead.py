@@ -252,7 +252,9 @@ def memory(
             f"RSS after {last:,} / after {mid:,}: {f(rss[last] / rss[mid], 3)} (growth in the second half of the run)"
         )
     out("The answer log grows on disk by design: one row per answered request, kept for the retention")
-    out("(30 days by default, pruned when the store opens and hourly while the gateway runs), whatever the traffic.")
+    out(
+        "(30 days by default, pruned when the store opens and hourly while the gateway runs), whatever the traffic."
+    )
 
 
 def main() -> None:
