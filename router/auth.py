@@ -102,8 +102,7 @@ def require_admin(request: Request) -> None:
     secret: str | None = getattr(request.app.state, "admin_token", None)
     if not secret:
         raise AuthenticationError("the admin API is disabled: start the gateway with an admin token")
-    header = request.headers.get("authorization", "").encode("latin-1")
-    if not _matches(_bearer([(b"authorization", header)]), [secret.encode()]):
+    if not _matches(_bearer(request.scope["headers"]), [secret.encode()]):
         raise AuthenticationError("the admin API needs 'Authorization: Bearer <admin token>'")
 
 

@@ -471,13 +471,11 @@ class Gateway:
             return UpstreamTimeoutError(message)
         return UpstreamError(message)
 
-    def _headers(self, target: Target, attempt: _Attempt, request_id: str) -> dict[str, str]:
+    def _headers(self, route: str, version: str, arm: Arm, request_id: str) -> dict[str, str]:
         return {
-            ROUTE_HEADER: target.route,
-            VERSION_HEADER: attempt.version
-            if attempt.version != BASE_FALLBACK
-            else str(self._upstream_model(BASE_FALLBACK)),
-            ARM_HEADER: attempt.arm.value,
+            ROUTE_HEADER: route,
+            VERSION_HEADER: version if version != BASE_FALLBACK else str(self._upstream_model(BASE_FALLBACK)),
+            ARM_HEADER: arm.value,
             REQUEST_ID_HEADER: request_id,
         }
 
@@ -512,14 +510,9 @@ class Gateway:
             self.observer.record(
                 Outcome(target.route, target.version, target.arm, exc.status, time.perf_counter() - start)
             )
-            exc.headers = {
-                ROUTE_HEADER: target.route,
-                VERSION_HEADER: target.version,
-                ARM_HEADER: target.arm.value,
-                REQUEST_ID_HEADER: request_id,
-            }
+            exc.headers = self._headers(target.route, target.version, target.arm, request_id)
             raise
-        out_headers = self._headers(target, attempt, request_id)
+        out_headers = self._headers(target.route, attempt.version, attempt.arm, request_id)
         text = input_text(endpoint, body)
         if attempt.response.status_code != 200:
             return await self._pass_error(attempt, target, out_headers, start)

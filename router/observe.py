@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import KeysView
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,8 +62,7 @@ class Observer:
         self.drift_window = drift_window
         self.drift_min_samples = min(drift_min_samples, drift_window)
         self.accuracy_window = accuracy_window
-        self.known: set[tuple[str, str]] = set()
-        self._states: dict[tuple[str, str], str] = {}
+        self._states: dict[tuple[str, str], str] = {}  # the live (route, version) pairs -> state
         self._references: dict[str, ReferenceStats | None] = {}
         self._windows: dict[tuple[str, str], DriftWindow] = {}
         self._answers: dict[tuple[str, str], list[int]] = {}  # (answers, answers naming no label)
@@ -75,16 +75,20 @@ class Observer:
         increase() cannot see the first increment of a series it never saw at zero, so a canary
         whose first requests all fall between two scrapes would otherwise count as idle.
         """
-        new = [key for key in live if key not in self.known]
+        new = [key for key in live if key not in self._states]
         for route, version in new:
             self._prime(route, version, live[(route, version)])
-        for route, version in self.known - set(live):
+        for route, version in self._states.keys() - live.keys():
             self._forget(route, version)
-        self.known = set(live)
         self._publish_states(live)
         if self.feedback_store is not None:
             # At start-up the gauges are empty but the verdicts are on disk.
             restore_live_accuracy(self.feedback_store, self.metrics, new, self.accuracy_window)
+
+    @property
+    def known(self) -> KeysView[tuple[str, str]]:
+        """The live (route, version) pairs: the only label values exported as themselves."""
+        return self._states.keys()
 
     def _publish_states(self, live: dict[tuple[str, str], str]) -> None:
         """`lorafleet_version_info{route, version, state}` = 1 for each live pair, and only its current state."""
