@@ -153,6 +153,7 @@ def train(
 ) -> None:
     """Train a LoRA adapter (loss on the answers only) and save it as a PEFT folder vLLM loads."""
     from training.config import load_config
+    from training.outputs import check_output_dir
     from training.train import train as run_training
 
     cfg = load_config(
@@ -173,6 +174,7 @@ def train(
             threads=threads,
         ),
     )
+    check_output_dir(out, "--out")
     info(f"train: {train_file} -> {out} ({_describe(cfg)})")
     result = run_training(cfg, train_file, val_file, out, progress=not quiet, force=force)
     h = result.history
