@@ -164,7 +164,8 @@ def test_prometheus_signals_sum_every_replica(
     # Counts: summed over both replicas, never below what happened, at most one interval's
     # extrapolation above it.
     assert 50 <= canary.requests <= 50 * 1.2
-    assert 4 <= canary.errors <= 4 * 1.2  # bad_request left out
+    # Counts are rounded: 4 errors with up to 20% extrapolation may read 5 (seen once).
+    assert 4 <= canary.errors <= round(4 * 1.2)  # bad_request left out
     assert 150 <= every[(ROUTE, STABLE)].requests <= 150 * 1.2
     assert 30 <= canary.feedback_correct <= 30 * 1.2
     assert 35 <= canary.feedback_total <= 35 * 1.2
