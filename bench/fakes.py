@@ -9,8 +9,10 @@
                          one aiohttp client session, uvloop): bytes in, bytes out, no parsing. It is
                          the practical limit of a Python proxy on one core, the yardstick for the
                          gateway's overhead.
-    FastAPIPassThroughProxy  the same minimal pass-through on the gateway's own stack (uvicorn +
-                         FastAPI + httpx over httpx-aiohttp): what the stack alone costs.
+    AsgiPassThroughProxy the same minimal pass-through on the gateway's own stack (uvicorn, a plain
+                         ASGI callable, one aiohttp client session): what the stack alone costs.
+    FastAPIPassThroughProxy  the same minimal pass-through on uvicorn + FastAPI + httpx over
+                         httpx-aiohttp: what the stack the design first named would cost.
     LoadGenerator        a small HTTP/1.1 client on raw asyncio streams (cheaper per request than
                          aiohttp's), driven over stdin/stdout from the benchmark in its own process.
     Server, LoadGenClient, register_versions, start_gateway, machine_header, summary
@@ -454,11 +456,71 @@ class PassThroughProxy:
         await self.session.close()
 
 
-class FastAPIPassThroughProxy:
+class AsgiPassThroughProxy:
     """A MINIMAL PASS-THROUGH PROXY on the gateway's own stack, for the benchmarks: uvicorn (uvloop,
-    httptools) + FastAPI + one httpx.AsyncClient over the httpx-aiohttp transport, and nothing else.
+    httptools) serving a plain ASGI callable that forwards through one aiohttp client session, the
+    way the gateway's completion endpoints do (router/openai_api.py CompletionsFastPath).
 
     It separates what the stack costs from what lorafleet's request path adds on top of it.
+    """
+
+    def __init__(self, upstream: str, max_connections: int = 512) -> None:
+        self.upstream = upstream.rstrip("/")
+        self.max_connections = max_connections
+        self.session: Any = None
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        import aiohttp
+
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    self.session = aiohttp.ClientSession(
+                        connector=aiohttp.TCPConnector(
+                            limit=self.max_connections, limit_per_host=self.max_connections
+                        ),
+                        timeout=aiohttp.ClientTimeout(total=None, sock_read=120),
+                        auto_decompress=False,
+                    )
+                    await send({"type": "lifespan.startup.complete"})
+                else:
+                    await self.session.close()
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        body = b""
+        more = True
+        while more:
+            message = await receive()
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+        headers = {"Content-Type": "application/json"}
+        async with self.session.request(
+            scope["method"], self.upstream + scope["path"], data=body, headers=headers
+        ) as resp:
+            content_type = resp.headers.get("Content-Type", "application/json").encode()
+            if content_type.startswith(b"text/event-stream"):
+                start = [(b"content-type", content_type), (b"cache-control", b"no-cache")]
+                await send({"type": "http.response.start", "status": resp.status, "headers": start})
+                async for chunk in resp.content.iter_any():
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                await send({"type": "http.response.body", "body": b""})
+                return
+            data = await resp.read()
+            start = [(b"content-type", content_type), (b"content-length", str(len(data)).encode())]
+            await send({"type": "http.response.start", "status": resp.status, "headers": start})
+            await send({"type": "http.response.body", "body": data})
+
+    def serve(self, host: str, port: int) -> None:
+        import uvicorn
+
+        uvicorn.run(self, host=host, port=port, log_level="warning", access_log=False)
+
+
+class FastAPIPassThroughProxy:
+    """A MINIMAL PASS-THROUGH PROXY on uvicorn (uvloop, httptools) + FastAPI + one httpx.AsyncClient
+    over the httpx-aiohttp transport, and nothing else, for the benchmarks: the stack the gateway's
+    design first named, measured beside the one it uses.
     """
 
     def __init__(self, upstream: str, max_connections: int = 512) -> None:
@@ -811,6 +873,15 @@ def start_proxy(core: int | None, upstream: str, log: Path) -> tuple[Server, str
     return server, url
 
 
+def start_asgi_proxy(core: int | None, upstream: str, log: Path) -> tuple[Server, str]:
+    port = free_port()
+    argv = [sys.executable, str(Path(__file__)), "asgi-proxy", "--port", str(port), "--upstream", upstream]
+    server = Server("ASGI pass-through proxy", argv, core, log=log)
+    url = f"http://127.0.0.1:{port}"
+    server.wait_http(url + "/health")
+    return server, url
+
+
 def start_fastapi_proxy(core: int | None, upstream: str, log: Path) -> tuple[Server, str]:
     port = free_port()
     argv = [sys.executable, str(Path(__file__)), "fastapi-proxy", "--port", str(port), "--upstream", upstream]
@@ -1153,6 +1224,10 @@ def main() -> None:
     px.add_argument("--host", default="127.0.0.1")
     px.add_argument("--port", type=int, default=8200)
     px.add_argument("--upstream", default="http://127.0.0.1:8100")
+    ax = sub.add_parser("asgi-proxy", help="the minimal pass-through proxy on uvicorn + plain ASGI + aiohttp")
+    ax.add_argument("--host", default="127.0.0.1")
+    ax.add_argument("--port", type=int, default=8250)
+    ax.add_argument("--upstream", default="http://127.0.0.1:8100")
     fx = sub.add_parser("fastapi-proxy", help="the minimal pass-through proxy on uvicorn + FastAPI + httpx")
     fx.add_argument("--host", default="127.0.0.1")
     fx.add_argument("--port", type=int, default=8300)
@@ -1164,6 +1239,8 @@ def main() -> None:
         _run_loop(serve_upstream(args.host, args.port, config))
     elif args.part == "proxy":
         _run_loop(PassThroughProxy(args.upstream).serve(args.host, args.port))
+    elif args.part == "asgi-proxy":
+        AsgiPassThroughProxy(args.upstream).serve(args.host, args.port)
     elif args.part == "fastapi-proxy":
         FastAPIPassThroughProxy(args.upstream).serve(args.host, args.port)
     else:

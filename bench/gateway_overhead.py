@@ -8,15 +8,17 @@ at concurrency 1 and 64, JSON and SSE streaming, each system under test pinned a
 
     direct        the load generator straight to the fake upstream (FakeOpenAIUpstream, bench/fakes.py)
     proxy         the minimal pass-through proxy (PassThroughProxy): the practical limit of Python here
+    proxy-asgi    the same pass-through on the gateway's stack: uvicorn + plain ASGI + aiohttp client
+    proxy-fastapi the same pass-through on uvicorn + FastAPI + httpx (over httpx-aiohttp): the stack
+                  the design first named, which the gateway's completion endpoints no longer use
     gateway       `lorafleet gateway`: a route with a 90/10 weighted split, monitoring on (entropy top-5
-                  logprobs, drift windows, answer log, metrics), the default aiohttp transport
-    gateway-httpx the same gateway with LORAFLEET_ROUTER_TRANSPORT=httpx (httpx's own connection pool)
+                  logprobs, drift windows, answer log, metrics)
     vllm-router   the Rust router from PyPI (own venv under bench/), round_robin over the one worker
 
 Reported per cell: p50/p99 latency, p50/p99 time to first token (streams), requests/s, and the
 CPU time the system under test spent per request (psutil; robust against other load on the core).
 Then the ratios: added p50 latency and added TTFT at concurrency 1 (target < 1 ms), requests/s of
-the gateway over the proxy at concurrency 64 (target >= 0.8), httpx over aiohttp.
+the gateway over the proxy at concurrency 64 (target >= 0.8), and what each stack costs alone.
 """
 
 from __future__ import annotations
@@ -143,22 +145,18 @@ def run_fake(args: argparse.Namespace, out: fakes.Tee) -> None:
         proxy, proxy_url = fakes.start_proxy(layout.sut, up_url, work / "proxy.log")
         servers.append(proxy)
         targets.append(Target("proxy", proxy_url, names[0], proxy))
+        aproxy, aproxy_url = fakes.start_asgi_proxy(layout.sut, up_url, work / "proxy-asgi.log")
+        servers.append(aproxy)
+        targets.append(Target("proxy-asgi", aproxy_url, names[0], aproxy))
         fproxy, fproxy_url = fakes.start_fastapi_proxy(layout.sut, up_url, work / "proxy-fastapi.log")
         servers.append(fproxy)
         targets.append(Target("proxy-fastapi", fproxy_url, names[0], fproxy))
         routes = fakes.routes_yaml(names[0], weighted=names[1])
-        for name, transport in (("gateway", "aiohttp"), ("gateway-httpx", "httpx")):
-            gw, gw_url = fakes.start_gateway(
-                layout.sut,
-                work / name,
-                work / "registry",
-                up_url,
-                routes,
-                work / f"{name}.log",
-                env={"LORAFLEET_ROUTER_TRANSPORT": transport},
-            )
-            servers.append(gw)
-            targets.append(Target(name, gw_url, "bench", gw))
+        gw, gw_url = fakes.start_gateway(
+            layout.sut, work / "gateway", work / "registry", up_url, routes, work / "gateway.log"
+        )
+        servers.append(gw)
+        targets.append(Target("gateway", gw_url, "bench", gw))
         if args.vllm_router:
             exe = fakes.ensure_vllm_router()
             if exe is not None:
@@ -243,9 +241,9 @@ def report(
     out(f"throughput at concurrency {args.concurrency} (per-round ratios: median [min-max]):")
     pairs = [
         ("gateway", "proxy", "target >= 0.8"),
-        ("proxy-fastapi", "proxy", "the gateway's stack alone, no lorafleet logic"),
-        ("gateway", "proxy-fastapi", "what lorafleet's request path adds to its stack"),
-        ("gateway-httpx", "gateway", "httpx transport over aiohttp"),
+        ("proxy-asgi", "proxy", "the gateway's stack alone, no lorafleet logic"),
+        ("gateway", "proxy-asgi", "what lorafleet's request path adds to its stack"),
+        ("proxy-fastapi", "proxy-asgi", "FastAPI + httpx against plain ASGI + aiohttp"),
     ]
     if "vllm-router" in by_name:
         pairs.append(("vllm-router", "proxy", "the Rust peer over the Python proxy"))
@@ -281,12 +279,10 @@ def cost_breakdown(work: Path) -> list[tuple[str, str, float]]:
     These are the functions router/gateway.py calls on every request, with the fake upstream's
     bodies; framework (uvicorn, Starlette, FastAPI) and socket costs are not in it.
     """
-    import json
     import uuid
 
-    import httpx
+    import orjson
     from prometheus_client import CollectorRegistry
-    from starlette.responses import JSONResponse
 
     from lorafleet.registry import Registry
     from monitor.entropy import EntropyAccumulator, response_entropy, strip_logprobs, with_logprobs
@@ -294,37 +290,20 @@ def cost_breakdown(work: Path) -> list[tuple[str, str, float]]:
     from monitor.metrics import Arm, build_metrics
     from router.gateway import CHAT, validate_body
     from router.observe import Observer, Outcome
+    from router.responses import FastJSONResponse
     from router.settings import GatewaySettings
-    from router.upstream import sse, sse_events
+    from router.upstream import forward_timeout, sse, sse_events
 
     names = fakes.register_versions(work / "registry")
     upstream = fakes.FakeOpenAIUpstream()
     raw_request = fakes.chat_body("bench", False, user="user-1").encode()
-    body = json.loads(raw_request)
+    body = orjson.loads(raw_request)
     upstream_body, _ = with_logprobs(body, chat=True, top_k=5)
     raw_answer = upstream.completion_body(names[0], 0, 5)
-    answer = json.loads(raw_answer)
+    answer = orjson.loads(raw_answer)
     events = [e for e in upstream.stream_events(names[0], 0, 5, True) if b"[DONE]" not in e]
     stream_bytes = b"".join(events)
-    chunks = [json.loads(e[6:]) for e in events]
-    http = httpx.AsyncClient(timeout=httpx.Timeout(5.0))
-    url = "http://127.0.0.1:8100/v1/chat/completions"
-
-    def build() -> httpx.Request:
-        timeout = httpx.Timeout(connect=2, read=120, write=10, pool=5)
-        payload = json.dumps({**upstream_body, "model": names[0]}, separators=(",", ":")).encode()
-        return http.build_request(
-            "POST",
-            url,
-            content=payload,
-            headers={"content-type": "application/json", "x-request-id": "r"},
-            timeout=timeout,
-        )
-
-    request = build()
-    response = httpx.Response(
-        200, headers={"content-type": "application/json"}, content=raw_answer, request=request
-    )
+    chunks = [orjson.loads(e[6:]) for e in events]
     metrics = build_metrics(CollectorRegistry())
     feedback = FeedbackStore(work / "feedback.sqlite3")
     observer = Observer(metrics, Registry(work / "registry"), feedback)
@@ -364,7 +343,7 @@ def cost_breakdown(work: Path) -> list[tuple[str, str, float]]:
     loop = asyncio.new_event_loop()
     settings = GatewaySettings()
     rows = [
-        ("openai_api.read_json", "json.loads of the request", _time_us(lambda: json.loads(raw_request))),
+        ("openai_api.read_json", "orjson.loads of the request", _time_us(lambda: orjson.loads(raw_request))),
         ("gateway.complete", "validate_body", _time_us(lambda: validate_body(CHAT, body, settings))),
         ("gateway.complete", "request id (uuid4)", _time_us(lambda: f"req-{uuid.uuid4().hex}")),
         (
@@ -372,25 +351,29 @@ def cost_breakdown(work: Path) -> list[tuple[str, str, float]]:
             "with_logprobs (monitoring)",
             _time_us(lambda: with_logprobs(body, chat=True, top_k=5)),
         ),
-        ("gateway._send", "httpx.Timeout + json.dumps + build_request", _time_us(build)),
         (
-            "httpx client.send",
-            "Cookies.extract_cookies (httpx, per response)",
-            _time_us(lambda: http.cookies.extract_cookies(response)),
+            "gateway._send",
+            "orjson.dumps of the forwarded body",
+            _time_us(lambda: orjson.dumps({**upstream_body, "model": names[0]})),
+        ),
+        (
+            "gateway._send",
+            "a deadline-capped aiohttp.ClientTimeout",
+            _time_us(lambda: forward_timeout(settings, 100.0)),
         ),
         (
             "gateway.complete",
-            "json.loads of the answer (top-5 logprobs)",
-            _time_us(lambda: json.loads(raw_answer)),
+            "orjson.loads of the answer (top-5 logprobs)",
+            _time_us(lambda: orjson.loads(raw_answer)),
         ),
         ("gateway.complete", "response_entropy (monitoring)", _time_us(lambda: response_entropy(answer))),
         ("gateway.complete", "Observer.record (monitoring)", _time_us(record)),
         ("gateway.complete", "strip_logprobs (monitoring)", _time_us(lambda: strip_logprobs(answer, None))),
         (
             "gateway.complete",
-            "JSONResponse (json.dumps)",
+            "FastJSONResponse (orjson)",
             _time_us(
-                lambda: JSONResponse(strip_logprobs(answer, None), headers={"x-lorafleet-route": "bench"})
+                lambda: FastJSONResponse(strip_logprobs(answer, None), headers={"x-lorafleet-route": "bench"})
             ),
         ),
         (
@@ -400,8 +383,8 @@ def cost_breakdown(work: Path) -> list[tuple[str, str, float]]:
         ),
         (
             "gateway._relay",
-            "per stream: json.loads + entropy + strip + sse() of every event",
-            _time_us(lambda: [json.loads(e[6:]) for e in events] and relay_chunks(), 500),
+            "per stream: orjson.loads + entropy + strip + sse() of every event",
+            _time_us(lambda: [orjson.loads(e[6:]) for e in events] and relay_chunks(), 500),
         ),
     ]
     loop.close()

@@ -1,12 +1,12 @@
 """The gateway application: `create_app(settings)` builds everything and the lifespan runs it.
 
-    lifespan:  one httpx client (the shared pool) -> Fleet (engines) -> Gateway (routes, forwarding)
+    lifespan:  one aiohttp session (the shared pool; the Fleet's httpx client runs over it)
+               -> Fleet (engines) -> Gateway (routes, forwarding)
                -> Observer (metrics, drift, feedback) -> Rollouts (+ Controller when this process
                is the one writer)
     background tasks: routes-file reload, adapter reconcile, drift publishing, the controller
 
-Pass `transport` to talk to engines through any httpx transport (tests inject faults that way),
-`clock` to move time in tests (retention), `metrics_registry` for a fresh Prometheus registry.
+Pass `clock` to move time in tests (retention), `metrics_registry` for a fresh Prometheus registry.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
-import httpx
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
@@ -36,12 +35,14 @@ from monitor.signals import LocalSignals
 from router import admin, openai_api
 from router.auth import AuthMiddleware
 from router.errors import RouterError
-from router.gateway import REQUEST_ID_HEADER, Gateway, error_response, openai_error
+from router.gateway import REQUEST_ID_HEADER, Gateway
 from router.observe import Observer
+from router.openai_api import CompletionsFastPath
+from router.responses import error_response, openai_error
 from router.rollout import Controller, LeaderLock, LocalGateSource, PrometheusGateSource, Rollouts, utcnow
 from router.settings import ControllerMode, GatewaySettings
 from router.store import FileStore, RouteStore, check_routes
-from router.upstream import build_client
+from router.upstream import build_client, build_session
 from serve.fleet import Fleet
 
 log = logging.getLogger("lorafleet.router")
@@ -99,7 +100,6 @@ class RequestIdMiddleware:
 
 def create_app(
     settings: GatewaySettings,
-    transport: httpx.AsyncBaseTransport | None = None,
     *,
     store: RouteStore | None = None,
     clock: Callable[[], dt.datetime] = utcnow,
@@ -113,7 +113,8 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        http = build_client(settings, transport)
+        session = build_session(settings)
+        http = build_client(settings, session)
         feedback = FeedbackStore(settings.resolved_state_dir / "feedback.sqlite3")
         fleet = Fleet(
             settings.engines,
@@ -132,7 +133,7 @@ def create_app(
             drift_min_samples=settings.drift_min_samples,
             accuracy_window=settings.accuracy_window,
         )
-        gateway = Gateway(settings, route_store, registry, fleet, http, observer, clock=clock)
+        gateway = Gateway(settings, route_store, registry, fleet, session, observer, clock=clock)
         check_routes(route_store)  # an invalid routes file stops the start-up, naming the field
         gateway.reload(force=True)
         rollouts = Rollouts(route_store, registry, metrics, clock=clock, on_change=gateway.apply)
@@ -186,6 +187,7 @@ def create_app(
             await gateway.drain()
             leader.release()
             await http.aclose()
+            await session.close()
             feedback.close()
 
     # No /openapi.json or /docs: they would describe the admin API to anyone, without a token.
@@ -198,6 +200,7 @@ def create_app(
         openapi_url=None,
     )
     app.state.admin_token = settings.admin_secret()
+    app.add_middleware(CompletionsFastPath)  # the innermost: auth and the request id apply to it
     app.add_middleware(
         AuthMiddleware,
         admin_token=app.state.admin_token,

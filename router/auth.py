@@ -42,6 +42,11 @@ def _without_root(path: str, root_path: str) -> str:
     return path
 
 
+def route_path(scope: Scope) -> str:
+    """The path the app routes a request on: its path without the ASGI root_path."""
+    return _without_root(scope["path"], scope.get("root_path", ""))
+
+
 def _candidate_paths(scope: Scope) -> set[str]:
     """Every canonical spelling under which the request's path might be routed."""
     root = scope.get("root_path", "")
@@ -87,11 +92,7 @@ class AuthMiddleware:
             if not _matches(token, self.admin):
                 await _deny(send, "the admin API needs 'Authorization: Bearer <admin token>'")
                 return
-        elif (
-            self.api_keys
-            and _without_root(scope["path"], scope.get("root_path", "")) not in OPEN_PATHS
-            and not _matches(token, self.api_keys)
-        ):
+        elif self.api_keys and route_path(scope) not in OPEN_PATHS and not _matches(token, self.api_keys):
             await _deny(send, "Incorrect or missing API key: send 'Authorization: Bearer <key>'")
             return
         await self.app(scope, receive, send)

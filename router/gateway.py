@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
+import aiohttp
 import orjson
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import Response
 
 from lorafleet.registry import Registry
 from lorafleet.textstats import match_label, normalise_answer
@@ -33,17 +33,25 @@ from monitor.metrics import Arm, ErrorReason
 from router.errors import (
     BadRequestError,
     ModelNotFoundError,
-    RouterError,
     RoutesFileError,
     UpstreamError,
     UpstreamTimeoutError,
 )
 from router.observe import Observer, Outcome
 from router.policy import BASE_FALLBACK, RoutesFile
+from router.responses import EventStream, FastJSONResponse
 from router.selector import choose, mirror
 from router.settings import GatewaySettings
 from router.store import RouteStore
-from router.upstream import EngineFailure, classify, error_message, sse, sse_events
+from router.upstream import (
+    UPSTREAM_ERRORS,
+    EngineFailure,
+    classify,
+    error_message,
+    forward_timeout,
+    sse,
+    sse_events,
+)
 from serve.fleet import EngineState, Fleet
 
 log = logging.getLogger("lorafleet.router")
@@ -74,7 +82,7 @@ class _Attempt:
     version: str
     arm: Arm
     engine: EngineState
-    response: httpx.Response
+    response: aiohttp.ClientResponse
     started: float = field(default_factory=time.perf_counter)
 
 
@@ -164,13 +172,6 @@ def validate_body(endpoint: str, body: Any, settings: GatewaySettings) -> dict[s
     return checked
 
 
-class FastJSONResponse(JSONResponse):
-    """A JSON response serialised by orjson (several times faster than json on large answers)."""
-
-    def render(self, content: Any) -> bytes:
-        return orjson.dumps(content)
-
-
 class Gateway:
     """Routing state and the forwarding of one request."""
 
@@ -180,7 +181,7 @@ class Gateway:
         store: RouteStore,
         registry: Registry,
         fleet: Fleet,
-        http: httpx.AsyncClient,
+        http: aiohttp.ClientSession,
         observer: Observer,
         rng: random.Random | None = None,
         clock: Callable[[], dt.datetime] | None = None,
@@ -199,8 +200,7 @@ class Gateway:
         self._fingerprint: str | None = None
         self.reload_error: str | None = None
         self.shadow_slots = asyncio.Semaphore(settings.shadow_max_concurrency)
-        t = settings.timeouts
-        self._timeout = httpx.Timeout(connect=t.connect_s, read=t.read_s, write=t.write_s, pool=t.pool_s)
+        self._timeout = forward_timeout(settings)
         self._background: set[asyncio.Task[None]] = set()
 
     # --- routes -------------------------------------------------------------------------
@@ -377,37 +377,34 @@ class Gateway:
             raise EngineFailure(engine.url, "timeout", "the request's deadline passed")
         t = self.settings.timeouts
         timeout = self._timeout
-        if remaining < max(t.connect_s, t.read_s, t.pool_s):
-            timeout = httpx.Timeout(
-                connect=min(t.connect_s, remaining),
-                read=min(t.read_s, remaining),
-                write=t.write_s,
-                pool=min(t.pool_s, remaining),
-            )
+        if remaining < max(t.pool_s + t.connect_s, t.read_s):
+            timeout = forward_timeout(self.settings, remaining)
         payload = orjson.dumps({**body, "model": upstream_model})
-        request = self.http.build_request(
-            "POST",
-            f"{engine.url}/v1/{endpoint}",
-            content=payload,
-            headers={"content-type": "application/json", REQUEST_ID_HEADER: request_id},
-            timeout=timeout,
-        )
         engine.in_flight += 1
         started = time.perf_counter()
         try:
-            response = await self.http.send(request, stream=True)
-        except httpx.HTTPError as exc:
+            response = await self.http.post(
+                f"{engine.url}/v1/{endpoint}",
+                data=payload,
+                headers={"Content-Type": "application/json", REQUEST_ID_HEADER: request_id},
+                timeout=timeout,
+            )
+        except UPSTREAM_ERRORS as exc:
             engine.in_flight -= 1
             failure = classify(exc, engine.url)
             if failure.reason == "connect":
                 self.fleet.mark_failed(engine.url, failure.detail)
             raise failure from exc
-        if response.status_code >= 500 or response.status_code == 404:
-            detail = error_message(await response.aread())
-            await response.aclose()
-            engine.in_flight -= 1
-            reason = "not_loaded" if response.status_code == 404 else "status_5xx"
-            raise EngineFailure(engine.url, reason, detail, response.status_code)
+        if response.status >= 500 or response.status == 404:
+            try:
+                detail = error_message(await response.read())
+            except UPSTREAM_ERRORS as exc:
+                detail = f"{type(exc).__name__}: {exc}"
+            finally:
+                response.release()
+                engine.in_flight -= 1
+            reason = "not_loaded" if response.status == 404 else "status_5xx"
+            raise EngineFailure(engine.url, reason, detail, response.status)
         return _Attempt(version, arm, engine, response, started)
 
     async def _send_to_any(
@@ -514,24 +511,23 @@ class Gateway:
             raise
         out_headers = self._headers(target.route, attempt.version, attempt.arm, request_id)
         text = input_text(endpoint, body)
-        if attempt.response.status_code != 200:
+        if attempt.response.status != 200:
             return await self._pass_error(attempt, target, out_headers, start)
         if stream:
-            return StreamingResponse(
+            return EventStream(
                 self._relay(
                     attempt, target, text, upstream, endpoint, start, asked_logprobs, keep_top, asked_usage
                 ),
-                media_type="text/event-stream",
-                headers={**out_headers, "cache-control": "no-cache"},
+                out_headers,
             )
         try:
-            data = orjson.loads(await attempt.response.aread())
-        except (httpx.HTTPError, ValueError) as exc:
+            data = orjson.loads(await attempt.response.read())
+        except (*UPSTREAM_ERRORS, ValueError) as exc:
             self._count_failure(target, EngineFailure(attempt.engine.url, "status_5xx", str(exc)))
             raise UpstreamError(f"engine {attempt.engine.url} sent an unreadable answer: {exc}") from None
         finally:
             attempt.engine.in_flight -= 1
-            await attempt.response.aclose()
+            attempt.response.release()
         entropy = response_entropy(data)
         answer = _answer_text(data, chat)
         usage = data.get("usage") or {}
@@ -560,11 +556,13 @@ class Gateway:
     ) -> Response:
         """A 4xx from the engine is the client's: pass it on in OpenAI's shape."""
         try:
-            raw = await attempt.response.aread()
+            raw = await attempt.response.read()
+        except UPSTREAM_ERRORS as exc:
+            raw = f"the engine's error answer broke: {type(exc).__name__}: {exc}".encode()
         finally:
             attempt.engine.in_flight -= 1
-            await attempt.response.aclose()
-        status = attempt.response.status_code
+            attempt.response.release()
+        status = attempt.response.status
         self.observer.record(
             Outcome(
                 target.route,
@@ -591,7 +589,7 @@ class Gateway:
         err.setdefault("type", "invalid_request_error")
         err.setdefault("param", None)
         err["code"] = err.get("code") if isinstance(err.get("code"), str) else None
-        return JSONResponse({"error": err}, status_code=status, headers=headers)
+        return FastJSONResponse({"error": err}, status_code=status, headers=headers)
 
     async def _relay(
         self,
@@ -616,7 +614,7 @@ class Gateway:
         status = 200
         rewrite = not asked_logprobs or keep_top is not None
         try:
-            async for payload in sse_events(attempt.response.aiter_raw()):
+            async for payload in sse_events(attempt.response.content.iter_any()):
                 if payload == b"[DONE]":
                     yield b"data: [DONE]\n\n"
                     continue
@@ -643,7 +641,7 @@ class Gateway:
                         yield sse(chunk)
                         continue
                 yield b"data: " + payload + b"\n\n"
-        except httpx.HTTPError as exc:
+        except UPSTREAM_ERRORS as exc:
             error, status = ErrorReason.STREAM_ABORTED, 502
             log.warning("stream from %s broke: %s", attempt.engine.url, exc)
             yield sse(
@@ -657,12 +655,12 @@ class Gateway:
                 }
             )
             yield b"data: [DONE]\n\n"
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, GeneratorExit):
             error, status = ErrorReason.CLIENT_CANCELLED, 499
             raise
         finally:
             attempt.engine.in_flight -= 1
-            await attempt.response.aclose()
+            attempt.response.release()
             answer = "".join(parts)
             self.observer.record(
                 Outcome(
@@ -716,14 +714,14 @@ class Gateway:
                 self.observer.record_shadow(target.route, shadow, "error", None)
                 return
             try:
-                raw = await attempt.response.aread()
-            except httpx.HTTPError:
+                raw = await attempt.response.read()
+            except UPSTREAM_ERRORS:
                 self.observer.record_shadow(target.route, shadow, "error", None)
                 return
             finally:
                 attempt.engine.in_flight -= 1
-                await attempt.response.aclose()
-        if attempt.response.status_code != 200:
+                attempt.response.release()
+        if attempt.response.status != 200:
             self.observer.record_shadow(target.route, shadow, "error", None)
             return
         try:
@@ -768,22 +766,3 @@ def _chunk_text(choice: Mapping[str, Any], chat: bool) -> str | None:
         return content if isinstance(content, str) else None
     text = choice.get("text")
     return text if isinstance(text, str) else None
-
-
-def openai_error(
-    status: int,
-    type_: str,
-    message: str,
-    param: str | None = None,
-    code: str | None = None,
-    headers: Mapping[str, str] | None = None,
-) -> JSONResponse:
-    return JSONResponse(
-        {"error": {"message": message, "type": type_, "param": param, "code": code}},
-        status_code=status,
-        headers=headers,
-    )
-
-
-def error_response(exc: RouterError) -> JSONResponse:
-    return openai_error(exc.status, exc.type, exc.message, exc.param, exc.code, exc.headers)

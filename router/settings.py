@@ -16,11 +16,6 @@ from lorafleet import paths
 from lorafleet.errors import ConfigFileError, describe_validation_error
 
 
-class Transport(enum.StrEnum):
-    AIOHTTP = "aiohttp"
-    HTTPX = "httpx"
-
-
 class ControllerMode(enum.StrEnum):
     EMBEDDED = "embedded"  # this gateway runs the rollout controller (one machine)
     EXTERNAL = "external"  # `lorafleet controller` runs it; this gateway only reads the routes
@@ -29,7 +24,9 @@ class ControllerMode(enum.StrEnum):
 class Timeouts(BaseModel):
     connect_s: float = Field(default=2.0, gt=0, description="Longest wait for a connection to an engine.")
     read_s: float = Field(default=120.0, gt=0, description="Longest silence between bytes from an engine.")
-    write_s: float = Field(default=10.0, gt=0, description="Longest wait to send the request body.")
+    write_s: float = Field(
+        default=10.0, gt=0, description="Longest wait to send a body on the engine-management calls."
+    )
     pool_s: float = Field(default=5.0, gt=0, description="Longest wait for a free upstream connection.")
     request_s: float = Field(
         default=300.0, gt=0, description="Deadline of a whole request, fallback included."
@@ -81,9 +78,6 @@ class GatewaySettings(BaseSettings):
     timeouts: Timeouts = Field(default_factory=Timeouts, description="Upstream timeouts (below).")
     max_connections: int = Field(
         default=512, gt=0, description="Size of the shared upstream connection pool."
-    )
-    transport: Transport = Field(
-        default=Transport.AIOHTTP, description="HTTP client transport to the engines."
     )
     reconcile_interval_s: float = Field(
         default=5.0, gt=0, description="How often the engines are made to hold the adapters the routes need."

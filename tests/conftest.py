@@ -231,12 +231,106 @@ class GatewayThread:
         self.thread.join(timeout=30)
 
 
+class FaultProxy:
+    """Fault injection, named as such: a pass-through HTTP proxy in front of a real engine, in a
+    thread. It answers 500 to the completion requests whose body `fail(body)` picks, and with
+    `break_after` set it cuts every stream after that many chunks (the connection dropped, as by
+    an engine that crashed). Everything else reaches the engine unchanged."""
+
+    def __init__(
+        self, upstream: str, fail: Callable[[bytes], bool] | None = None, break_after: int | None = None
+    ) -> None:
+        self.upstream = upstream.rstrip("/")
+        self.fail = fail
+        self.break_after = break_after
+        self.failed = 0
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.loop = asyncio.new_event_loop()
+        ready = threading.Event()
+        self.thread = threading.Thread(target=self._run, args=(ready,), name="fault-proxy", daemon=True)
+        self.thread.start()
+        assert ready.wait(10), "the fault proxy did not start"
+
+    def _run(self, ready: threading.Event) -> None:
+        import aiohttp
+        from aiohttp import web
+
+        async def start() -> web.AppRunner:
+            self.session = aiohttp.ClientSession(auto_decompress=False)
+            app = web.Application()
+            app.router.add_route("*", "/{tail:.*}", self._handle)
+            runner = web.AppRunner(app, access_log=None)
+            await runner.setup()
+            await web.TCPSite(runner, "127.0.0.1", self.port).start()
+            return runner
+
+        asyncio.set_event_loop(self.loop)
+        self.runner = self.loop.run_until_complete(start())
+        ready.set()
+        self.loop.run_forever()
+
+    async def _handle(self, request: Any) -> Any:
+        from aiohttp import web
+
+        body = await request.read()
+        if request.path.endswith("completions") and self.fail is not None and self.fail(body):
+            self.failed += 1
+            error = {"error": {"message": "injected: adapter crashed", "type": "InternalServerError"}}
+            return web.json_response(error, status=500)
+        headers = {"Content-Type": request.headers.get("Content-Type", "application/json")}
+        async with self.session.request(
+            request.method, self.upstream + request.rel_url.path_qs, data=body or None, headers=headers
+        ) as resp:
+            content_type = resp.headers.get("Content-Type", "application/json")
+            if not content_type.startswith("text/event-stream"):
+                return web.Response(
+                    body=await resp.read(), status=resp.status, headers={"Content-Type": content_type}
+                )
+            out = web.StreamResponse(status=resp.status, headers={"Content-Type": content_type})
+            await out.prepare(request)
+            sent = 0
+            async for chunk in resp.content.iter_any():
+                await out.write(chunk)
+                sent += 1
+                if self.break_after is not None and sent >= self.break_after:
+                    assert request.transport is not None
+                    request.transport.abort()
+                    return out
+            await out.write_eof()
+            return out
+
+    def stop(self) -> None:
+        async def close() -> None:
+            await self.runner.cleanup()
+            await self.session.close()
+
+        asyncio.run_coroutine_threadsafe(close(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=10)
+
+
+@pytest.fixture
+def fault_proxy() -> Iterator[Callable[..., FaultProxy]]:
+    """fault_proxy(engine_url, fail=None, break_after=None) -> a running FaultProxy (stopped after the test)."""
+    started: list[FaultProxy] = []
+
+    def start(upstream: str, **kwargs: Any) -> FaultProxy:
+        proxy = FaultProxy(upstream, **kwargs)
+        started.append(proxy)
+        return proxy
+
+    yield start
+    for proxy in started:
+        proxy.stop()
+
+
 ADMIN_TOKEN = "test-admin-token"
 
 
 @pytest.fixture
 def start_gateway(tmp_path: Path) -> Iterator[Callable[..., GatewayThread]]:
-    """Start a gateway: start_gateway(routes_yaml, registry=..., engines=[...], transport=..., **settings)."""
+    """Start a gateway: start_gateway(routes_yaml, registry=..., engines=[...], **settings)."""
     from router.app import create_app
     from router.settings import GatewaySettings
 
@@ -246,7 +340,6 @@ def start_gateway(tmp_path: Path) -> Iterator[Callable[..., GatewayThread]]:
         routes_yaml: str,
         registry: Registry,
         engines: list[str],
-        transport: Any = None,
         app_kwargs: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> GatewayThread:
@@ -260,7 +353,7 @@ def start_gateway(tmp_path: Path) -> Iterator[Callable[..., GatewayThread]]:
             reload_interval_s=0.2,
             **{"reconcile_interval_s": 1.0, **kwargs},
         )
-        gw = GatewayThread(create_app(settings, transport, **(app_kwargs or {}))).start()
+        gw = GatewayThread(create_app(settings, **(app_kwargs or {}))).start()
         started.append(gw)
         return gw
 

@@ -237,29 +237,12 @@ def test_error_shapes_are_openai_and_never_500(
     assert long.status_code == 400 and set(long.json()["error"]) == {"message", "type", "param", "code"}
 
 
-class FailingVersionTransport(httpx.AsyncBaseTransport):
-    """Fault injection, named as such: the engine answers 500 to every request for `version`."""
-
-    def __init__(self, version: str) -> None:
-        self.version = version
-        self.inner = httpx.AsyncHTTPTransport()
-        self.failed = 0
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        if request.url.path.endswith("completions") and self.version.encode() in request.content:
-            self.failed += 1
-            return httpx.Response(
-                500, json={"error": {"message": "injected: adapter crashed", "type": "InternalServerError"}}
-            )
-        return await self.inner.handle_async_request(request)
-
-
 def test_fallback_when_the_chosen_version_fails_and_503_when_all_fail(
-    start_gateway: Any, engine: Any, versions: tuple[Registry, str, str]
+    start_gateway: Any, engine: Any, versions: tuple[Registry, str, str], fault_proxy: Any
 ) -> None:
     registry, v1, v2 = versions
-    faults = FailingVersionTransport(v1)
-    gw = start_gateway(_routes(v1, fallback=v2), registry, [engine.url], transport=faults)
+    faults = fault_proxy(engine.url, fail=lambda body: v1.encode() in body)
+    gw = start_gateway(_routes(v1, fallback=v2), registry, [faults.url])
     _wait_loaded(gw.url, [v1, v2])
     r = httpx.post(
         f"{gw.url}/v1/chat/completions",
@@ -337,42 +320,12 @@ def test_routes_file_reloads_while_traffic_flows(
     assert seen[0][1] == v1 and seen[-1][1] == v2
 
 
-class BreakingStreamTransport(httpx.AsyncBaseTransport):
-    """Fault injection, named as such: engine streams break (connection reset) after `after` chunks."""
-
-    def __init__(self, after: int = 2) -> None:
-        self.after = after
-        self.inner = httpx.AsyncHTTPTransport()
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        response = await self.inner.handle_async_request(request)
-        if b'"stream":true' not in request.content:
-            return response
-        inner_stream = response.stream
-        after = self.after
-
-        class Breaking(httpx.AsyncByteStream):
-            async def __aiter__(self) -> Any:
-                sent = 0
-                async for chunk in inner_stream:  # type: ignore[union-attr]
-                    yield chunk
-                    sent += 1
-                    if sent >= after:
-                        raise httpx.ReadError("injected: connection reset by the engine")
-
-            async def aclose(self) -> None:
-                await inner_stream.aclose()  # type: ignore[union-attr]
-
-        return httpx.Response(
-            response.status_code, headers=response.headers, stream=Breaking(), request=request
-        )
-
-
 def test_a_stream_that_breaks_midway_ends_with_an_error_event(
-    start_gateway: Any, engine: Any, versions: tuple[Registry, str, str]
+    start_gateway: Any, engine: Any, versions: tuple[Registry, str, str], fault_proxy: Any
 ) -> None:
     registry, v1, _ = versions
-    gw = start_gateway(_routes(v1), registry, [engine.url], transport=BreakingStreamTransport(after=2))
+    faults = fault_proxy(engine.url, break_after=2)
+    gw = start_gateway(_routes(v1), registry, [faults.url])
     _wait_loaded(gw.url, [v1])
     with httpx.stream(
         "POST",

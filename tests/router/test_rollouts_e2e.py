@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import collections
 import datetime as dt
+import itertools
 import threading
 import time
 from collections.abc import Callable
@@ -72,25 +73,6 @@ class Traffic:
             t.join()
 
 
-class FailingVersionTransport(httpx.AsyncBaseTransport):
-    """Fault injection, named as such: the engine answers 500 to a share of the requests for `version`."""
-
-    def __init__(self, version: str, every: int = 2) -> None:
-        self.version = version.encode()
-        self.every = every
-        self.count = 0
-        self.inner = httpx.AsyncHTTPTransport()
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        if request.url.path.endswith("completions") and self.version in request.content:
-            self.count += 1
-            if self.count % self.every == 0:
-                return httpx.Response(
-                    500, json={"error": {"message": "injected fault", "type": "InternalServerError"}}
-                )
-        return await self.inner.handle_async_request(request)
-
-
 def _canary_routes(v1: str, v2: str, steps: str, fallback: str = "") -> str:
     return f"routes:\n  banking:\n    stable: {v1}\n{fallback}    canary:\n      version: {v2}\n      steps:\n{steps}"
 
@@ -132,14 +114,13 @@ def test_a_canary_advances_through_its_steps_on_good_signals_and_is_promoted(
 
 
 def test_a_failing_gate_rolls_the_canary_back_with_the_reason(
-    start_gateway: Any, engine: Any, trained_registry: tuple[Registry, list[str]]
+    start_gateway: Any, engine: Any, trained_registry: tuple[Registry, list[str]], fault_proxy: Any
 ) -> None:
     registry, (v1, v2) = trained_registry
     steps = "        - set_weight: 50\n        - analysis: {min_requests: 6, max_error_ratio: 0.2, interval_s: 0.3}\n        - set_weight: 100\n"
-    faults = FailingVersionTransport(v2, every=2)
-    gw = start_gateway(
-        _canary_routes(v1, v2, steps), registry, [engine.url], transport=faults, controller_interval_s=0.3
-    )
+    count = itertools.count(1)
+    faults = fault_proxy(engine.url, fail=lambda body: v2.encode() in body and next(count) % 2 == 0)
+    gw = start_gateway(_canary_routes(v1, v2, steps), registry, [faults.url], controller_interval_s=0.3)
     _wait(lambda: _loaded(gw.url, [v1, v2]), what="adapters loaded")
     with Traffic(gw.url):
         _wait(
