@@ -57,9 +57,14 @@ def histogram(values: Iterable[float], edges: Sequence[float]) -> Histogram:
 
 def token_entropy(top_logprobs: Sequence[float]) -> float:
     """H_k of one token from its top-k log-probabilities (natural log); see the module docstring."""
-    probs = [math.exp(lp) for lp in top_logprobs if lp is not None and lp > -math.inf]
-    h = -sum(p * math.log(p) for p in probs if p > 0)
-    rest = 1.0 - sum(probs)
+    h = 0.0
+    total = 0.0
+    for lp in top_logprobs:
+        if lp is not None and lp > -math.inf:
+            p = math.exp(lp)
+            total += p
+            h -= p * lp  # p * log(p), with log(p) = lp
+    rest = 1.0 - total
     if rest > 1e-12:
         h -= rest * math.log(rest)
     return h if h > 0 else 0.0

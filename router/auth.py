@@ -55,6 +55,15 @@ def _candidate_paths(scope: Scope) -> set[str]:
     return {canonical_path(p) for p in paths}
 
 
+def _may_be_admin(scope: Scope) -> bool:
+    """False only when no spelling of the path can reach /admin: it has no escape or backslash to
+    decode and no "admin" in it. Spares the canonicalisation on the request path."""
+    raw = scope.get("raw_path") or b""
+    if b"%" in raw or b"\\" in raw or "%" in scope["path"] or "\\" in scope["path"]:
+        return True
+    return b"admin" in raw.lower() or "admin" in scope["path"].lower()
+
+
 def _bearer(headers: Sequence[tuple[bytes, bytes]]) -> bytes | None:
     for name, value in headers:
         if name.lower() == b"authorization":
@@ -83,9 +92,8 @@ class AuthMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        paths = _candidate_paths(scope)
         token = _bearer(scope["headers"])
-        if any(p.startswith(ADMIN_PREFIX) for p in paths):
+        if _may_be_admin(scope) and any(p.startswith(ADMIN_PREFIX) for p in _candidate_paths(scope)):
             if not self.admin:
                 await _deny(send, "the admin API is disabled: start the gateway with an admin token")
                 return

@@ -333,8 +333,9 @@ class Gateway:
         return None
 
     def resolve(self, model: str, headers: Mapping[str, str], body: Mapping[str, Any]) -> Target:
-        pin = headers.get(self.settings.pin_header)
-        key = self.user_key(headers, body, self.settings.session_header)
+        """`headers`: names in lower case (a plain dict from the ASGI scope, or Starlette's Headers)."""
+        pin = headers.get(self.settings.pin_header.lower())
+        key = self.user_key(headers, body, self.settings.session_header.lower())
         route = self.routes.routes.get(model)
         if route is not None:
             shadow = mirror(model, route, key, self.rng)

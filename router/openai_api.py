@@ -16,7 +16,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
-from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -173,7 +172,9 @@ class CompletionsFastPath:
         if endpoint is None or gateway is None:
             await self.app(scope, receive, send)
             return
-        headers = Headers(scope=scope)
+        # One pass over the raw headers (Starlette's Headers scans them again on every lookup);
+        # reversed, so that the first of repeated headers wins, as with Headers.get.
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in reversed(scope["headers"])}
         response: Response
         try:
             body = await _read_json(

@@ -257,6 +257,28 @@ def test_api_keys_guard_the_inference_endpoints_and_the_sdk_sends_them(
     assert httpx.get(f"{gw.url}/admin/status", headers=AUTH).status_code == 200
 
 
+def test_pin_and_session_headers_match_in_any_case(
+    gateway: Callable[..., Any],
+    fake_engines: Callable[..., Any],
+    versions: tuple[Registry, list[str]],
+) -> None:
+    _, (v1, v2) = versions
+    routes = f"routes:\n  banking:\n    stable: {v1}\n    pinned: [{v2}]\n"
+    gw = gateway(routes, [fake_engines().url], pin_header="X-Pin-Version", session_header="X-Team-Session")
+    body = {"model": "banking", "messages": MESSAGES, "max_tokens": 4}
+    for name in ("x-pin-version", "X-PIN-VERSION"):
+        r = httpx.post(f"{gw.url}/v1/chat/completions", json=body, headers={name: v2})
+        assert r.status_code == 200 and r.headers[VERSION_HEADER] == v2, r.text
+        assert r.headers["x-lorafleet-arm"] == "pinned"
+    r = httpx.post(
+        f"{gw.url}/v1/chat/completions",
+        json=body,
+        headers={"X-Request-ID": "req-mine", "X-TEAM-SESSION": "s-1"},
+    )
+    assert r.status_code == 200 and r.headers[VERSION_HEADER] == v1
+    assert r.headers["x-request-id"] == "req-mine"
+
+
 def test_a_client_that_leaves_mid_stream_is_not_an_error_of_the_version(
     gateway: Callable[..., Any],
     fake_engines: Callable[..., Any],
