@@ -3,13 +3,13 @@
 The gateway imports neither torch nor vllm.
 
     settings     GatewaySettings (LORAFLEET_ROUTER_*)
-    app          create_app(settings, transport=None, ...): the ASGI app and its lifespan
+    app          create_app(settings, ...): the ASGI app and its lifespan
     policy       RoutesFile, Route, Canary, Shadow, the steps SetWeight / Pause / Analysis
     selector     choose / mirror: pure request -> version
     gateway      Gateway: resolve, forward with fallback, stream, shadow
     rollout      Rollouts (promote, rollback, ...), Controller (canary steps), gate sources
     store        RouteStore, FileStore (k8s_store: ConfigMapStore)
-    admin, openai_api, auth, upstream, observe: the HTTP surfaces and glue
+    admin, openai_api, auth, upstream, responses, observe: the HTTP surfaces and glue
     errors       RouterError and its subclasses (each with its HTTP status)
 """
 
