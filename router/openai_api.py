@@ -31,8 +31,10 @@ from router.errors import (
     ModelNotFoundError,
     PayloadTooLargeError,
     RouterError,
+    UpstreamError,
 )
 from router.gateway import CHAT, COMPLETIONS, Gateway
+from router.peers import FORWARDED_HEADER, ask_peers
 from router.responses import error_response
 
 
@@ -105,7 +107,7 @@ async def get_model(request: Request) -> JSONResponse:
     raise ModelNotFoundError(model)
 
 
-async def feedback(request: Request) -> JSONResponse:
+async def feedback(request: Request) -> Response:
     """Feedback on an answer: `{"completion_id": "chatcmpl-...", "label": "..."}` or `"correct": true|false`."""
     gateway = _gateway(request)
     body = await read_json(request, gateway.settings.max_body_bytes)
@@ -129,6 +131,10 @@ async def feedback(request: Request) -> JSONResponse:
         raise BadRequestError("'source' must be a string", param="source")
     try:
         record, created = await gateway.observer.add_feedback(completion_id, label, correct, source)
+    except UnknownCompletionError as exc:
+        if not gateway.settings.peers or FORWARDED_HEADER in request.headers:
+            raise _feedback_error(exc) from None
+        return await _feedback_from_peers(gateway, body, request, exc)
     except LorafleetError as exc:
         raise _feedback_error(exc) from None
     payload = {
@@ -142,6 +148,24 @@ async def feedback(request: Request) -> JSONResponse:
         "received_at": record.received_at.isoformat(),
     }
     return JSONResponse(payload, status_code=201 if created else 200)
+
+
+async def _feedback_from_peers(
+    gateway: Gateway, body: dict[str, Any], request: Request, unknown: UnknownCompletionError
+) -> Response:
+    """The answer of the peer replica that served the completion (router/peers.py)."""
+    found = await ask_peers(gateway.http, gateway.settings.peers, orjson.dumps(body), request.headers)
+    if found.status is not None:
+        return Response(found.body, status_code=found.status, media_type="application/json")
+    if found.unreachable:
+        raise UpstreamError(
+            f"{unknown.message} of this gateway, nor in those of the"
+            f" {found.asked - found.unreachable} gateway peer(s) that answered;"
+            f" {found.unreachable} peer(s) did not answer: try again"
+        )
+    raise CompletionNotFoundError(
+        f"{unknown.message} of this gateway, nor in those of its {found.asked} gateway peer(s)"
+    )
 
 
 def _feedback_error(exc: LorafleetError) -> RouterError:

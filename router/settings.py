@@ -57,6 +57,11 @@ class GatewaySettings(BaseSettings):
         default_factory=lambda: ["http://127.0.0.1:8100"],
         description="Engine URLs, or dns+http://SERVICE:PORT for every address of a headless Service.",
     )
+    peers: list[str] = Field(
+        default_factory=list,
+        description="Other gateway replicas (URLs, or dns+http://SERVICE:PORT of their headless Service),"
+        " asked for feedback on an answer this one did not give.",
+    )
     admin_token: SecretStr | None = Field(
         default=None, description="Bearer token of /admin (or admin_token_file)."
     )

@@ -13,21 +13,19 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import httpx
 
+from lorafleet.discovery import resolve_urls
 from serve.adapters import AdapterClient
 from serve.errors import AdapterLoadError, EngineUnavailableError
 
 log = logging.getLogger("lorafleet.serve")
 
-_DNS_SCHEME = "dns+"
 _RETRY_FAILED_LOAD_S = 60.0
 
 
@@ -58,20 +56,6 @@ class ReconcileReport:
     loaded: list[tuple[str, str]] = field(default_factory=list)  # (engine, version)
     unloaded: list[tuple[str, str]] = field(default_factory=list)
     failed: list[tuple[str, str, str]] = field(default_factory=list)  # (engine, version, reason)
-
-
-async def _resolve(target: str) -> list[str]:
-    if not target.startswith(_DNS_SCHEME):
-        return [target.rstrip("/")]
-    url = urlsplit(target[len(_DNS_SCHEME) :])
-    host, port = url.hostname or "", url.port or 80
-    try:
-        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except OSError as exc:
-        log.warning("cannot resolve engine service %s: %s", host, exc)
-        return []
-    addrs = sorted({str(info[4][0]) for info in infos})
-    return [f"{url.scheme}://{f'[{a}]' if ':' in a else a}:{port}" for a in addrs]
 
 
 class Fleet:
@@ -151,7 +135,7 @@ class Fleet:
         """Resolve the targets, health-check every engine and read what it holds."""
         urls: list[str] = []
         for target in self.targets:
-            urls += await _resolve(target)
+            urls += await resolve_urls(target)
         for url in urls:
             if url not in self.engines:
                 self.engines[url] = EngineState(url)

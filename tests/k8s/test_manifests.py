@@ -33,7 +33,7 @@ EXPECTED_KINDS = {
         "Role": 1,
         "RoleBinding": 1,
         "ConfigMap": 2,  # routes, Grafana dashboard
-        "Service": 3,  # engine (headless), gateway, controller
+        "Service": 4,  # engine (headless), gateway, gateway peers (headless), controller
         "PersistentVolumeClaim": 2,  # registry, models
         "Deployment": 3,  # engine, gateway, controller
         "PodDisruptionBudget": 1,
@@ -49,7 +49,7 @@ EXPECTED_KINDS = {
         "Role": 1,
         "RoleBinding": 1,
         "ConfigMap": 2,
-        "Service": 3,
+        "Service": 4,
         "PersistentVolumeClaim": 1,  # registry; the model is prepared in the pod
         "Deployment": 3,
         "PodDisruptionBudget": 1,
@@ -273,6 +273,19 @@ def test_engines_behind_a_headless_service_that_gateway_and_controller_resolve(
     assert (
         port["targetPort"] == "http" and {p["name"]: p["containerPort"] for p in c["ports"]}["http"] == 8000
     )
+
+
+def test_gateways_find_their_peers_through_a_headless_service(overlay: tuple[str, list[Doc]]) -> None:
+    _, docs = overlay
+    svc = one(docs, "Service", "lorafleet-gateway-peers")
+    assert svc["spec"]["clusterIP"] == "None"
+    gateway = one(docs, "Deployment", "lorafleet-gateway")
+    assert selects(svc["spec"]["selector"], gateway["spec"]["template"]["metadata"]["labels"])
+    (port,) = svc["spec"]["ports"]
+    c = container(docs, "lorafleet-gateway")
+    assert port["targetPort"] == "http" and {p["name"]: p["containerPort"] for p in c["ports"]}["http"] == 8080
+    target = f"dns+http://{svc['metadata']['name']}:{port['port']}"
+    assert json.loads(env(c)["LORAFLEET_ROUTER_PEERS"]["value"]) == [target]
 
 
 def test_engine_runs_vllm_with_runtime_lora(overlay: tuple[str, list[Doc]]) -> None:

@@ -3,7 +3,7 @@ tests/conftest.py).
 
 versions      module fixture: a registry with two registered versions of the task 'banking'
               (dummy adapter files), and their names
-gateway       fixture: gateway(routes_yaml, engines=[...], root_path="", **settings) -> a running
+gateway       fixture: gateway(routes_yaml, engines=[...], root_path="", port=None, **settings) -> a running
               gateway (`Server`: .url, .port, .app); its admin token is "test-admin-token"
 fake_engines  fixture: fake_engines(config=None) -> a FAKE engine (`FakeEngine`: .url, .refuse())
 """
@@ -38,9 +38,9 @@ def free_port() -> int:
 class Server:
     """An ASGI app served by uvicorn in a thread, on a free port (optionally under a root path)."""
 
-    def __init__(self, app: Any, root_path: str = "") -> None:
+    def __init__(self, app: Any, root_path: str = "", port: int | None = None) -> None:
         self.app = app
-        self.port = free_port()
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         config = uvicorn.Config(
             app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on", root_path=root_path
@@ -124,7 +124,11 @@ def gateway(tmp_path: Path, versions: tuple[Registry, list[str]]) -> Iterator[Ca
     started: list[Server] = []
 
     def start(
-        routes_yaml: str | None, engines: list[str] | None = None, root_path: str = "", **kwargs: Any
+        routes_yaml: str | None,
+        engines: list[str] | None = None,
+        root_path: str = "",
+        port: int | None = None,
+        **kwargs: Any,
     ) -> Server:
         routes_file = tmp_path / f"routes-{len(started)}.yaml"
         if routes_yaml is not None:
@@ -136,7 +140,7 @@ def gateway(tmp_path: Path, versions: tuple[Registry, list[str]]) -> Iterator[Ca
             admin_token=ADMIN_TOKEN,
             **{"reconcile_interval_s": 60.0, **kwargs},
         )
-        server = Server(create_app(settings), root_path=root_path)
+        server = Server(create_app(settings), root_path=root_path, port=port)
         started.append(server)
         return server
 

@@ -16,8 +16,9 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
-from bench.fakes import UpstreamConfig
+from bench.fakes import UpstreamConfig, free_port
 from lorafleet.registry import Registry
 from router.gateway import VERSION_HEADER
 
@@ -344,3 +345,48 @@ def test_bad_gateway_options_are_one_line_errors_naming_the_setting(tmp_path: Pa
         assert proc.returncode == 1, (args, proc.stderr)
         assert "Traceback" not in proc.stderr and named in proc.stderr, (args, proc.stderr)
         assert proc.stderr.startswith("error: "), proc.stderr
+
+
+def _feedback_counted(url: str, version: str) -> float:
+    for family in text_string_to_metric_families(httpx.get(f"{url}/metrics").text):
+        for sample in family.samples:
+            if sample.name == "lorafleet_feedback_total" and sample.labels.get("version") == version:
+                return sample.value
+    return 0.0
+
+
+def test_feedback_reaches_the_replica_that_answered_through_its_peers(
+    gateway: Callable[..., Any],
+    fake_engines: Callable[..., Any],
+    versions: tuple[Registry, list[str]],
+    tmp_path: Path,
+) -> None:
+    _, (v1, _) = versions
+    engine = fake_engines()
+    ports = [free_port(), free_port()]
+    # Each replica lists itself too, as the addresses of a headless Service would.
+    peers = [f"http://127.0.0.1:{p}" for p in ports]
+    a, b = (
+        gateway(_routes(v1), [engine.url], port=port, peers=peers, state_dir=tmp_path / name)
+        for name, port in zip("ab", ports, strict=True)
+    )
+    body = {"model": "banking", "messages": MESSAGES, "max_tokens": 4}
+    completion_id = httpx.post(f"{a.url}/v1/chat/completions", json=body).json()["id"]
+
+    first = httpx.post(f"{b.url}/v1/feedback", json={"completion_id": completion_id, "correct": True})
+    assert first.status_code == 201, first.text
+    assert first.json()["version"] == v1 and first.json()["completion_id"] == completion_id
+    repeat = httpx.post(f"{b.url}/v1/feedback", json={"completion_id": completion_id, "correct": True})
+    assert repeat.status_code == 200
+    conflict = httpx.post(f"{b.url}/v1/feedback", json={"completion_id": completion_id, "correct": False})
+    assert conflict.status_code == 409
+    assert _feedback_counted(a.url, v1) == 1.0 and _feedback_counted(b.url, v1) == 0.0
+
+    unknown = httpx.post(f"{b.url}/v1/feedback", json={"completion_id": "chatcmpl-nope", "correct": True})
+    assert unknown.status_code == 404
+    assert "its 2 gateway peer(s)" in unknown.json()["error"]["message"]
+
+    a.stop()
+    gone = httpx.post(f"{b.url}/v1/feedback", json={"completion_id": completion_id, "label": "x"})
+    assert gone.status_code == 503 and gone.json()["error"]["type"] == "service_unavailable"
+    assert "1 peer(s) did not answer" in gone.json()["error"]["message"]
