@@ -864,28 +864,18 @@ def start_upstream(core: int | None, log: Path, config: UpstreamConfig | None = 
     return server, url
 
 
-def start_proxy(core: int | None, upstream: str, log: Path) -> tuple[Server, str]:
+PROXIES = {
+    "proxy": "pass-through proxy",
+    "asgi-proxy": "ASGI pass-through proxy",
+    "fastapi-proxy": "FastAPI pass-through proxy",
+}
+
+
+def start_proxy(core: int | None, upstream: str, log: Path, kind: str = "proxy") -> tuple[Server, str]:
+    """One of the PROXIES (this file's sub-commands), pinned to `core`, in front of `upstream`."""
     port = free_port()
-    argv = [sys.executable, str(Path(__file__)), "proxy", "--port", str(port), "--upstream", upstream]
-    server = Server("pass-through proxy", argv, core, log=log)
-    url = f"http://127.0.0.1:{port}"
-    server.wait_http(url + "/health")
-    return server, url
-
-
-def start_asgi_proxy(core: int | None, upstream: str, log: Path) -> tuple[Server, str]:
-    port = free_port()
-    argv = [sys.executable, str(Path(__file__)), "asgi-proxy", "--port", str(port), "--upstream", upstream]
-    server = Server("ASGI pass-through proxy", argv, core, log=log)
-    url = f"http://127.0.0.1:{port}"
-    server.wait_http(url + "/health")
-    return server, url
-
-
-def start_fastapi_proxy(core: int | None, upstream: str, log: Path) -> tuple[Server, str]:
-    port = free_port()
-    argv = [sys.executable, str(Path(__file__)), "fastapi-proxy", "--port", str(port), "--upstream", upstream]
-    server = Server("FastAPI pass-through proxy", argv, core, log=log)
+    argv = [sys.executable, str(Path(__file__)), kind, "--port", str(port), "--upstream", upstream]
+    server = Server(PROXIES[kind], argv, core, log=log)
     url = f"http://127.0.0.1:{port}"
     server.wait_http(url + "/health")
     return server, url

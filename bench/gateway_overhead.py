@@ -145,10 +145,12 @@ def run_fake(args: argparse.Namespace, out: fakes.Tee) -> None:
         proxy, proxy_url = fakes.start_proxy(layout.sut, up_url, work / "proxy.log")
         servers.append(proxy)
         targets.append(Target("proxy", proxy_url, names[0], proxy))
-        aproxy, aproxy_url = fakes.start_asgi_proxy(layout.sut, up_url, work / "proxy-asgi.log")
+        aproxy, aproxy_url = fakes.start_proxy(layout.sut, up_url, work / "proxy-asgi.log", "asgi-proxy")
         servers.append(aproxy)
         targets.append(Target("proxy-asgi", aproxy_url, names[0], aproxy))
-        fproxy, fproxy_url = fakes.start_fastapi_proxy(layout.sut, up_url, work / "proxy-fastapi.log")
+        fproxy, fproxy_url = fakes.start_proxy(
+            layout.sut, up_url, work / "proxy-fastapi.log", "fastapi-proxy"
+        )
         servers.append(fproxy)
         targets.append(Target("proxy-fastapi", fproxy_url, names[0], fproxy))
         routes = fakes.routes_yaml(names[0], weighted=names[1])
