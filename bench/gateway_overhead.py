@@ -287,14 +287,14 @@ def cost_breakdown(work: Path) -> list[tuple[str, str, float]]:
     from prometheus_client import CollectorRegistry
 
     from lorafleet.registry import Registry
-    from monitor.entropy import EntropyAccumulator, response_entropy, strip_logprobs, with_logprobs
+    from monitor.entropy import response_entropy, strip_logprobs, with_logprobs
     from monitor.feedback import FeedbackStore
     from monitor.metrics import Arm, build_metrics
-    from router.gateway import CHAT, validate_body
+    from router.gateway import CHAT, _StreamWatch, validate_body
     from router.observe import Observer, Outcome
     from router.responses import FastJSONResponse
     from router.settings import GatewaySettings
-    from router.upstream import forward_timeout, sse, sse_events
+    from router.upstream import SSEBuffer, forward_timeout
 
     names = fakes.register_versions(work / "registry")
     upstream = fakes.FakeOpenAIUpstream()
@@ -304,8 +304,6 @@ def cost_breakdown(work: Path) -> list[tuple[str, str, float]]:
     raw_answer = upstream.completion_body(names[0], 0, 5)
     answer = orjson.loads(raw_answer)
     events = [e for e in upstream.stream_events(names[0], 0, 5, True) if b"[DONE]" not in e]
-    stream_bytes = b"".join(events)
-    chunks = [orjson.loads(e[6:]) for e in events]
     metrics = build_metrics(CollectorRegistry())
     feedback = FeedbackStore(work / "feedback.sqlite3")
     observer = Observer(metrics, Registry(work / "registry"), feedback)
@@ -330,19 +328,10 @@ def cost_breakdown(work: Path) -> list[tuple[str, str, float]]:
             )
         )
 
-    async def split_events() -> int:
-        async def one() -> Any:
-            yield stream_bytes
+    def relay_events() -> bytes:
+        watch = _StreamWatch(chat=True, start=0.0, rewrite=True, keep_top=None, asked_usage=False)
+        return b"".join(watch.relay(SSEBuffer().feed(e)) for e in events)
 
-        return len([e async for e in sse_events(one())])
-
-    def relay_chunks() -> None:
-        acc = EntropyAccumulator()
-        for c in chunks:
-            acc.add_stream_chunk(c)
-            sse(strip_logprobs(c, None))
-
-    loop = asyncio.new_event_loop()
     settings = GatewaySettings()
     rows = [
         ("openai_api.read_json", "orjson.loads of the request", _time_us(lambda: orjson.loads(raw_request))),
@@ -380,16 +369,15 @@ def cost_breakdown(work: Path) -> list[tuple[str, str, float]]:
         ),
         (
             "gateway._relay",
-            f"sse_events over one stream ({len(events)} events)",
-            _time_us(lambda: loop.run_until_complete(split_events()), 500),
+            f"SSEBuffer.feed over one stream ({len(events)} events)",
+            _time_us(lambda: [SSEBuffer().feed(e) for e in events], 500),
         ),
         (
             "gateway._relay",
-            "per stream: orjson.loads + entropy + strip + sse() of every event",
-            _time_us(lambda: [orjson.loads(e[6:]) for e in events] and relay_chunks(), 500),
+            "per stream: _StreamWatch.relay (split, parse, entropy, strip, re-encode each event)",
+            _time_us(relay_events, 500),
         ),
     ]
-    loop.close()
     feedback.close()
     return rows
 

@@ -46,11 +46,11 @@ from router.store import RouteStore
 from router.upstream import (
     UPSTREAM_ERRORS,
     EngineFailure,
+    SSEBuffer,
     classify,
     error_message,
     forward_timeout,
     sse,
-    sse_events,
 )
 from serve.fleet import EngineState, Fleet
 
@@ -604,44 +604,24 @@ class Gateway:
         keep_top: int | None,
         asked_usage: bool,
     ) -> AsyncIterator[bytes]:
-        """Pass an engine's SSE stream on event by event, observing it; end it cleanly on failure."""
-        chat = endpoint == CHAT
-        entropy = EntropyAccumulator()
-        parts: list[str] = []
-        ttft: float | None = None
-        usage: dict[str, Any] = {}
-        completion_id: str | None = None
+        """Pass an engine's SSE stream on as it comes, observing it; end it cleanly on failure.
+
+        The events of one chunk from the engine leave in one write: as many sends as the engine's.
+        """
+        watch = _StreamWatch(
+            endpoint == CHAT, start, not asked_logprobs or keep_top is not None, keep_top, asked_usage
+        )
+        events = SSEBuffer()
         error: ErrorReason | None = None
         status = 200
-        rewrite = not asked_logprobs or keep_top is not None
         try:
-            async for payload in sse_events(attempt.response.content.iter_any()):
-                if payload == b"[DONE]":
-                    yield b"data: [DONE]\n\n"
-                    continue
-                try:
-                    chunk = orjson.loads(payload)
-                except ValueError:
-                    yield b"data: " + payload + b"\n\n"
-                    continue
-                completion_id = completion_id or chunk.get("id")
-                choices = chunk.get("choices") or []
-                if chunk.get("usage"):
-                    usage = chunk["usage"]
-                    if not choices and not asked_usage:
-                        continue
-                if choices:
-                    entropy.add_stream_chunk(chunk)
-                    piece = _chunk_text(choices[0], chat)
-                    if piece:
-                        if ttft is None:
-                            ttft = time.perf_counter() - start
-                        parts.append(piece)
-                    if rewrite:
-                        chunk = strip_logprobs(chunk, keep_top)
-                        yield sse(chunk)
-                        continue
-                yield b"data: " + payload + b"\n\n"
+            async for raw in attempt.response.content.iter_any():
+                out = watch.relay(events.feed(raw))
+                if out:
+                    yield out
+            out = watch.relay(events.close())
+            if out:
+                yield out
         except UPSTREAM_ERRORS as exc:
             error, status = ErrorReason.STREAM_ABORTED, 502
             log.warning("stream from %s broke: %s", attempt.engine.url, exc)
@@ -662,7 +642,7 @@ class Gateway:
         finally:
             attempt.engine.in_flight -= 1
             attempt.response.release()
-            answer = "".join(parts)
+            answer = "".join(watch.parts)
             self.observer.record(
                 Outcome(
                     route=target.route,
@@ -672,11 +652,11 @@ class Gateway:
                     duration_s=time.perf_counter() - start,
                     input_text=text,
                     answer=answer if error is None else None,
-                    completion_id=completion_id,
-                    ttft_s=ttft,
-                    prompt_tokens=usage.get("prompt_tokens"),
-                    completion_tokens=usage.get("completion_tokens"),
-                    entropy=entropy.value(),
+                    completion_id=watch.completion_id,
+                    ttft_s=watch.ttft,
+                    prompt_tokens=watch.usage.get("prompt_tokens"),
+                    completion_tokens=watch.usage.get("completion_tokens"),
+                    entropy=watch.entropy.value(),
                     error=error,
                 )
             )
@@ -746,6 +726,56 @@ class Gateway:
         """Wait for background shadow requests (on shutdown)."""
         if self._background:
             await asyncio.wait(self._background, timeout=5)
+
+
+class _StreamWatch:
+    """What a relayed stream has shown so far (text, first-token time, usage, entropy), and each
+    engine event as the client gets it: logprobs it did not ask for removed, usage only if asked."""
+
+    def __init__(
+        self, chat: bool, start: float, rewrite: bool, keep_top: int | None, asked_usage: bool
+    ) -> None:
+        self.chat = chat
+        self.start = start
+        self.rewrite = rewrite
+        self.keep_top = keep_top
+        self.asked_usage = asked_usage
+        self.entropy = EntropyAccumulator()
+        self.parts: list[str] = []
+        self.ttft: float | None = None
+        self.usage: dict[str, Any] = {}
+        self.completion_id: str | None = None
+
+    def relay(self, payloads: list[bytes]) -> bytes:
+        """The SSE bytes to send for these `data:` payloads of the engine's events."""
+        out: list[bytes] = []
+        for payload in payloads:
+            if payload == b"[DONE]":
+                out.append(b"data: [DONE]\n\n")
+                continue
+            try:
+                chunk = orjson.loads(payload)
+            except ValueError:
+                out.append(b"data: " + payload + b"\n\n")
+                continue
+            self.completion_id = self.completion_id or chunk.get("id")
+            choices = chunk.get("choices") or []
+            if chunk.get("usage"):
+                self.usage = chunk["usage"]
+                if not choices and not self.asked_usage:
+                    continue
+            if choices:
+                self.entropy.add_stream_chunk(chunk)
+                piece = _chunk_text(choices[0], self.chat)
+                if piece:
+                    if self.ttft is None:
+                        self.ttft = time.perf_counter() - self.start
+                    self.parts.append(piece)
+                if self.rewrite:
+                    out.append(sse(strip_logprobs(chunk, self.keep_top)))
+                    continue
+            out.append(b"data: " + payload + b"\n\n")
+        return b"".join(out)
 
 
 def _answer_text(data: Mapping[str, Any], chat: bool) -> str | None:

@@ -14,7 +14,6 @@ aiohttp's exceptions become our own once, here: a refused connection or a timeou
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -90,21 +89,29 @@ def error_message(body: bytes) -> str:
         return body.decode(errors="replace")[:500]
 
 
-async def sse_events(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    """Server-sent events from a byte stream: each `data: ...` payload, as soon as its event is complete."""
-    buffer = b""
-    async for chunk in chunks:
-        buffer += chunk
-        while True:
-            end = buffer.find(b"\n\n")
-            if end < 0:
-                break
-            event, buffer = buffer[:end], buffer[end + 2 :]
-            for line in event.split(b"\n"):
+class SSEBuffer:
+    """The `data:` payloads of server-sent events in a byte stream, fed chunk by chunk as it arrives."""
+
+    def __init__(self) -> None:
+        self._rest = b""
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        """The payloads of every event that `chunk` completes."""
+        buffer = self._rest + chunk if self._rest else chunk
+        payloads: list[bytes] = []
+        start = 0
+        while (end := buffer.find(b"\n\n", start)) >= 0:
+            for line in buffer[start:end].split(b"\n"):
                 if line.startswith(b"data:"):
-                    yield line[5:].strip()
-    if buffer.strip().startswith(b"data:"):
-        yield buffer.strip()[5:].strip()
+                    payloads.append(line[5:].strip())
+            start = end + 2
+        self._rest = buffer[start:]
+        return payloads
+
+    def close(self) -> list[bytes]:
+        """The payload of a last event the stream ended without a blank line after."""
+        rest, self._rest = self._rest.strip(), b""
+        return [rest[5:].strip()] if rest.startswith(b"data:") else []
 
 
 def sse(payload: dict[str, Any] | str) -> bytes:

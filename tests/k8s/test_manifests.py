@@ -283,7 +283,9 @@ def test_gateways_find_their_peers_through_a_headless_service(overlay: tuple[str
     assert selects(svc["spec"]["selector"], gateway["spec"]["template"]["metadata"]["labels"])
     (port,) = svc["spec"]["ports"]
     c = container(docs, "lorafleet-gateway")
-    assert port["targetPort"] == "http" and {p["name"]: p["containerPort"] for p in c["ports"]}["http"] == 8080
+    assert (
+        port["targetPort"] == "http" and {p["name"]: p["containerPort"] for p in c["ports"]}["http"] == 8080
+    )
     target = f"dns+http://{svc['metadata']['name']}:{port['port']}"
     assert json.loads(env(c)["LORAFLEET_ROUTER_PEERS"]["value"]) == [target]
 
