@@ -18,6 +18,7 @@ and needs no vocabulary size. With k >= 5 on a fine-tuned classifier the top-k m
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections import Counter
@@ -123,10 +124,18 @@ def normalise_answer(text: str) -> str:
     return text.strip().strip("\"'`").strip().rstrip(".!;:,").strip()
 
 
-def match_label(answer: str, labels: Iterable[str]) -> str | None:
-    """The label an answer names (exactly, after normalisation, case-insensitively), else None."""
-    norm = normalise_answer(answer).lower()
+@functools.lru_cache(maxsize=256)
+def _normalised_labels(labels: tuple[str, ...]) -> dict[str, str]:
+    index: dict[str, str] = {}
     for label in labels:
-        if normalise_answer(label).lower() == norm:
-            return label
-    return None
+        index.setdefault(normalise_answer(label).lower(), label)
+    return index
+
+
+def match_label(answer: str, labels: Iterable[str]) -> str | None:
+    """The label an answer names (exactly, after normalisation, case-insensitively), else None.
+
+    The first of several labels that normalise alike wins. The normalised label set is cached:
+    the gateway matches every answer against the same few sets.
+    """
+    return _normalised_labels(tuple(labels)).get(normalise_answer(answer).lower())

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import gc
 import logging
 import os
 import uuid
@@ -66,6 +67,16 @@ async def _every(interval_s: float, what: str, fn: Callable[[], object]) -> None
                 await result
         except Exception:
             log.exception("%s failed; trying again in %.0f s", what, interval_s)
+
+
+def _tune_gc() -> None:
+    """Each request allocates many short-lived objects (parsed JSON) while the heap holds long-lived
+    ones (drift windows, metrics, the routes): with CPython's default thresholds the cyclic GC
+    re-scans that heap every few thousand requests. Freezing what start-up built and collecting
+    the first generation less often cuts the gateway's CPU per request by ~15%
+    (bench/gateway_overhead.py). Objects freed by reference counting are freed as before."""
+    gc.freeze()
+    gc.set_threshold(10_000, 20, 100)
 
 
 class RequestIdMiddleware:
@@ -176,6 +187,7 @@ def create_app(
             await fleet.reconcile(gateway.desired_adapters(), unload=is_controller)
         except Exception:
             log.exception("first reconcile failed; the loop will retry")
+        _tune_gc()
         try:
             yield
         finally:

@@ -146,8 +146,9 @@ class Observer:
         return self._references[version]
 
     def label_set(self, version: str) -> list[str] | None:
+        """The labels of a classification version (from its reference statistics); do not modify."""
         ref = self.reference(version)
-        return list(ref.labels.labels) if ref and ref.labels else None
+        return ref.labels.labels if ref and ref.labels else None
 
     def _window(self, route: str, version: str) -> DriftWindow | None:
         key = (route, version)

@@ -292,3 +292,14 @@ def test_banking77_planted_label_shifts(banking: dict[str, list[tuple[str, str]]
     label_score = _window(ref, rows).scores()[DriftFeature.PREDICTED_LABEL]
     assert label_score.level is DriftLevel.SIGNIFICANT, label_score
     assert label_score.js_distance >= JS_THRESHOLD
+
+
+def test_an_answer_names_a_label_after_normalisation_and_the_first_alike_label_wins() -> None:
+    from lorafleet.textstats import match_label
+
+    labels = ["card_arrival", "Card_Arrival.", "lost_or_stolen_card"]
+    assert match_label('  "Card_arrival".\n', labels) == "card_arrival"
+    assert match_label("lost_or_stolen_card!", labels) == "lost_or_stolen_card"
+    assert match_label("card arrival", labels) is None
+    assert match_label("card_arrival", []) is None
+    assert match_label("card_arrival", ("card_arrival",)) == "card_arrival"
