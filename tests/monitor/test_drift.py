@@ -298,7 +298,8 @@ def test_an_answer_names_a_label_after_normalisation_and_the_first_alike_label_w
     from lorafleet.textstats import match_label
 
     labels = ["card_arrival", "Card_Arrival.", "lost_or_stolen_card"]
-    assert match_label('  "Card_arrival".\n', labels) == "card_arrival"
+    assert match_label('  "Card_arrival"\n', labels) == "card_arrival"
+    assert match_label("Card_arrival.", labels) == "card_arrival"
     assert match_label("lost_or_stolen_card!", labels) == "lost_or_stolen_card"
     assert match_label("card arrival", labels) is None
     assert match_label("card_arrival", []) is None
