@@ -109,6 +109,14 @@ class RequestIdMiddleware:
         await self.app(scope, receive, send_with_id)
 
 
+class GatewayApp(FastAPI):
+    """FastAPI with the two completion endpoints served in front of its middleware stack
+    (router/openai_api.py, CompletionsFastPath)."""
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return CompletionsFastPath(super().build_middleware_stack(), self.state.api_keys)
+
+
 def create_app(
     settings: GatewaySettings,
     *,
@@ -203,7 +211,7 @@ def create_app(
             feedback.close()
 
     # No /openapi.json or /docs: they would describe the admin API to anyone, without a token.
-    app = FastAPI(
+    app = GatewayApp(
         title="lorafleet gateway",
         version=__version__,
         lifespan=lifespan,
@@ -212,12 +220,8 @@ def create_app(
         openapi_url=None,
     )
     app.state.admin_token = settings.admin_secret()
-    app.add_middleware(CompletionsFastPath)  # the innermost: auth and the request id apply to it
-    app.add_middleware(
-        AuthMiddleware,
-        admin_token=app.state.admin_token,
-        api_keys=[k.get_secret_value() for k in settings.api_keys],
-    )
+    app.state.api_keys = [k.get_secret_value() for k in settings.api_keys]
+    app.add_middleware(AuthMiddleware, admin_token=app.state.admin_token, api_keys=app.state.api_keys)
     app.add_middleware(RequestIdMiddleware)  # the outermost: 401s carry the id too
     app.router.routes.extend(openai_api.routes)
     app.include_router(admin.router)

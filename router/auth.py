@@ -106,6 +106,11 @@ class AuthMiddleware:
         await self.app(scope, receive, send)
 
 
+def has_key(headers: Sequence[tuple[bytes, bytes]], keys: Sequence[bytes]) -> bool:
+    """Whether the request's bearer token is one of `keys` (compared in constant time)."""
+    return _matches(_bearer(headers), keys)
+
+
 def require_admin(request: Request) -> None:
     """The admin router's own token check (a FastAPI dependency), behind the middleware's."""
     secret: str | None = getattr(request.app.state, "admin_token", None)

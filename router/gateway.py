@@ -523,6 +523,8 @@ class Gateway:
             )
         try:
             data = orjson.loads(await attempt.response.read())
+            if not isinstance(data, dict):
+                raise ValueError(f"the answer is JSON but not an object: {type(data).__name__}")
         except (*UPSTREAM_ERRORS, ValueError) as exc:
             self._count_failure(target, EngineFailure(attempt.engine.url, "status_5xx", str(exc)))
             raise UpstreamError(f"engine {attempt.engine.url} sent an unreadable answer: {exc}") from None

@@ -4,15 +4,19 @@ Handlers parse, call one function, return. Errors leave as exceptions and are an
 error shape by the handlers registered in router/app.py. These are plain Starlette routes, not
 FastAPI ones: on the request path FastAPI's dependency machinery costs more CPU than it gives here.
 
-`CompletionsFastPath` answers `POST /v1/chat/completions` and `POST /v1/completions` before
-Starlette's router and exception middleware, which cost about 70 us of CPU per request and more
-on streams (bench/gateway_overhead.py). It sits inside the auth and request-id middlewares, so
-both still apply; any other method or spelling of those paths reaches the Starlette routes below.
+`CompletionsFastPath` answers `POST /v1/chat/completions` and `POST /v1/completions` in front of
+the app's middleware stack and Starlette's router, which together cost about 100 us of CPU per
+request and more on streams (bench/gateway_overhead.py). For these two endpoints it does what the
+middlewares would: the request id, the API-key check (a request without a valid key goes on to
+the stack, whose auth middleware answers the 401), a 500 in OpenAI's shape for an unexpected error.
+Any other method or spelling of those paths reaches the Starlette routes below.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import logging
+import uuid
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import orjson
@@ -23,7 +27,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from lorafleet.errors import LorafleetError
 from monitor.errors import FeedbackConflictError, InvalidFeedbackError, UnknownCompletionError
-from router.auth import route_path
+from router.auth import has_key, route_path
 from router.errors import (
     BadRequestError,
     CompletionNotFoundError,
@@ -33,9 +37,11 @@ from router.errors import (
     RouterError,
     UpstreamError,
 )
-from router.gateway import CHAT, COMPLETIONS, Gateway
+from router.gateway import CHAT, COMPLETIONS, REQUEST_ID_HEADER, Gateway
 from router.peers import FORWARDED_HEADER, ask_peers
-from router.responses import error_response
+from router.responses import error_response, openai_error
+
+log = logging.getLogger("lorafleet.router")
 
 
 async def read_json(request: Request, limit: int, empty: Any = None) -> Any:
@@ -183,8 +189,9 @@ class CompletionsFastPath:
 
     ENDPOINTS = {"/v1/chat/completions": CHAT, "/v1/completions": COMPLETIONS}
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, api_keys: Sequence[str] = ()) -> None:
         self.app = app
+        self.api_keys = [k.encode() for k in api_keys]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         endpoint = (
@@ -193,12 +200,15 @@ class CompletionsFastPath:
             else None
         )
         gateway: Gateway | None = getattr(scope["app"].state, "gateway", None) if endpoint else None
-        if endpoint is None or gateway is None:
+        keyless = endpoint is not None and self.api_keys and not has_key(scope["headers"], self.api_keys)
+        if endpoint is None or gateway is None or keyless:
             await self.app(scope, receive, send)
             return
         # One pass over the raw headers (Starlette's Headers scans them again on every lookup);
         # reversed, so that the first of repeated headers wins, as with Headers.get.
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in reversed(scope["headers"])}
+        request_id = headers.get(REQUEST_ID_HEADER) or f"req-{uuid.uuid4().hex}"
+        headers[REQUEST_ID_HEADER] = request_id
         response: Response
         try:
             body = await _read_json(
@@ -206,7 +216,12 @@ class CompletionsFastPath:
             )
             response = await gateway.complete(endpoint, body, headers)
         except RouterError as exc:
+            exc.headers = {**(exc.headers or {}), REQUEST_ID_HEADER: request_id}
             response = error_response(exc)
+        except Exception as exc:
+            log.exception("unexpected error in request %s", request_id)
+            message = f"internal error: {type(exc).__name__}"
+            response = openai_error(500, "server_error", message, headers={REQUEST_ID_HEADER: request_id})
         await response(scope, receive, send)
 
 
