@@ -24,6 +24,7 @@ from typing import Any
 
 import aiohttp
 import orjson
+from starlette.background import BackgroundTask
 from starlette.responses import Response
 
 from lorafleet.registry import Registry
@@ -531,28 +532,46 @@ class Gateway:
         finally:
             attempt.engine.in_flight -= 1
             attempt.response.release()
-        entropy = response_entropy(data)
-        answer = _answer_text(data, chat)
-        usage = data.get("usage") or {}
-        self.observer.record(
-            Outcome(
-                route=target.route,
-                version=attempt.version,
-                arm=attempt.arm,
-                status=200,
-                duration_s=time.perf_counter() - start,
-                input_text=text,
-                answer=answer,
-                completion_id=data.get("id"),
-                prompt_tokens=usage.get("prompt_tokens"),
-                completion_tokens=usage.get("completion_tokens"),
-                entropy=entropy,
-            )
+        duration = time.perf_counter() - start
+        sent = strip_logprobs(data, keep_top) if not asked_logprobs or keep_top is not None else data
+        # Observed once the answer is sent (same task, same event-loop turn): off the client's latency.
+        after = BackgroundTask(
+            self._observe_answer, endpoint, upstream, target, attempt, text, data, duration
         )
-        if not asked_logprobs or keep_top is not None:
-            data = strip_logprobs(data, keep_top)
-        self._shadow(endpoint, upstream, target, answer or "")
-        return FastJSONResponse(data, headers=out_headers)
+        return FastJSONResponse(sent, headers=out_headers, background=after)
+
+    async def _observe_answer(
+        self,
+        endpoint: str,
+        upstream: dict[str, Any],
+        target: Target,
+        attempt: _Attempt,
+        text: str,
+        data: dict[str, Any],
+        duration: float,
+    ) -> None:
+        """Entropy, metrics, drift and the answer log of a JSON answer; then its shadow, if any."""
+        try:
+            answer = _answer_text(data, endpoint == CHAT)
+            usage = data.get("usage") or {}
+            self.observer.record(
+                Outcome(
+                    route=target.route,
+                    version=attempt.version,
+                    arm=attempt.arm,
+                    status=200,
+                    duration_s=duration,
+                    input_text=text,
+                    answer=answer,
+                    completion_id=data.get("id"),
+                    prompt_tokens=usage.get("prompt_tokens"),
+                    completion_tokens=usage.get("completion_tokens"),
+                    entropy=response_entropy(data),
+                )
+            )
+            self._shadow(endpoint, upstream, target, answer or "")
+        except Exception:
+            log.exception("observing answer %s failed", data.get("id"))
 
     async def _pass_error(
         self, attempt: _Attempt, target: Target, headers: dict[str, str], start: float
