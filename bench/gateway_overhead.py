@@ -13,6 +13,8 @@ at concurrency 1 and 64, JSON and SSE streaming, each system under test pinned a
                   the design first named, which the gateway's completion endpoints no longer use
     gateway       `lorafleet gateway`: a route with a 90/10 weighted split, monitoring on (entropy top-5
                   logprobs, drift windows, answer log, metrics)
+    gateway-noentropy  the same with LORAFLEET_ROUTER_ENTROPY_TOP_K=0: no logprobs asked, no entropy
+                  (issue 7's monitoring cost taken out of issue 5's routing cost)
     vllm-router   the Rust router from PyPI (own venv under bench/), round_robin over the one worker
 
 Reported per cell: p50/p99 latency, p50/p99 time to first token (streams), requests/s, and the
@@ -154,11 +156,12 @@ def run_fake(args: argparse.Namespace, out: fakes.Tee) -> None:
         servers.append(fproxy)
         targets.append(Target("proxy-fastapi", fproxy_url, names[0], fproxy))
         routes = fakes.routes_yaml(names[0], weighted=names[1])
-        gw, gw_url = fakes.start_gateway(
-            layout.sut, work / "gateway", work / "registry", up_url, routes, work / "gateway.log"
-        )
-        servers.append(gw)
-        targets.append(Target("gateway", gw_url, "bench", gw))
+        for name, env in (("gateway", {}), ("gateway-noentropy", {"LORAFLEET_ROUTER_ENTROPY_TOP_K": "0"})):
+            gw, gw_url = fakes.start_gateway(
+                layout.sut, work / name, work / "registry", up_url, routes, work / f"{name}.log", env=env
+            )
+            servers.append(gw)
+            targets.append(Target(name, gw_url, "bench", gw))
         if args.vllm_router:
             exe = fakes.ensure_vllm_router()
             if exe is not None:
@@ -215,7 +218,7 @@ def report(
     out()
     out(f"{args.rounds} rounds, interleaved; latencies pooled over rounds, req/s the median round")
     out(
-        f"{'mode':<12} {'target':<14} {'p50 ms':>8} {'p99 ms':>8} {'ttft50':>8} {'ttft99':>8} "
+        f"{'mode':<12} {'target':<17} {'p50 ms':>8} {'p99 ms':>8} {'ttft50':>8} {'ttft99':>8} "
         f"{'req/s':>8} {'cpu us/req':>10} {'n':>7} {'err':>4}"
     )
     stats: dict[tuple[str, str], dict[str, float]] = {}
@@ -224,7 +227,7 @@ def report(
             s = pooled(t.cells[mode.key])
             stats[(mode.key, t.name)] = s
             out(
-                f"{mode.key:<12} {t.name:<14} {f(s['p50'], 3):>8} {f(s['p99'], 3):>8} {f(s['ttft50'], 3):>8} "
+                f"{mode.key:<12} {t.name:<17} {f(s['p50'], 3):>8} {f(s['p99'], 3):>8} {f(s['ttft50'], 3):>8} "
                 f"{f(s['ttft99'], 3):>8} {f(s['rps'], 0):>8} {f(s['cpu_us'], 0):>10} {s['n']:>7} {s['errors']:>4}"
             )
     by_name = {t.name: t for t in targets}
@@ -237,12 +240,13 @@ def report(
         added_s = stats[(c1s, name)]["p50"] - stats[(c1s, "direct")]["p50"]
         ttft = stats[(c1s, name)]["ttft50"] - stats[(c1s, "direct")]["ttft50"]
         out(
-            f"  {name:<14} json p50 +{f(added, 3)} ms   stream TTFT p50 +{f(ttft, 3)} ms   stream total p50 +{f(added_s, 3)} ms"
+            f"  {name:<17} json p50 +{f(added, 3)} ms   stream TTFT p50 +{f(ttft, 3)} ms   stream total p50 +{f(added_s, 3)} ms"
         )
     out()
     out(f"throughput at concurrency {args.concurrency} (per-round ratios: median [min-max]):")
     pairs = [
         ("gateway", "proxy", "target >= 0.8"),
+        ("gateway-noentropy", "proxy", "routing and metrics on, no logprobs asked: entropy_top_k=0"),
         ("proxy-asgi", "proxy", "the gateway's stack alone, no lorafleet logic"),
         ("gateway", "proxy-asgi", "what lorafleet's request path adds to its stack"),
         ("proxy-fastapi", "proxy-asgi", "FastAPI + httpx against plain ASGI + aiohttp"),
