@@ -18,7 +18,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sqlite3
 import statistics
@@ -28,6 +27,8 @@ import time
 import urllib.request
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
@@ -162,24 +163,24 @@ def monitoring_costs(out: fakes.Tee, work: Path, layout: fakes.Layout, cpu_on: f
         f"monitoring work on the request path, in-process on core {layout.sut} "
         f"(share: of the monitoring-on gateway's {f(cpu_on, 0)} us of CPU per JSON request)"
     )
-    switchable = ("with_logprobs", "response_entropy", "json.loads of the answer", "strip_logprobs")
+    switchable = ("with_logprobs", "response_entropy", "orjson.loads of the answer", "strip_logprobs")
     for _, what, us in rows:
-        if "monitoring" in what or what.startswith("json.loads of the answer"):
+        if "monitoring" in what or what.startswith("orjson.loads of the answer"):
             tag = "entropy_top_k=0 removes it" if what.startswith(switchable) else "no switch"
             out(f"  {us:7.1f} us  {100 * us / cpu_on:5.1f}%  {what:<45} ({tag})")
-    out("  (json.loads of the answer: with top-5 logprobs the engine's answer is several times larger)")
+    out("  (orjson.loads of the answer: with top-5 logprobs the engine's answer is several times larger)")
     out("  the entropy part grows with the answer's length (top-5 logprobs, in-process, per request):")
     for tokens in (8, 64, 256):
         fake = fakes.FakeOpenAIUpstream(fakes.UpstreamConfig(chunks=tokens))
         with_lp, without = fake.completion_body("m", 0, 5), fake.completion_body("m", 0, None)
-        parsed = json.loads(with_lp)
-        extra = _time_us(lambda b=with_lp: json.loads(b), 300) - _time_us(
-            lambda b=without: json.loads(b), 300
+        parsed = orjson.loads(with_lp)
+        extra = _time_us(lambda b=with_lp: orjson.loads(b), 300) - _time_us(
+            lambda b=without: orjson.loads(b), 300
         )
         ent = _time_us(lambda p=parsed: response_entropy(p), 300)
         out(
             f"    {tokens:>4} tokens: answer {len(with_lp):>6} bytes with logprobs ({len(without)} without); "
-            f"extra json.loads {f(extra, 1)} us + response_entropy {f(ent, 1)} us"
+            f"extra orjson.loads {f(extra, 1)} us + response_entropy {f(ent, 1)} us"
         )
 
 
