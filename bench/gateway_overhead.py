@@ -285,8 +285,6 @@ def cost_breakdown(work: Path) -> list[tuple[str, str, float]]:
     These are the functions router/gateway.py calls on every request, with the fake upstream's
     bodies; framework (uvicorn, Starlette, FastAPI) and socket costs are not in it.
     """
-    import uuid
-
     import orjson
     from prometheus_client import CollectorRegistry
 
@@ -294,7 +292,7 @@ def cost_breakdown(work: Path) -> list[tuple[str, str, float]]:
     from monitor.entropy import response_entropy, strip_logprobs, with_logprobs
     from monitor.feedback import FeedbackStore
     from monitor.metrics import Arm, build_metrics
-    from router.gateway import CHAT, _StreamWatch, validate_body
+    from router.gateway import CHAT, _StreamWatch, new_request_id, validate_body
     from router.observe import Observer, Outcome
     from router.responses import FastJSONResponse
     from router.settings import GatewaySettings
@@ -340,7 +338,7 @@ def cost_breakdown(work: Path) -> list[tuple[str, str, float]]:
     rows = [
         ("openai_api.read_json", "orjson.loads of the request", _time_us(lambda: orjson.loads(raw_request))),
         ("gateway.complete", "validate_body", _time_us(lambda: validate_body(CHAT, body, settings))),
-        ("gateway.complete", "request id (uuid4)", _time_us(lambda: f"req-{uuid.uuid4().hex}")),
+        ("gateway.complete", "request id (new_request_id)", _time_us(new_request_id)),
         (
             "gateway.complete",
             "with_logprobs (monitoring)",

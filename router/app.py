@@ -17,7 +17,6 @@ import datetime as dt
 import gc
 import logging
 import os
-import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
@@ -36,7 +35,7 @@ from monitor.signals import LocalSignals
 from router import admin, openai_api
 from router.auth import AuthMiddleware
 from router.errors import RouterError
-from router.gateway import REQUEST_ID_HEADER, Gateway
+from router.gateway import REQUEST_ID_HEADER, Gateway, new_request_id
 from router.observe import Observer
 from router.openai_api import CompletionsFastPath
 from router.responses import error_response, openai_error
@@ -95,7 +94,7 @@ class RequestIdMiddleware:
         name = REQUEST_ID_HEADER.encode()
         request_id = next((v for k, v in scope["headers"] if k.lower() == name and v), None)
         if request_id is None:
-            request_id = f"req-{uuid.uuid4().hex}".encode()
+            request_id = new_request_id().encode()
             # In place: the error handler of last resort sees this scope, not a copy.
             scope["headers"] = [*scope["headers"], (name, request_id)]
 

@@ -15,7 +15,6 @@ Any other method or spelling of those paths reaches the Starlette routes below.
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -37,7 +36,7 @@ from router.errors import (
     RouterError,
     UpstreamError,
 )
-from router.gateway import CHAT, COMPLETIONS, REQUEST_ID_HEADER, Gateway
+from router.gateway import CHAT, COMPLETIONS, REQUEST_ID_HEADER, Gateway, new_request_id
 from router.peers import FORWARDED_HEADER, ask_peers
 from router.responses import error_response, openai_error
 
@@ -207,7 +206,7 @@ class CompletionsFastPath:
         # One pass over the raw headers (Starlette's Headers scans them again on every lookup);
         # reversed, so that the first of repeated headers wins, as with Headers.get.
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in reversed(scope["headers"])}
-        request_id = headers.get(REQUEST_ID_HEADER) or f"req-{uuid.uuid4().hex}"
+        request_id = headers.get(REQUEST_ID_HEADER) or new_request_id()
         headers[REQUEST_ID_HEADER] = request_id
         response: Response
         try:
