@@ -35,10 +35,10 @@ from monitor.signals import LocalSignals
 from router import admin, openai_api
 from router.auth import AuthMiddleware
 from router.errors import RouterError
-from router.gateway import REQUEST_ID_HEADER, Gateway, new_request_id
+from router.gateway import Gateway, new_request_id
 from router.observe import Observer
 from router.openai_api import CompletionsFastPath
-from router.responses import error_response, openai_error
+from router.responses import REQUEST_ID_HEADER, error_response, internal_error, openai_error
 from router.rollout import Controller, LeaderLock, LocalGateSource, PrometheusGateSource, Rollouts, utcnow
 from router.settings import ControllerMode, GatewaySettings
 from router.store import FileStore, RouteStore, check_routes
@@ -243,14 +243,7 @@ def create_app(
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         # Answered outside every middleware, RequestIdMiddleware's included: set the id here.
-        request_id = request.headers.get(REQUEST_ID_HEADER)
-        log.exception("unexpected error in request %s", request_id)
-        return openai_error(
-            500,
-            "server_error",
-            f"internal error: {type(exc).__name__}",
-            headers={REQUEST_ID_HEADER: request_id} if request_id else None,
-        )
+        return internal_error(exc, request.headers.get(REQUEST_ID_HEADER))
 
     @app.get("/health")
     async def health(request: Request) -> JSONResponse:

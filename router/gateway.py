@@ -41,7 +41,7 @@ from router.errors import (
 )
 from router.observe import Observer, Outcome
 from router.policy import BASE_FALLBACK, RoutesFile
-from router.responses import EventStream, FastJSONResponse
+from router.responses import REQUEST_ID_HEADER, EventStream, FastJSONResponse
 from router.selector import choose, mirror
 from router.settings import GatewaySettings
 from router.store import RouteStore
@@ -63,7 +63,6 @@ COMPLETIONS = "completions"
 ROUTE_HEADER = "x-lorafleet-route"
 VERSION_HEADER = "x-lorafleet-version"
 ARM_HEADER = "x-lorafleet-arm"
-REQUEST_ID_HEADER = "x-request-id"
 NO_ENGINE = "-"  # EngineFailure.engine when no engine could be tried
 MAX_TOP_LOGPROBS = 20  # OpenAI's bound on top_logprobs
 
@@ -429,7 +428,7 @@ class Gateway:
             raise EngineFailure(engine.url, reason, detail, response.status)
         return _Attempt(version, arm, engine, response, started)
 
-    async def _send_to_any(
+    async def _send_to_others(
         self,
         endpoint: str,
         body: dict[str, Any],
@@ -437,24 +436,18 @@ class Gateway:
         arm: Arm,
         request_id: str,
         deadline: float,
-        first: EngineFailure | None = None,
+        failure: EngineFailure,
     ) -> _Attempt:
-        """`_send`, tried on each other healthy engine holding `version` while the deadline allows.
-
-        `first`: the failure of a first attempt already made (the request path's first `_send`).
-        """
+        """After `failure` of a first `_send`: each other healthy engine holding `version` in turn,
+        while the deadline allows."""
         failed: list[EngineFailure] = []
-        failure = first
         while True:
-            if failure is not None:
-                if failure.engine == NO_ENGINE and failed:
-                    raise failed[-1] from None  # no other engine holds it: report the last real failure
-                if failure.engine == NO_ENGINE or time.monotonic() >= deadline:
-                    raise failure
-                failed.append(failure)
-                log.warning(
-                    "request %s to %s failed: %s; trying another engine", request_id, version, failure
-                )
+            if failure.engine == NO_ENGINE and failed:
+                raise failed[-1] from None  # no other engine holds it: report the last real failure
+            if failure.engine == NO_ENGINE or time.monotonic() >= deadline:
+                raise failure
+            failed.append(failure)
+            log.warning("request %s to %s failed: %s; trying another engine", request_id, version, failure)
             try:
                 return await self._send(
                     endpoint, body, version, arm, request_id, deadline, [f.engine for f in failed]
@@ -469,11 +462,12 @@ class Gateway:
         target: Target,
         request_id: str,
         deadline: float,
-        failure: EngineFailure | None = None,
+        failure: EngineFailure,
     ) -> _Attempt:
-        """Other engines holding the target's version, then its fallback; `failure`: a first attempt's."""
+        """After `failure` of a first `_send`: the other engines holding the target's version, then
+        the route's fallback."""
         try:
-            return await self._send_to_any(
+            return await self._send_to_others(
                 endpoint, body, target.version, target.arm, request_id, deadline, failure
             )
         except EngineFailure as first:
@@ -529,14 +523,14 @@ class Gateway:
         chat = endpoint == CHAT
         keep_top: int | None = None
         upstream = dict(body)
-        asked_logprobs = True
+        strip = False  # logprobs asked on the client's behalf, cut back to `keep_top` on the way out
         sampled = (
             self.settings.entropy_sample_percent == 100
             or self.rng.randrange(100) < self.settings.entropy_sample_percent
         )
         if self.settings.entropy_top_k and sampled:
             upstream, keep_top = with_logprobs(body, chat=chat, top_k=self.settings.entropy_top_k)
-            asked_logprobs = keep_top is not None
+            strip = True
         stream = bool(body.get("stream"))
         asked_usage = True
         if stream:
@@ -568,9 +562,7 @@ class Gateway:
             return await self._pass_error(attempt, target, out_headers, start)
         if stream:
             return EventStream(
-                self._relay(
-                    attempt, target, text, upstream, endpoint, start, asked_logprobs, keep_top, asked_usage
-                ),
+                self._relay(attempt, target, text, upstream, endpoint, start, strip, keep_top, asked_usage),
                 out_headers,
             )
         try:
@@ -584,7 +576,7 @@ class Gateway:
             attempt.engine.in_flight -= 1
             attempt.response.release()
         duration = time.perf_counter() - start
-        sent = strip_logprobs(data, keep_top) if not asked_logprobs or keep_top is not None else data
+        sent = strip_logprobs(data, keep_top) if strip else data
         # Observed once the answer is sent (same task, same event-loop turn): off the client's latency.
         after = BackgroundTask(
             self._observe_answer, endpoint, upstream, target, attempt, text, data, duration
@@ -672,7 +664,7 @@ class Gateway:
         upstream: dict[str, Any],
         endpoint: str,
         start: float,
-        asked_logprobs: bool,
+        strip: bool,
         keep_top: int | None,
         asked_usage: bool,
     ) -> AsyncIterator[bytes]:
@@ -680,9 +672,7 @@ class Gateway:
 
         The events of one chunk from the engine leave in one write: as many sends as the engine's.
         """
-        watch = _StreamWatch(
-            endpoint == CHAT, start, not asked_logprobs or keep_top is not None, keep_top, asked_usage
-        )
+        watch = _StreamWatch(endpoint == CHAT, start, strip, keep_top, asked_usage)
         events = SSEBuffer()
         error: ErrorReason | None = None
         status = 200

@@ -14,7 +14,6 @@ Any other method or spelling of those paths reaches the Starlette routes below.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -36,11 +35,9 @@ from router.errors import (
     RouterError,
     UpstreamError,
 )
-from router.gateway import CHAT, COMPLETIONS, REQUEST_ID_HEADER, Gateway, new_request_id
+from router.gateway import CHAT, COMPLETIONS, Gateway, new_request_id
 from router.peers import FORWARDED_HEADER, ask_peers
-from router.responses import error_response, openai_error
-
-log = logging.getLogger("lorafleet.router")
+from router.responses import REQUEST_ID_HEADER, error_response, internal_error
 
 
 async def read_json(request: Request, limit: int, empty: Any = None) -> Any:
@@ -218,9 +215,7 @@ class CompletionsFastPath:
             exc.headers = {**(exc.headers or {}), REQUEST_ID_HEADER: request_id}
             response = error_response(exc)
         except Exception as exc:
-            log.exception("unexpected error in request %s", request_id)
-            message = f"internal error: {type(exc).__name__}"
-            response = openai_error(500, "server_error", message, headers={REQUEST_ID_HEADER: request_id})
+            response = internal_error(exc, request_id)
         await response(scope, receive, send)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
@@ -11,6 +12,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
 from router.errors import RouterError
+
+log = logging.getLogger("lorafleet.router")
+
+REQUEST_ID_HEADER = "x-request-id"
 
 
 class FastJSONResponse(JSONResponse):
@@ -83,6 +88,13 @@ def openai_error(
         status_code=status,
         headers=headers,
     )
+
+
+def internal_error(exc: Exception, request_id: str | None) -> JSONResponse:
+    """The answer of last resort to an unexpected exception: logged, a 500 in OpenAI's shape."""
+    log.error("unexpected error in request %s", request_id, exc_info=exc)
+    headers = {REQUEST_ID_HEADER: request_id} if request_id else None
+    return openai_error(500, "server_error", f"internal error: {type(exc).__name__}", headers=headers)
 
 
 def error_response(exc: RouterError) -> JSONResponse:
