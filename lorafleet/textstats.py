@@ -18,6 +18,7 @@ and needs no vocabulary size. With k >= 5 on a fine-tuned classifier the top-k m
 
 from __future__ import annotations
 
+import bisect
 import functools
 import math
 import re
@@ -40,13 +41,10 @@ def words(text: str) -> list[str]:
 
 def bin_index(value: float, edges: Sequence[float]) -> int:
     """Index of the bin holding `value`: bins are [edges[i], edges[i+1]); the last one is open-ended."""
-    i = 0
-    for j in range(1, len(edges)):
-        if value >= edges[j]:
-            i = j
-        else:
-            break
-    return i
+    if value != value:  # NaN
+        return 0
+    i = bisect.bisect_right(edges, value) - 1
+    return i if i > 0 else 0
 
 
 def histogram(values: Iterable[float], edges: Sequence[float]) -> Histogram:

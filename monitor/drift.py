@@ -138,12 +138,8 @@ def _histogram_reference(h: Histogram) -> list[float] | None:
     return [float(c) for c in h.counts] if sum(h.counts) > 0 else None
 
 
-@dataclass(frozen=True)
-class _Observation:
-    length_bin: int
-    word_bins: tuple[int, ...]
-    label_bin: int | None
-    entropy_bin: int | None
+# One request in the window: (length bin, word bins, label bin or -1, entropy bin or -1).
+_Observation = tuple[int, tuple[int, ...], int, int]
 
 
 class DriftWindow:
@@ -205,6 +201,12 @@ class DriftWindow:
                 self._entropy_edges = list(reference.entropy_nats.edges)
                 self._features[DriftFeature.ENTROPY] = _Counts(entropy_ref)
 
+        f = self._features
+        self._length = f.get(DriftFeature.INPUT_LENGTH)
+        self._vocabulary = f.get(DriftFeature.INPUT_VOCABULARY)
+        self._label = f.get(DriftFeature.PREDICTED_LABEL)
+        self._entropy = f.get(DriftFeature.ENTROPY)
+
     @property
     def features(self) -> list[DriftFeature]:
         """The features this reference allows to score."""
@@ -231,13 +233,14 @@ class DriftWindow:
         """
         tokens = words(input_text)
         other_word = len(self._word_index)
-        obs = _Observation(
-            length_bin=bin_index(len(tokens), self._length_edges),
-            word_bins=tuple(self._word_index.get(w, other_word) for w in tokens),
-            label_bin=self._label_bin(predicted_label) if self._labels else None,
-            entropy_bin=bin_index(entropy, self._entropy_edges)
+        index = self._word_index.get
+        obs = (
+            bin_index(len(tokens), self._length_edges),
+            tuple([index(w, other_word) for w in tokens]),
+            self._label_bin(predicted_label) if self._labels else -1,
+            bin_index(entropy, self._entropy_edges)
             if entropy is not None and self._entropy_edges and math.isfinite(entropy)
-            else None,
+            else -1,
         )
         self._apply(obs, +1)
         self._window.append(obs)
@@ -245,19 +248,20 @@ class DriftWindow:
             self._apply(self._window.popleft(), -1)
 
     def _apply(self, obs: _Observation, sign: int) -> None:
-        f = self._features
-        if (c := f.get(DriftFeature.INPUT_LENGTH)) is not None:
-            c.counts[obs.length_bin] += sign
+        length_bin, word_bins, label_bin, entropy_bin = obs
+        if (c := self._length) is not None:
+            c.counts[length_bin] += sign
             c.n += sign
-        if (c := f.get(DriftFeature.INPUT_VOCABULARY)) is not None:
-            for b in obs.word_bins:
-                c.counts[b] += sign
+        if (c := self._vocabulary) is not None:
+            counts = c.counts
+            for b in word_bins:
+                counts[b] += sign
             c.n += sign
-        if obs.label_bin is not None and (c := f.get(DriftFeature.PREDICTED_LABEL)) is not None:
-            c.counts[obs.label_bin] += sign
+        if label_bin >= 0 and (c := self._label) is not None:
+            c.counts[label_bin] += sign
             c.n += sign
-        if obs.entropy_bin is not None and (c := f.get(DriftFeature.ENTROPY)) is not None:
-            c.counts[obs.entropy_bin] += sign
+        if entropy_bin >= 0 and (c := self._entropy) is not None:
+            c.counts[entropy_bin] += sign
             c.n += sign
 
     def scores(self) -> dict[DriftFeature, DriftScore]:

@@ -2,8 +2,11 @@
 
     with_logprobs(body, chat=...)      the request to send upstream (asks for top-k logprobs) and
                                        what the client itself asked for
-    response_entropy(response)         mean H_k of choices[0] of a whole response
+    response_entropy(response)         mean H_k of choices[0] of a whole parsed response
     EntropyAccumulator                 the same, chunk by chunk, for an SSE stream
+    Logprobs, logprob_tokens           the typed view of a choice's logprobs (decoded by msgspec
+                                       straight from the engine's bytes: router/answer.py) and its
+                                       per-token top-k log-probabilities
     strip_logprobs(payload, keep_top)  remove (or cut down to what the client asked) the logprobs the
                                        gateway asked for on the client's behalf; works on responses
                                        and stream chunks alike
@@ -19,50 +22,63 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import msgspec
+
 from lorafleet.textstats import token_entropy
 
 DEFAULT_TOP_LOGPROBS = 5
 
 
-def _tokens_chat(content: Sequence[Any]) -> list[list[float]]:
-    # dict, not Mapping: parsed JSON holds dicts, and an ABC check costs ~10x more per token.
-    tokens: list[list[float]] = []
-    for item in content:
-        if not isinstance(item, dict):
-            continue
-        top = item.get("top_logprobs") or ()
-        lps = [float(t["logprob"]) for t in top if isinstance(t, dict) and t.get("logprob") is not None]
-        if not lps and item.get("logprob") is not None:
-            lps = [float(item["logprob"])]
-        if lps:
-            tokens.append(lps)
-    return tokens
+class TopLogprob(msgspec.Struct):
+    logprob: float | None = None
 
 
-def _tokens_completion(logprobs: Mapping[str, Any]) -> list[list[float]]:
-    top = logprobs.get("top_logprobs")
-    own = logprobs.get("token_logprobs") or []
+class ChatToken(msgspec.Struct):
+    logprob: float | None = None
+    top_logprobs: list[TopLogprob] | None = None
+
+
+class Logprobs(msgspec.Struct):
+    """A choice's `logprobs`, chat or completions shape; only the fields the estimator reads."""
+
+    content: list[ChatToken] | None = None  # chat
+    token_logprobs: list[float | None] | None = None  # completions
+    top_logprobs: list[dict[str, float | None] | None] | None = None  # completions
+
+
+def logprob_tokens(logprobs: Logprobs | None) -> list[list[float]]:
+    """Per generated token, its top-k log-probabilities (chat or completions shape)."""
     tokens: list[list[float]] = []
-    if top:
-        for i, entry in enumerate(top):
-            if isinstance(entry, dict) and entry:
-                tokens.append([float(v) for v in entry.values() if v is not None])
-            elif i < len(own) and own[i] is not None:
-                tokens.append([float(own[i])])
-    else:
-        tokens = [[float(lp)] for lp in own if lp is not None]
-    return [t for t in tokens if t]
+    if logprobs is None:
+        return tokens
+    if logprobs.content is not None:
+        for item in logprobs.content:
+            lps = [t.logprob for t in item.top_logprobs or () if t.logprob is not None]
+            if not lps and item.logprob is not None:
+                lps = [item.logprob]
+            if lps:
+                tokens.append(lps)
+        return tokens
+    own = logprobs.token_logprobs or []
+    if logprobs.top_logprobs:
+        for i, entry in enumerate(logprobs.top_logprobs):
+            if entry:
+                lps = [v for v in entry.values() if v is not None]
+            else:
+                lps = [own[i]] if i < len(own) and own[i] is not None else []  # type: ignore[list-item]
+            if lps:
+                tokens.append(lps)
+        return tokens
+    return [[lp] for lp in own if lp is not None]
 
 
 def choice_token_logprobs(choice: Mapping[str, Any]) -> list[list[float]]:
-    """Per generated token, the top-k log-probabilities found in one choice (chat or completions shape)."""
-    logprobs = choice.get("logprobs")
-    if not isinstance(logprobs, dict):
+    """Per generated token, the top-k log-probabilities found in one parsed choice (either shape)."""
+    try:
+        logprobs = msgspec.convert(choice.get("logprobs"), Logprobs | None)
+    except msgspec.ValidationError:
         return []
-    content = logprobs.get("content")
-    if isinstance(content, list):
-        return _tokens_chat(content)
-    return _tokens_completion(logprobs)
+    return logprob_tokens(logprobs)
 
 
 def _first_choice(payload: Mapping[str, Any]) -> Mapping[str, Any] | None:
@@ -80,8 +96,14 @@ class EntropyAccumulator:
         self._sum = 0.0
         self._tokens = 0
 
+    def add(self, logprobs: Logprobs | None) -> None:
+        """Add the tokens of one choice's logprobs."""
+        for lps in logprob_tokens(logprobs):
+            self._sum += token_entropy(lps)
+            self._tokens += 1
+
     def add_chunk(self, choice: Mapping[str, Any]) -> None:
-        """Add the tokens of one choice object (a stream chunk's `choices[i]`, or a whole response's)."""
+        """Add the tokens of one parsed choice object (a stream chunk's `choices[i]`, or a whole response's)."""
         for lps in choice_token_logprobs(choice):
             self._sum += token_entropy(lps)
             self._tokens += 1

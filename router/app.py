@@ -30,7 +30,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from lorafleet import __version__
 from lorafleet.registry import Registry
 from monitor.feedback import FeedbackStore
-from monitor.metrics import build_metrics
+from monitor.metrics import PendingUpdates, build_metrics
 from monitor.signals import LocalSignals
 from router import admin, openai_api
 from router.auth import AuthMiddleware
@@ -48,10 +48,12 @@ from serve.fleet import Fleet
 log = logging.getLogger("lorafleet.router")
 
 
-def _exposition_registry(own: CollectorRegistry) -> CollectorRegistry:
-    """With several workers (PROMETHEUS_MULTIPROC_DIR set), /metrics sums every worker's files."""
+def _exposition_registry(own: CollectorRegistry, pending: PendingUpdates) -> CollectorRegistry:
+    """With several workers (PROMETHEUS_MULTIPROC_DIR set), /metrics sums every worker's files
+    (this worker's pending updates written first)."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         merged = CollectorRegistry()
+        merged.register(pending)
         multiprocess.MultiProcessCollector(merged)  # type: ignore[no-untyped-call]
         return merged
     return own
@@ -159,7 +161,7 @@ def create_app(
         app.state.rollouts = rollouts
         app.state.metrics = metrics
         app.state.metrics_registry = registry_metrics
-        app.state.exposition_registry = lambda: _exposition_registry(registry_metrics)
+        app.state.exposition_registry = lambda: _exposition_registry(registry_metrics, metrics.pending)
         leader = LeaderLock(settings.resolved_state_dir / "controller.lock")
         wants_controller = (
             settings.controller is ControllerMode.EMBEDDED if run_controller is None else run_controller
@@ -171,6 +173,7 @@ def create_app(
                 fleet.run(gateway.desired_adapters, settings.reconcile_interval_s, unload=is_controller)
             ),
             asyncio.create_task(_every(2.0, "drift publishing", observer.publish)),
+            asyncio.create_task(_every(1.0, "metrics flush", metrics.pending.flush)),
             asyncio.create_task(
                 _every(3600.0, "answer log pruning", lambda: asyncio.to_thread(feedback.prune))
             ),
@@ -180,7 +183,9 @@ def create_app(
             if settings.prometheus_url:
                 source = PrometheusGateSource(settings.prometheus_url, http, clock)
             else:
-                source = LocalGateSource(LocalSignals(_exposition_registry(registry_metrics)))
+                source = LocalGateSource(
+                    LocalSignals(_exposition_registry(registry_metrics, metrics.pending))
+                )
             controller = Controller(rollouts, source, metrics)
             app.state.controller = controller
             app.state.is_controller = True
@@ -204,6 +209,7 @@ def create_app(
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
             await gateway.drain()
+            metrics.pending.flush()
             leader.release()
             await http.aclose()
             await session.close()
@@ -257,7 +263,8 @@ def create_app(
     @app.get("/metrics")
     async def metrics_endpoint() -> Response:
         return Response(
-            generate_latest(_exposition_registry(registry_metrics)), media_type=CONTENT_TYPE_LATEST
+            generate_latest(_exposition_registry(registry_metrics, metrics.pending)),
+            media_type=CONTENT_TYPE_LATEST,
         )
 
     return app

@@ -32,6 +32,7 @@ from lorafleet.registry import Registry
 from lorafleet.textstats import match_label, normalise_answer
 from monitor.entropy import EntropyAccumulator, response_entropy, strip_logprobs, with_logprobs
 from monitor.metrics import Arm, ErrorReason
+from router.answer import Answer, Usage, read_answer, without_logprobs
 from router.errors import (
     BadRequestError,
     ModelNotFoundError,
@@ -566,9 +567,12 @@ class Gateway:
                 out_headers,
             )
         try:
-            data = orjson.loads(await attempt.response.read())
-            if not isinstance(data, dict):
-                raise ValueError(f"the answer is JSON but not an object: {type(data).__name__}")
+            raw = await attempt.response.read()
+            seen: Answer | dict[str, Any] | None = read_answer(raw)
+            if seen is None:  # JSON, but not of the usual shape: read it generically
+                seen = orjson.loads(raw)
+                if not isinstance(seen, dict):
+                    raise ValueError(f"the answer is JSON but not an object: {type(seen).__name__}")
         except (*UPSTREAM_ERRORS, ValueError) as exc:
             self._count_failure(target, EngineFailure(attempt.engine.url, "status_5xx", str(exc)))
             raise UpstreamError(f"engine {attempt.engine.url} sent an unreadable answer: {exc}") from None
@@ -576,12 +580,12 @@ class Gateway:
             attempt.engine.in_flight -= 1
             attempt.response.release()
         duration = time.perf_counter() - start
-        sent = strip_logprobs(data, keep_top) if strip else data
+        sent = _strip(raw, seen, keep_top) if strip else raw
         # Observed once the answer is sent (same task, same event-loop turn): off the client's latency.
         after = BackgroundTask(
-            self._observe_answer, endpoint, upstream, target, attempt, text, data, duration
+            self._observe_answer, endpoint, upstream, target, attempt, text, seen, duration
         )
-        return FastJSONResponse(sent, headers=out_headers, background=after)
+        return Response(sent, headers=out_headers, media_type="application/json", background=after)
 
     async def _observe_answer(
         self,
@@ -590,13 +594,28 @@ class Gateway:
         target: Target,
         attempt: _Attempt,
         text: str,
-        data: dict[str, Any],
+        seen: Answer | dict[str, Any],
         duration: float,
     ) -> None:
         """Entropy, metrics, drift and the answer log of a JSON answer; then its shadow, if any."""
         try:
-            answer = _answer_text(data, endpoint == CHAT)
-            usage = data.get("usage") or {}
+            if isinstance(seen, Answer):
+                choice = seen.first()
+                answer = choice.content if choice is not None else None
+                completion_id = seen.id
+                usage = seen.usage or Usage()
+                prompt_tokens, completion_tokens = usage.prompt_tokens, usage.completion_tokens
+                entropy = EntropyAccumulator()
+                entropy.add(choice.logprobs if choice is not None else None)
+                mean_entropy = entropy.value()
+            else:
+                answer = _answer_text(seen, endpoint == CHAT)
+                raw_id, raw_usage = seen.get("id"), seen.get("usage")
+                completion_id = raw_id if isinstance(raw_id, str) else None
+                usage_dict: dict[str, Any] = raw_usage if isinstance(raw_usage, dict) else {}
+                prompt_tokens = usage_dict.get("prompt_tokens")
+                completion_tokens = usage_dict.get("completion_tokens")
+                mean_entropy = response_entropy(seen)
             self.observer.record(
                 Outcome(
                     route=target.route,
@@ -606,15 +625,15 @@ class Gateway:
                     duration_s=duration,
                     input_text=text,
                     answer=answer,
-                    completion_id=data.get("id"),
-                    prompt_tokens=usage.get("prompt_tokens"),
-                    completion_tokens=usage.get("completion_tokens"),
-                    entropy=response_entropy(data),
+                    completion_id=completion_id,
+                    prompt_tokens=prompt_tokens,
+                    completion_tokens=completion_tokens,
+                    entropy=mean_entropy,
                 )
             )
             self._shadow(endpoint, upstream, target, answer or "")
         except Exception:
-            log.exception("observing answer %s failed", data.get("id"))
+            log.exception("observing answer of request to %s failed", attempt.version)
 
     async def _pass_error(
         self, attempt: _Attempt, target: Target, headers: dict[str, str], start: float
@@ -716,8 +735,8 @@ class Gateway:
                     answer=answer if error is None else None,
                     completion_id=watch.completion_id,
                     ttft_s=watch.ttft,
-                    prompt_tokens=watch.usage.get("prompt_tokens"),
-                    completion_tokens=watch.usage.get("completion_tokens"),
+                    prompt_tokens=watch.usage.prompt_tokens,
+                    completion_tokens=watch.usage.completion_tokens,
                     entropy=watch.entropy.value(),
                     error=error,
                 )
@@ -805,7 +824,7 @@ class _StreamWatch:
         self.entropy = EntropyAccumulator()
         self.parts: list[str] = []
         self.ttft: float | None = None
-        self.usage: dict[str, Any] = {}
+        self.usage = Usage()
         self.completion_id: str | None = None
 
     def relay(self, payloads: list[bytes]) -> bytes:
@@ -816,28 +835,53 @@ class _StreamWatch:
                 out.append(b"data: [DONE]\n\n")
                 continue
             try:
-                chunk = orjson.loads(payload)
+                chunk = read_answer(payload)
             except ValueError:
                 out.append(b"data: " + payload + b"\n\n")
                 continue
-            self.completion_id = self.completion_id or chunk.get("id")
-            choices = chunk.get("choices") or []
-            if chunk.get("usage"):
-                self.usage = chunk["usage"]
-                if not choices and not self.asked_usage:
+            if chunk is None:
+                out.append(b"data: " + self._other(payload) + b"\n\n")
+                continue
+            self.completion_id = self.completion_id or chunk.id
+            if chunk.usage is not None:
+                self.usage = chunk.usage
+                if not chunk.choices and not self.asked_usage:
                     continue
-            if choices:
-                self.entropy.add_stream_chunk(chunk)
-                piece = _chunk_text(choices[0], self.chat)
-                if piece:
-                    if self.ttft is None:
-                        self.ttft = time.perf_counter() - self.start
-                    self.parts.append(piece)
-                if self.rewrite:
-                    out.append(sse(strip_logprobs(chunk, self.keep_top)))
-                    continue
+            choice = chunk.first()
+            if choice is not None:
+                self.entropy.add(choice.logprobs)
+                self._seen(choice.content)
+            if self.rewrite and chunk.choices:
+                payload = _strip(payload, chunk, self.keep_top)
             out.append(b"data: " + payload + b"\n\n")
         return b"".join(out)
+
+    def _seen(self, piece: str | None) -> None:
+        if piece:
+            if self.ttft is None:
+                self.ttft = time.perf_counter() - self.start
+            self.parts.append(piece)
+
+    def _other(self, payload: bytes) -> bytes:
+        """An event of an unusual shape (JSON, read_answer could not type it): read generically."""
+        chunk = orjson.loads(payload)
+        if not isinstance(chunk, dict):
+            return payload
+        choices = chunk.get("choices")
+        if isinstance(choices, list) and choices and isinstance(choices[0], dict):
+            self._seen(_chunk_text(choices[0], self.chat))
+            if self.rewrite:
+                return orjson.dumps(strip_logprobs(chunk, self.keep_top))
+        return payload
+
+
+def _strip(raw: bytes, seen: Answer | dict[str, Any], keep_top: int | None) -> bytes:
+    """The answer (or stream event) without the logprobs the gateway asked on the client's behalf."""
+    if isinstance(seen, Answer) and keep_top is None:
+        cut = without_logprobs(raw, seen)
+        if cut is not None:
+            return cut
+    return orjson.dumps(strip_logprobs(seen if isinstance(seen, dict) else orjson.loads(raw), keep_top))
 
 
 def _answer_text(data: Mapping[str, Any], chat: bool) -> str | None:

@@ -169,28 +169,29 @@ class Observer:
 
     def record(self, o: Outcome) -> None:
         m = self.metrics
+        inc, observe = m.pending.inc, m.pending.observe
         route, version = self.label_values(o.route, o.version)
-        self._child(m.requests, route, version, o.arm.value, f"{o.status // 100}xx").inc()
-        self._child(m.request_duration, route, version).observe(o.duration_s)
+        inc(self._child(m.requests, route, version, o.arm.value, f"{o.status // 100}xx"))
+        observe(self._child(m.request_duration, route, version), o.duration_s)
         if o.error is not None:
-            self._child(m.errors, route, version, o.error.value).inc()
+            inc(self._child(m.errors, route, version, o.error.value))
         if o.ttft_s is not None:
-            self._child(m.time_to_first_token, route, version).observe(o.ttft_s)
+            observe(self._child(m.time_to_first_token, route, version), o.ttft_s)
             if o.completion_tokens and o.completion_tokens > 1:
                 tpot = (o.duration_s - o.ttft_s) / (o.completion_tokens - 1)
-                self._child(m.time_per_output_token, route, version).observe(max(tpot, 0.0))
+                observe(self._child(m.time_per_output_token, route, version), max(tpot, 0.0))
         if o.prompt_tokens:
-            self._child(m.tokens, route, version, Direction.INPUT.value).inc(o.prompt_tokens)
+            inc(self._child(m.tokens, route, version, Direction.INPUT.value), o.prompt_tokens)
         if o.completion_tokens:
-            self._child(m.tokens, route, version, Direction.OUTPUT.value).inc(o.completion_tokens)
+            inc(self._child(m.tokens, route, version, Direction.OUTPUT.value), o.completion_tokens)
         if o.answer is None or o.status != 200 or version == OTHER:
             return
         if o.entropy is not None:
-            self._child(m.entropy, route, version).observe(o.entropy)
+            observe(self._child(m.entropy, route, version), o.entropy)
         labels = self.label_set(version)
         predicted = match_label(o.answer, labels) if labels else None
         if labels is not None:
-            self._child(m.predictions, route, version, predicted or OTHER).inc()
+            inc(self._child(m.predictions, route, version, predicted or OTHER))
             counts = self._answers.setdefault((route, version), [0, 0])
             counts[0] += 1
             counts[1] += predicted is None
