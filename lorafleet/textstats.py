@@ -24,6 +24,7 @@ import math
 import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 from lorafleet.registry import Histogram, LabelStats, ReferenceStats
 
@@ -32,6 +33,7 @@ INPUT_WORD_EDGES: tuple[float, ...] = (0, 3, 5, 7, 9, 11, 13, 16, 20, 25, 32, 45
 ENTROPY_EDGES_NATS: tuple[float, ...] = (0, 0.01, 0.03, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
 VOCABULARY_SIZE = 300
 OTHER_WORD = "<other>"
+_NEG_INF = -math.inf
 
 
 def words(text: str) -> list[str]:
@@ -54,18 +56,21 @@ def histogram(values: Iterable[float], edges: Sequence[float]) -> Histogram:
     return Histogram(edges=list(edges), counts=counts)
 
 
-def token_entropy(top_logprobs: Sequence[float]) -> float:
-    """H_k of one token from its top-k log-probabilities (natural log); see the module docstring."""
+def token_entropy(top_logprobs: Sequence[float | None], _exp: Any = math.exp, _log: Any = math.log) -> float:
+    """H_k of one token from its top-k log-probabilities (natural log); see the module docstring.
+
+    None and -inf (probability 0) add nothing.
+    """
     h = 0.0
     total = 0.0
     for lp in top_logprobs:
-        if lp is not None and lp > -math.inf:
-            p = math.exp(lp)
+        if lp is not None and lp > _NEG_INF:
+            p = _exp(lp)
             total += p
             h -= p * lp  # p * log(p), with log(p) = lp
     rest = 1.0 - total
     if rest > 1e-12:
-        h -= rest * math.log(rest)
+        h -= rest * _log(rest)
     return h if h > 0 else 0.0
 
 

@@ -29,16 +29,17 @@ from lorafleet.textstats import token_entropy
 DEFAULT_TOP_LOGPROBS = 5
 
 
-class TopLogprob(msgspec.Struct):
+# gc=False: no reference cycles are possible, and untracked objects are cheaper to make.
+class TopLogprob(msgspec.Struct, gc=False):
     logprob: float | None = None
 
 
-class ChatToken(msgspec.Struct):
+class ChatToken(msgspec.Struct, gc=False):
     logprob: float | None = None
     top_logprobs: list[TopLogprob] | None = None
 
 
-class Logprobs(msgspec.Struct):
+class Logprobs(msgspec.Struct, gc=False):
     """A choice's `logprobs`, chat or completions shape; only the fields the estimator reads."""
 
     content: list[ChatToken] | None = None  # chat
@@ -98,6 +99,17 @@ class EntropyAccumulator:
 
     def add(self, logprobs: Logprobs | None) -> None:
         """Add the tokens of one choice's logprobs."""
+        if logprobs is not None and logprobs.content is not None:  # chat: the common case, inline
+            for item in logprobs.content:
+                top = item.top_logprobs
+                if top:
+                    self._sum += token_entropy([t.logprob for t in top])
+                elif item.logprob is not None:
+                    self._sum += token_entropy([item.logprob])
+                else:
+                    continue
+                self._tokens += 1
+            return
         for lps in logprob_tokens(logprobs):
             self._sum += token_entropy(lps)
             self._tokens += 1

@@ -1,18 +1,16 @@
 """What the gateway reads of an engine's answer: one typed decode of the fields it needs.
 
-    read_answer(raw)          a whole response or one stream event's payload, decoded by msgspec into
-                              `Answer` (id, choices with their text and logprobs, usage); every other
-                              field is skipped, not built. Raises ValueError if `raw` is not JSON,
-                              returns None if it is JSON of another shape (the caller falls back to
-                              a generic parse).
-    without_logprobs(raw, a)  the same bytes with every choice's `logprobs` set to null, cut out of the
-                              engine's bytes instead of parsing and re-encoding the answer; None when
-                              the bytes are not laid out as expected (the caller strips the parsed
-                              answer instead).
-
-The cut relies on the engine writing `"logprobs": {...}` right before `"finish_reason"` in each
-choice, as vLLM (and OpenAI) do. It is checked on every answer: the cut bytes are decoded again
-and must hold the same id, choices, texts and finish reasons, with no logprobs left.
+read_answer(raw)          a whole response or one stream event's payload, decoded by msgspec into
+                          `Answer` (id, choices with their text, usage); every other field is
+                          skipped, not built, and each choice's logprobs are kept as their raw
+                          bytes (decoded only if monitoring reads them: Choice.token_logprobs()).
+                          Raises ValueError if `raw` is not JSON; None if it is JSON of another
+                          shape (the caller falls back to a generic parse).
+without_logprobs(raw, a)  the same bytes with every choice's `logprobs` value replaced by null:
+                          the exact bytes of each value are known from the decode, so they are
+                          cut out instead of parsing and re-encoding the whole answer. None when
+                          a value is not found right after its key (the caller strips the
+                          parsed answer instead).
 """
 
 from __future__ import annotations
@@ -21,18 +19,19 @@ import msgspec
 
 from monitor.entropy import Logprobs
 
+_NULL = b"null"
 
-class _Message(msgspec.Struct):
+
+class _Message(msgspec.Struct, gc=False):
     content: str | None = None
 
 
-class Choice(msgspec.Struct):
+class Choice(msgspec.Struct, gc=False):
     index: int = 0
     message: _Message | None = None  # chat, whole answer
     delta: _Message | None = None  # chat, stream event
     text: str | None = None  # completions
-    logprobs: Logprobs | None = None
-    finish_reason: str | None = None
+    logprobs: msgspec.Raw = msgspec.Raw(_NULL)
 
     @property
     def content(self) -> str | None:
@@ -41,13 +40,26 @@ class Choice(msgspec.Struct):
         part = self.message or self.delta
         return part.content if part is not None else None
 
+    @property
+    def has_logprobs(self) -> bool:
+        return _present(self.logprobs)
 
-class Usage(msgspec.Struct):
+    def token_logprobs(self) -> Logprobs | None:
+        """The choice's logprobs, typed; None when it has none or they are of another shape."""
+        if not self.has_logprobs:
+            return None
+        try:
+            return _logprobs_decoder.decode(self.logprobs)
+        except msgspec.ValidationError:
+            return None
+
+
+class Usage(msgspec.Struct, gc=False):
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
 
 
-class Answer(msgspec.Struct):
+class Answer(msgspec.Struct, gc=False):
     id: str | None = None
     choices: list[Choice] = []
     usage: Usage | None = None
@@ -61,8 +73,12 @@ class Answer(msgspec.Struct):
 
 
 _decoder = msgspec.json.Decoder(Answer)
-_LOGPROBS = b'"logprobs":'
-_FINISH = b',"finish_reason":'
+_logprobs_decoder = msgspec.json.Decoder(Logprobs)
+_KEY = b'"logprobs":'
+
+
+def _present(value: msgspec.Raw) -> bool:
+    return not (len(value) == len(_NULL) and bytes(value) == _NULL)
 
 
 def read_answer(raw: bytes) -> Answer | None:
@@ -75,39 +91,20 @@ def read_answer(raw: bytes) -> Answer | None:
 
 
 def without_logprobs(raw: bytes, answer: Answer) -> bytes | None:
-    if all(c.logprobs is None for c in answer.choices):
-        return raw
     parts: list[bytes] = []
     start = 0
-    while (key := raw.find(_LOGPROBS, start)) >= 0:
-        value = key + len(_LOGPROBS)
-        end = raw.find(_FINISH, value)
-        if end < 0:
+    for choice in answer.choices:
+        if not _present(choice.logprobs):
+            continue
+        value = bytes(choice.logprobs)
+        at = raw.find(_KEY, start) + len(_KEY)
+        while at >= len(_KEY) and not raw.startswith(value, at):
+            at = raw.find(_KEY, at) + len(_KEY)
+        if at < len(_KEY):
             return None
-        span = raw[value:end]
-        if span != b"null":
-            if not (span.startswith(b"{") and span.endswith(b"}")):
-                return None
-            parts += (raw[start:value], b"null")
-            start = end
-        else:
-            parts.append(raw[start:end])
-            start = end
+        parts += (raw[start:at], _NULL)
+        start = at + len(value)
+    if not parts:
+        return raw
     parts.append(raw[start:])
-    cut = b"".join(parts)
-    try:
-        check = _decoder.decode(cut)
-    except (msgspec.ValidationError, msgspec.DecodeError):
-        return None
-    same = (
-        check.id == answer.id
-        and len(check.choices) == len(answer.choices)
-        and all(
-            c.logprobs is None
-            and c.index == a.index
-            and c.content == a.content
-            and c.finish_reason == a.finish_reason
-            for c, a in zip(check.choices, answer.choices, strict=True)
-        )
-    )
-    return cut if same else None
+    return b"".join(parts)

@@ -606,7 +606,7 @@ class Gateway:
                 usage = seen.usage or Usage()
                 prompt_tokens, completion_tokens = usage.prompt_tokens, usage.completion_tokens
                 entropy = EntropyAccumulator()
-                entropy.add(choice.logprobs if choice is not None else None)
+                entropy.add(choice.token_logprobs() if choice is not None else None)
                 mean_entropy = entropy.value()
             else:
                 answer = _answer_text(seen, endpoint == CHAT)
@@ -849,7 +849,7 @@ class _StreamWatch:
                     continue
             choice = chunk.first()
             if choice is not None:
-                self.entropy.add(choice.logprobs)
+                self.entropy.add(choice.token_logprobs())
                 self._seen(choice.content)
             if self.rewrite and chunk.choices:
                 payload = _strip(payload, chunk, self.keep_top)
