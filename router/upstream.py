@@ -97,15 +97,15 @@ class SSEBuffer:
 
     def feed(self, chunk: bytes) -> list[bytes]:
         """The payloads of every event that `chunk` completes."""
-        buffer = self._rest + chunk if self._rest else chunk
+        *events, self._rest = (self._rest + chunk if self._rest else chunk).split(b"\n\n")
         payloads: list[bytes] = []
-        start = 0
-        while (end := buffer.find(b"\n\n", start)) >= 0:
-            for line in buffer[start:end].split(b"\n"):
+        for event in events:
+            if event.startswith(b"data:") and b"\n" not in event:  # one line: the usual event
+                payloads.append(event[5:].strip())
+                continue
+            for line in event.split(b"\n"):
                 if line.startswith(b"data:"):
                     payloads.append(line[5:].strip())
-            start = end + 2
-        self._rest = buffer[start:]
         return payloads
 
     def close(self) -> list[bytes]:
