@@ -289,12 +289,12 @@ def cost_breakdown(work: Path) -> list[tuple[str, str, float]]:
     from prometheus_client import CollectorRegistry
 
     from lorafleet.registry import Registry
-    from monitor.entropy import response_entropy, strip_logprobs, with_logprobs
+    from monitor.entropy import EntropyAccumulator, with_logprobs
     from monitor.feedback import FeedbackStore
     from monitor.metrics import Arm, build_metrics
+    from router.answer import read_answer, without_logprobs
     from router.gateway import CHAT, _StreamWatch, new_request_id, validate_body
     from router.observe import Observer, Outcome
-    from router.responses import FastJSONResponse
     from router.settings import GatewaySettings
     from router.upstream import SSEBuffer, forward_timeout
 
@@ -303,8 +303,10 @@ def cost_breakdown(work: Path) -> list[tuple[str, str, float]]:
     raw_request = fakes.chat_body("bench", False, user="user-1").encode()
     body = orjson.loads(raw_request)
     upstream_body, _ = with_logprobs(body, chat=True, top_k=5)
-    raw_answer = upstream.completion_body(names[0], 0, 5)
-    answer = orjson.loads(raw_answer)
+    raw_answer = upstream.completion_body(names[0], 0, 5).replace(b"@ID@", b"chatcmpl-1")
+    answer = read_answer(raw_answer)
+    assert answer is not None and answer.choices
+    choice = answer.choices[0]
     events = [e for e in upstream.stream_events(names[0], 0, 5, True) if b"[DONE]" not in e]
     metrics = build_metrics(CollectorRegistry())
     feedback = FeedbackStore(work / "feedback.sqlite3")
@@ -329,6 +331,11 @@ def cost_breakdown(work: Path) -> list[tuple[str, str, float]]:
                 entropy=0.3,
             )
         )
+
+    def entropy() -> float | None:
+        acc = EntropyAccumulator()
+        acc.add(choice.token_logprobs())
+        return acc.value()
 
     def relay_events() -> bytes:
         watch = _StreamWatch(chat=True, start=0.0, rewrite=True, keep_top=None, asked_usage=False)
@@ -356,18 +363,19 @@ def cost_breakdown(work: Path) -> list[tuple[str, str, float]]:
         ),
         (
             "gateway.complete",
-            "orjson.loads of the answer (top-5 logprobs)",
-            _time_us(lambda: orjson.loads(raw_answer)),
+            "read_answer: typed decode of the answer (top-5 logprobs kept raw)",
+            _time_us(lambda: read_answer(raw_answer)),
         ),
-        ("gateway.complete", "response_entropy (monitoring)", _time_us(lambda: response_entropy(answer))),
-        ("gateway.complete", "Observer.record (monitoring)", _time_us(record)),
-        ("gateway.complete", "strip_logprobs (monitoring)", _time_us(lambda: strip_logprobs(answer, None))),
+        (
+            "gateway._observe_answer",
+            "entropy: decode the logprobs, score them (monitoring)",
+            _time_us(entropy),
+        ),
+        ("gateway._observe_answer", "Observer.record (monitoring)", _time_us(record)),
         (
             "gateway.complete",
-            "FastJSONResponse (orjson)",
-            _time_us(
-                lambda: FastJSONResponse(strip_logprobs(answer, None), headers={"x-lorafleet-route": "bench"})
-            ),
+            "without_logprobs: cut out of the bytes (monitoring)",
+            _time_us(lambda: without_logprobs(raw_answer, answer)),
         ),
         (
             "gateway._relay",
@@ -376,7 +384,7 @@ def cost_breakdown(work: Path) -> list[tuple[str, str, float]]:
         ),
         (
             "gateway._relay",
-            "per stream: _StreamWatch.relay (split, parse, entropy, strip, re-encode each event)",
+            "per stream: SSEBuffer + _StreamWatch.relay (decode, entropy, cut logprobs: each event)",
             _time_us(relay_events, 500),
         ),
     ]

@@ -28,8 +28,6 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
 
@@ -155,7 +153,8 @@ def answer_log(state: Path) -> tuple[int, int]:
 
 def monitoring_costs(out: fakes.Tee, work: Path, layout: fakes.Layout, cpu_on: float) -> None:
     """The monitoring pieces of the request path, called in-process, as shares of the gateway's CPU."""
-    from monitor.entropy import response_entropy
+    from monitor.entropy import EntropyAccumulator
+    from router.answer import read_answer
 
     rows = cost_breakdown(work / "breakdown")
     out()
@@ -163,24 +162,31 @@ def monitoring_costs(out: fakes.Tee, work: Path, layout: fakes.Layout, cpu_on: f
         f"monitoring work on the request path, in-process on core {layout.sut} "
         f"(share: of the monitoring-on gateway's {f(cpu_on, 0)} us of CPU per JSON request)"
     )
-    switchable = ("with_logprobs", "response_entropy", "orjson.loads of the answer", "strip_logprobs")
+    switchable = ("with_logprobs", "entropy", "without_logprobs")
     for _, what, us in rows:
-        if "monitoring" in what or what.startswith("orjson.loads of the answer"):
+        if "monitoring" in what:
             tag = "entropy_top_k=0 removes it" if what.startswith(switchable) else "no switch"
-            out(f"  {us:7.1f} us  {100 * us / cpu_on:5.1f}%  {what:<45} ({tag})")
-    out("  (orjson.loads of the answer: with top-5 logprobs the engine's answer is several times larger)")
+            out(f"  {us:7.1f} us  {100 * us / cpu_on:5.1f}%  {what:<55} ({tag})")
+    out("  (with top-5 logprobs the engine's answer is several times larger: more bytes to read and decode)")
     out("  the entropy part grows with the answer's length (top-5 logprobs, in-process, per request):")
     for tokens in (8, 64, 256):
         fake = fakes.FakeOpenAIUpstream(fakes.UpstreamConfig(chunks=tokens))
         with_lp, without = fake.completion_body("m", 0, 5), fake.completion_body("m", 0, None)
-        parsed = orjson.loads(with_lp)
-        extra = _time_us(lambda b=with_lp: orjson.loads(b), 300) - _time_us(
-            lambda b=without: orjson.loads(b), 300
+        extra = _time_us(lambda b=with_lp: read_answer(b), 300) - _time_us(
+            lambda b=without: read_answer(b), 300
         )
-        ent = _time_us(lambda p=parsed: response_entropy(p), 300)
+        answer = read_answer(with_lp)
+        assert answer is not None
+
+        def score(a: Any = answer) -> float | None:
+            acc = EntropyAccumulator()
+            acc.add(a.choices[0].token_logprobs())
+            return acc.value()
+
+        ent = _time_us(score, 300)
         out(
             f"    {tokens:>4} tokens: answer {len(with_lp):>6} bytes with logprobs ({len(without)} without); "
-            f"extra orjson.loads {f(extra, 1)} us + response_entropy {f(ent, 1)} us"
+            f"extra read_answer {f(extra, 1)} us + logprobs decode and entropy {f(ent, 1)} us"
         )
 
 
