@@ -233,16 +233,23 @@ class GatewayThread:
 
 class FaultProxy:
     """Fault injection, named as such: a pass-through HTTP proxy in front of a real engine, in a
-    thread. It answers 500 to the completion requests whose body `fail(body)` picks, and with
+    thread. It answers 500 to the completion requests whose body `fail(body)` picks, with
     `break_after` set it cuts every stream after that many chunks (the connection dropped, as by
-    an engine that crashed). Everything else reaches the engine unchanged."""
+    an engine that crashed), and with `rewrite` set it replaces each JSON completion answer by
+    `rewrite(answer)` (an engine answering in another shape). Everything else reaches the engine
+    unchanged."""
 
     def __init__(
-        self, upstream: str, fail: Callable[[bytes], bool] | None = None, break_after: int | None = None
+        self,
+        upstream: str,
+        fail: Callable[[bytes], bool] | None = None,
+        break_after: int | None = None,
+        rewrite: Callable[[bytes], bytes] | None = None,
     ) -> None:
         self.upstream = upstream.rstrip("/")
         self.fail = fail
         self.break_after = break_after
+        self.rewrite = rewrite
         self.failed = 0
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -284,9 +291,10 @@ class FaultProxy:
         ) as resp:
             content_type = resp.headers.get("Content-Type", "application/json")
             if not content_type.startswith("text/event-stream"):
-                return web.Response(
-                    body=await resp.read(), status=resp.status, headers={"Content-Type": content_type}
-                )
+                answer = await resp.read()
+                if self.rewrite is not None and request.path.endswith("completions"):
+                    answer = self.rewrite(answer)
+                return web.Response(body=answer, status=resp.status, headers={"Content-Type": content_type})
             out = web.StreamResponse(status=resp.status, headers={"Content-Type": content_type})
             await out.prepare(request)
             sent = 0
@@ -312,7 +320,7 @@ class FaultProxy:
 
 @pytest.fixture
 def fault_proxy() -> Iterator[Callable[..., FaultProxy]]:
-    """fault_proxy(engine_url, fail=None, break_after=None) -> a running FaultProxy (stopped after the test)."""
+    """fault_proxy(engine_url, fail=, break_after=, rewrite=) -> a running FaultProxy (stopped after the test)."""
     started: list[FaultProxy] = []
 
     def start(upstream: str, **kwargs: Any) -> FaultProxy:

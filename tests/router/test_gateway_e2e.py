@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import json
 import socket
 import threading
 import time
@@ -436,3 +437,38 @@ def test_a_version_that_is_no_longer_live_loses_its_drift_and_accuracy_series(
     while exported():
         assert time.monotonic() < deadline, f"still exported after {v2} left the routes: {exported()}"
         time.sleep(0.2)
+
+
+def test_engine_answers_of_another_layout_or_shape(
+    start_gateway: Any, engine: Any, versions: tuple[Registry, str, str], fault_proxy: Any
+) -> None:
+    """Bytes laid out otherwise take the generic path (same answer, entropy still scored); JSON
+    that is no answer object, or no JSON at all, is a 503 in OpenAI's error shape."""
+    registry, v1, _ = versions
+    body = {"model": "banking", "messages": MESSAGES, "max_tokens": 3, "temperature": 0}
+    direct = start_gateway(_routes(v1), registry, [engine.url])
+    spaced = start_gateway(
+        _routes(v1),
+        registry,
+        [fault_proxy(engine.url, rewrite=lambda b: json.dumps(json.loads(b)).encode()).url],
+    )
+    _wait_loaded(direct.url, [v1])
+    _wait_loaded(spaced.url, [v1])
+    expected = httpx.post(f"{direct.url}/v1/chat/completions", json=body, timeout=60).json()
+    r = httpx.post(f"{spaced.url}/v1/chat/completions", json=body, timeout=60)
+    assert r.status_code == 200 and b'"logprobs":null' in r.content
+    reply = r.json()
+    assert reply["choices"][0]["message"] == expected["choices"][0]["message"]
+    assert reply["choices"][0]["logprobs"] is None
+    metrics = httpx.get(f"{spaced.url}/metrics").text
+    assert f'lorafleet_response_token_entropy_nats_count{{route="banking",version="{v1}"}} 1.0' in metrics
+
+    for answer in (b"[1, 2]", b"<html>engine overloaded</html>"):
+        bad = start_gateway(
+            _routes(v1), registry, [fault_proxy(engine.url, rewrite=lambda _, a=answer: a).url]
+        )
+        _wait_loaded(bad.url, [v1])
+        r = httpx.post(f"{bad.url}/v1/chat/completions", json=body, timeout=60)
+        assert r.status_code == 503, r.text
+        error = r.json()["error"]
+        assert error["type"] == "service_unavailable" and "unreadable answer" in error["message"]
