@@ -2,7 +2,7 @@
 
 Both overlays are built with `kubectl kustomize` (offline). The assertions are about behaviour a
 cluster would show: probes, non-root read-only gateways, limits everywhere, the PDB really selecting
-the gateway pods, rollouts without unavailability, one controller, engines reachable through a
+the gateway pods, a volume per gateway replica for its feedback, one controller, engines reachable through a
 headless Service, read-only registry mounts, GPUs only in the gpu overlay, the admin Secret wired
 in, routes mounted as a folder, and the generated monitoring resources equal to their source.
 """
@@ -35,7 +35,8 @@ EXPECTED_KINDS = {
         "ConfigMap": 2,  # routes, Grafana dashboard
         "Service": 4,  # engine (headless), gateway, gateway peers (headless), controller
         "PersistentVolumeClaim": 2,  # registry, models
-        "Deployment": 3,  # engine, gateway, controller
+        "Deployment": 2,  # engine, controller
+        "StatefulSet": 1,  # gateway
         "PodDisruptionBudget": 1,
         "HorizontalPodAutoscaler": 1,
         "Ingress": 1,
@@ -51,7 +52,8 @@ EXPECTED_KINDS = {
         "ConfigMap": 2,
         "Service": 4,
         "PersistentVolumeClaim": 1,  # registry; the model is prepared in the pod
-        "Deployment": 3,
+        "Deployment": 2,
+        "StatefulSet": 1,
         "PodDisruptionBudget": 1,
         "HorizontalPodAutoscaler": 1,
         "Ingress": 1,
@@ -66,8 +68,14 @@ def one(docs: list[Doc], kind: str, name: str) -> Doc:
     return found[0]
 
 
+def workload(docs: list[Doc], name: str) -> Doc:
+    found = [d for d in workloads(docs) if d["metadata"]["name"] == name]
+    assert len(found) == 1, (name, len(found))
+    return found[0]
+
+
 def pod(docs: list[Doc], deployment: str) -> Doc:
-    spec: Doc = one(docs, "Deployment", deployment)["spec"]["template"]["spec"]
+    spec: Doc = workload(docs, deployment)["spec"]["template"]["spec"]
     return spec
 
 
@@ -141,15 +149,16 @@ def test_gateway_and_controller_run_unprivileged_on_a_read_only_root(
     assert sc["allowPrivilegeEscalation"] is False
     assert sc["capabilities"]["drop"] == ["ALL"]
     assert sc.get("privileged", False) is False
-    # the writable places are emptyDirs
+    # the writable places are emptyDirs, or the gateway's own volume per replica
     vols = volumes(p)
+    claims = {
+        t["metadata"]["name"] for t in workload(docs, deployment)["spec"].get("volumeClaimTemplates", [])
+    }
+    writable = {m["mountPath"] for m in mounts(c).values() if not m.get("readOnly")}
     for m in mounts(c).values():
         if not m.get("readOnly"):
-            assert "emptyDir" in vols[m["name"]], (deployment, m)
-    assert {m["mountPath"] for m in mounts(c).values() if "emptyDir" in vols[m["name"]]} >= {
-        "/var/lib/lorafleet",
-        "/tmp",
-    }
+            assert m["name"] in claims or "emptyDir" in vols[m["name"]], (deployment, m)
+    assert writable >= {"/var/lib/lorafleet", "/tmp"}
 
 
 def test_every_container_has_requests_and_limits(overlay: tuple[str, list[Doc]]) -> None:
@@ -167,14 +176,25 @@ def test_every_container_has_requests_and_limits(overlay: tuple[str, list[Doc]])
 
 def test_gateway_rollout_pdb_and_autoscaler(overlay: tuple[str, list[Doc]]) -> None:
     _, docs = overlay
-    gw = one(docs, "Deployment", "lorafleet-gateway")
+    gw = one(docs, "StatefulSet", "lorafleet-gateway")
     labels = gw["spec"]["template"]["metadata"]["labels"]
     # The autoscaler owns the replica count: a fixed one would reset the scale on every apply.
     assert "replicas" not in gw["spec"]
-    assert gw["spec"]["strategy"] == {
-        "type": "RollingUpdate",
-        "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
+    assert gw["spec"]["updateStrategy"] == {"type": "RollingUpdate"}
+    # Each replica's answer log and feedback live on its own volume, kept when a pod goes or the
+    # set scales down, so feedback on its answers survives rollouts.
+    (claim,) = gw["spec"]["volumeClaimTemplates"]
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert (
+        mounts(container(docs, "lorafleet-gateway"))[claim["metadata"]["name"]]["mountPath"]
+        == (env(container(docs, "lorafleet-gateway"))["LORAFLEET_ROUTER_STATE_DIR"]["value"])
+    )
+    assert gw["spec"]["persistentVolumeClaimRetentionPolicy"] == {
+        "whenDeleted": "Retain",
+        "whenScaled": "Retain",
     }
+    peers = one(docs, "Service", gw["spec"]["serviceName"])
+    assert peers["spec"]["clusterIP"] == "None" and selects(peers["spec"]["selector"], labels)
     pdb = one(docs, "PodDisruptionBudget", "lorafleet-gateway")
     assert pdb["apiVersion"] == "policy/v1"
     selector = pdb["spec"]["selector"]["matchLabels"]
@@ -186,7 +206,7 @@ def test_gateway_rollout_pdb_and_autoscaler(overlay: tuple[str, list[Doc]]) -> N
     assert hpa["apiVersion"] == "autoscaling/v2"
     assert hpa["spec"]["scaleTargetRef"] == {
         "apiVersion": "apps/v1",
-        "kind": "Deployment",
+        "kind": "StatefulSet",
         "name": "lorafleet-gateway",
     }
     (metric,) = hpa["spec"]["metrics"]
@@ -250,9 +270,10 @@ def test_routes_configmap_is_mounted_as_a_folder_and_readable(
     store = FileStore(routes_file)
     assert (store.state_path.name, store.history_path.name) == (STATE_KEY, HISTORY_KEY)
     state_dir = e["LORAFLEET_ROUTER_STATE_DIR"]["value"]
-    assert any(
-        m["mountPath"] == state_dir and "emptyDir" in volumes(p)[m["name"]] for m in mounts(c).values()
-    )
+    claims = {
+        t["metadata"]["name"] for t in workload(docs, "lorafleet-gateway")["spec"]["volumeClaimTemplates"]
+    }
+    assert any(m["mountPath"] == state_dir and m["name"] in claims for m in mounts(c).values())
 
 
 def test_engines_behind_a_headless_service_that_gateway_and_controller_resolve(
@@ -279,7 +300,7 @@ def test_gateways_find_their_peers_through_a_headless_service(overlay: tuple[str
     _, docs = overlay
     svc = one(docs, "Service", "lorafleet-gateway-peers")
     assert svc["spec"]["clusterIP"] == "None"
-    gateway = one(docs, "Deployment", "lorafleet-gateway")
+    gateway = one(docs, "StatefulSet", "lorafleet-gateway")
     assert selects(svc["spec"]["selector"], gateway["spec"]["template"]["metadata"]["labels"])
     (port,) = svc["spec"]["ports"]
     c = container(docs, "lorafleet-gateway")
@@ -407,7 +428,7 @@ def test_scraped_once_by_annotations_or_by_the_service_monitor(
     overlay: tuple[str, list[Doc]], deployment: str, port: int
 ) -> None:
     name, docs = overlay
-    annotations = one(docs, "Deployment", deployment)["spec"]["template"]["metadata"].get("annotations", {})
+    annotations = workload(docs, deployment)["spec"]["template"]["metadata"].get("annotations", {})
     scrape = {k: v for k, v in annotations.items() if k.startswith("prometheus.io/")}
     if name == "gpu":  # the ServiceMonitor scrapes it: annotations too would scrape it twice
         assert scrape == {}
