@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import itertools
 import logging
 import os
@@ -25,7 +26,6 @@ from typing import Any
 
 import aiohttp
 import orjson
-from starlette.background import BackgroundTask
 from starlette.responses import Response
 
 from lorafleet.registry import Registry
@@ -42,7 +42,7 @@ from router.errors import (
 )
 from router.observe import Observer, Outcome
 from router.policy import BASE_FALLBACK, RoutesFile
-from router.responses import REQUEST_ID_HEADER, EventStream, FastJSONResponse
+from router.responses import REQUEST_ID_HEADER, AnswerResponse, EventStream, FastJSONResponse
 from router.selector import choose, mirror
 from router.settings import GatewaySettings
 from router.store import RouteStore
@@ -582,10 +582,10 @@ class Gateway:
         duration = time.perf_counter() - start
         sent = _strip(raw, seen, keep_top) if strip else raw
         # Observed once the answer is sent (same task, same event-loop turn): off the client's latency.
-        after = BackgroundTask(
+        after = functools.partial(
             self._observe_answer, endpoint, upstream, target, attempt, text, seen, duration
         )
-        return Response(sent, headers=out_headers, media_type="application/json", background=after)
+        return AnswerResponse(sent, out_headers, after)
 
     async def _observe_answer(
         self,

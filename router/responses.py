@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 import orjson
@@ -23,6 +23,33 @@ class FastJSONResponse(JSONResponse):
 
     def render(self, content: Any) -> bytes:
         return orjson.dumps(content)
+
+
+class AnswerResponse(Response):
+    """An engine's JSON answer passed on as bytes; then `after()` runs, in the same task, once the
+    body is sent. Starlette's Response with a BackgroundTask would copy and encode the headers
+    again and check on every request whether `after` is a coroutine function."""
+
+    media_type = "application/json"
+
+    def __init__(
+        self, body: bytes, headers: Mapping[str, str], after: Callable[[], Awaitable[None]] | None = None
+    ) -> None:
+        self.body = body
+        self.status_code = 200
+        self.background = None
+        self.after = after
+        self.raw_headers = [
+            (b"content-length", str(len(body)).encode()),
+            (b"content-type", b"application/json"),
+            *((k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()),
+        ]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+        await send({"type": "http.response.body", "body": self.body})
+        if self.after is not None:
+            await self.after()
 
 
 async def _client_left(receive: Receive) -> None:
