@@ -7,6 +7,7 @@ The gateway imports neither torch nor vllm.
     policy       RoutesFile, Route, Canary, Shadow, the steps SetWeight / Pause / Analysis
     selector     choose / mirror: pure request -> version
     gateway      Gateway: resolve, forward with fallback, stream, shadow
+    answer       read_answer / without_logprobs: an engine's answer, decoded once and typed
     rollout      Rollouts (promote, rollback, ...), Controller (canary steps), gate sources
     store        RouteStore, FileStore (k8s_store: ConfigMapStore)
     admin, openai_api, auth, upstream, responses, observe: the HTTP surfaces and glue
