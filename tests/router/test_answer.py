@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 from typing import Any
 
 import httpx
@@ -144,3 +145,61 @@ def test_the_cut_applies_to_the_real_engines_answers(engine: Any, endpoint: str,
         acc = EntropyAccumulator()
         acc.add(first.token_logprobs())
         assert acc.value() == pytest.approx(response_entropy(orjson.loads(raw)))
+
+
+def _random_answer(rng: random.Random) -> dict[str, Any]:
+    """An answer of random shape: choices with fields in any order, tokens with quotes, escapes and
+    the key's own spelling inside strings, logprobs null or not."""
+    nasty = ['"logprobs":{', '\\"', "}", '"},"finish_reason":"', "ü", "\n", '"logprobs":null']
+
+    def text() -> str:
+        return "".join(rng.choice([*nasty, "a", "b", " "]) for _ in range(rng.randrange(6)))
+
+    def logprobs() -> dict[str, Any] | None:
+        if rng.random() < 0.3:
+            return None
+        tokens = [
+            {
+                "token": text(),
+                "logprob": -rng.random() * 5,
+                "bytes": [rng.randrange(256) for _ in range(rng.randrange(3))],
+                "top_logprobs": [
+                    {"token": text(), "logprob": -rng.random() * 9} for _ in range(rng.randrange(4))
+                ],
+            }
+            for _ in range(rng.randrange(4))
+        ]
+        return {"content": tokens}
+
+    choices = []
+    for i in range(rng.randrange(4)):
+        fields = [
+            ("index", i),
+            ("message", {"role": "assistant", "content": text()}),
+            ("logprobs", logprobs()),
+            ("finish_reason", rng.choice(["stop", "length", None])),
+            ("stop_reason", None),
+        ]
+        rng.shuffle(fields)
+        choices.append(dict(fields))
+    body = [("id", "chatcmpl-" + text()), ("choices", choices), ("usage", {"prompt_tokens": 3})]
+    rng.shuffle(body)
+    return dict(body)
+
+
+def test_the_cut_of_random_answers_equals_parsing_and_stripping_or_is_refused() -> None:
+    rng = random.Random(7)
+    cut_count = 0
+    for _ in range(2000):
+        answer = _random_answer(rng)
+        spaced = rng.random() < 0.2
+        raw = json.dumps(answer).encode() if spaced else orjson.dumps(answer)
+        typed = read_answer(raw)
+        assert typed is not None
+        cut = without_logprobs(raw, typed)
+        if cut is None:
+            assert spaced  # only bytes laid out otherwise are left to the generic path
+            continue
+        cut_count += 1
+        assert orjson.loads(cut) == strip_logprobs(answer)
+    assert cut_count > 1000
