@@ -376,12 +376,18 @@ def test_metrics_are_summed_over_several_gateway_workers(
                     f"{url}/v1/completions", json={"model": "banking", "prompt": f"card {i}", "max_tokens": 1}
                 )
                 assert r.status_code == 200
-            text = client.get(f"{url}/metrics").text
-        total = sum(
-            float(line.rsplit(" ", 1)[1])
-            for line in text.splitlines()
-            if line.startswith("lorafleet_router_requests_total{")
-        )
+            # Each worker writes its pending updates every second (and when scraped itself).
+            deadline = time.monotonic() + 10
+            while True:
+                text = client.get(f"{url}/metrics").text
+                total = sum(
+                    float(line.rsplit(" ", 1)[1])
+                    for line in text.splitlines()
+                    if line.startswith("lorafleet_router_requests_total{")
+                )
+                if total == 12 or time.monotonic() > deadline:
+                    break
+                time.sleep(0.2)
         assert total == 12
     finally:
         proc.terminate()
