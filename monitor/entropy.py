@@ -73,13 +73,17 @@ def logprob_tokens(logprobs: Logprobs | None) -> list[list[float]]:
     return [[lp] for lp in own if lp is not None]
 
 
+def _typed_logprobs(choice: Mapping[str, Any]) -> Logprobs | None:
+    """A parsed choice's logprobs as the typed view; None when it has none or of another shape."""
+    try:
+        return msgspec.convert(choice.get("logprobs"), Logprobs | None)
+    except msgspec.ValidationError:
+        return None
+
+
 def choice_token_logprobs(choice: Mapping[str, Any]) -> list[list[float]]:
     """Per generated token, the top-k log-probabilities found in one parsed choice (either shape)."""
-    try:
-        logprobs = msgspec.convert(choice.get("logprobs"), Logprobs | None)
-    except msgspec.ValidationError:
-        return []
-    return logprob_tokens(logprobs)
+    return logprob_tokens(_typed_logprobs(choice))
 
 
 def _first_choice(payload: Mapping[str, Any]) -> Mapping[str, Any] | None:
@@ -99,26 +103,13 @@ class EntropyAccumulator:
 
     def add(self, logprobs: Logprobs | None) -> None:
         """Add the tokens of one choice's logprobs."""
-        if logprobs is not None and logprobs.content is not None:  # chat: the common case, inline
-            for item in logprobs.content:
-                top = item.top_logprobs
-                if top:
-                    self._sum += token_entropy([t.logprob for t in top])
-                elif item.logprob is not None:
-                    self._sum += token_entropy([item.logprob])
-                else:
-                    continue
-                self._tokens += 1
-            return
         for lps in logprob_tokens(logprobs):
             self._sum += token_entropy(lps)
             self._tokens += 1
 
     def add_chunk(self, choice: Mapping[str, Any]) -> None:
         """Add the tokens of one parsed choice object (a stream chunk's `choices[i]`, or a whole response's)."""
-        for lps in choice_token_logprobs(choice):
-            self._sum += token_entropy(lps)
-            self._tokens += 1
+        self.add(_typed_logprobs(choice))
 
     def add_stream_chunk(self, chunk: Mapping[str, Any]) -> None:
         """Add a parsed SSE chunk: its choice with index 0, if any (a usage chunk has none)."""
