@@ -128,6 +128,10 @@ def create_app(
 ) -> FastAPI:
     registry_metrics = metrics_registry or CollectorRegistry()
     metrics = build_metrics(registry_metrics)
+
+    def exposition() -> CollectorRegistry:
+        return _exposition_registry(registry_metrics, metrics.pending)
+
     route_store = store or FileStore(settings.routes_file)
     registry = Registry(settings.registry)
 
@@ -161,7 +165,7 @@ def create_app(
         app.state.rollouts = rollouts
         app.state.metrics = metrics
         app.state.metrics_registry = registry_metrics
-        app.state.exposition_registry = lambda: _exposition_registry(registry_metrics, metrics.pending)
+        app.state.exposition_registry = exposition
         leader = LeaderLock(settings.resolved_state_dir / "controller.lock")
         wants_controller = (
             settings.controller is ControllerMode.EMBEDDED if run_controller is None else run_controller
@@ -183,9 +187,7 @@ def create_app(
             if settings.prometheus_url:
                 source = PrometheusGateSource(settings.prometheus_url, http, clock)
             else:
-                source = LocalGateSource(
-                    LocalSignals(_exposition_registry(registry_metrics, metrics.pending))
-                )
+                source = LocalGateSource(LocalSignals(exposition()))
             controller = Controller(rollouts, source, metrics)
             app.state.controller = controller
             app.state.is_controller = True
@@ -262,10 +264,7 @@ def create_app(
 
     @app.get("/metrics")
     async def metrics_endpoint() -> Response:
-        return Response(
-            generate_latest(_exposition_registry(registry_metrics, metrics.pending)),
-            media_type=CONTENT_TYPE_LATEST,
-        )
+        return Response(generate_latest(exposition()), media_type=CONTENT_TYPE_LATEST)
 
     return app
 
