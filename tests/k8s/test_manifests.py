@@ -84,6 +84,11 @@ def container(docs: list[Doc], deployment: str) -> Doc:
     return first
 
 
+def claim_templates(docs: list[Doc], name: str) -> set[str]:
+    """The names of a workload's volume claim templates (a StatefulSet's volumes per replica)."""
+    return {t["metadata"]["name"] for t in workload(docs, name)["spec"].get("volumeClaimTemplates", [])}
+
+
 def env(c: Doc) -> dict[str, Doc]:
     return {e["name"]: e for e in c.get("env", [])}
 
@@ -151,9 +156,7 @@ def test_gateway_and_controller_run_unprivileged_on_a_read_only_root(
     assert sc.get("privileged", False) is False
     # the writable places are emptyDirs, or the gateway's own volume per replica
     vols = volumes(p)
-    claims = {
-        t["metadata"]["name"] for t in workload(docs, deployment)["spec"].get("volumeClaimTemplates", [])
-    }
+    claims = claim_templates(docs, deployment)
     writable = {m["mountPath"] for m in mounts(c).values() if not m.get("readOnly")}
     for m in mounts(c).values():
         if not m.get("readOnly"):
@@ -270,9 +273,7 @@ def test_routes_configmap_is_mounted_as_a_folder_and_readable(
     store = FileStore(routes_file)
     assert (store.state_path.name, store.history_path.name) == (STATE_KEY, HISTORY_KEY)
     state_dir = e["LORAFLEET_ROUTER_STATE_DIR"]["value"]
-    claims = {
-        t["metadata"]["name"] for t in workload(docs, "lorafleet-gateway")["spec"]["volumeClaimTemplates"]
-    }
+    claims = claim_templates(docs, "lorafleet-gateway")
     assert any(m["mountPath"] == state_dir and m["name"] in claims for m in mounts(c).values())
 
 
