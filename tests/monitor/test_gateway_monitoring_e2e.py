@@ -272,6 +272,20 @@ def _spawn_gateway(
         return subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
 
 
+def _gateways_report(procs: list[subprocess.Popen[bytes]], urls: list[str], logs: Path, engine: Any) -> str:
+    """What each spawned gateway did (exit status, what it lists, the end of its log), and the engine."""
+    engine_log = Path(engine.settings.log_file).read_text(errors="replace")[-3000:]
+    lines = [f"engine {engine.url}: restarts {engine.supervisor.restarts}; log:\n{engine_log}"]
+    for proc, url, name in zip(procs, urls, ("a", "b"), strict=True):
+        try:
+            models = httpx.get(f"{url}/v1/models", timeout=5).text[:2000]
+        except httpx.HTTPError as exc:
+            models = f"unreachable: {exc!r}"
+        log = (logs / f"{name}.log").read_text(errors="replace")[-3000:]
+        lines.append(f"gateway {name} at {url}: exit status {proc.poll()}\n/v1/models: {models}\nlog:\n{log}")
+    return "\n".join(lines)
+
+
 def test_two_gateway_processes_one_prometheus_one_controller(
     engine: Any,
     trained_registry: tuple[Registry, list[str]],
@@ -286,6 +300,7 @@ def test_two_gateway_processes_one_prometheus_one_controller(
         "        - set_weight: 50\n"
         "        - analysis: {min_requests: 8, max_p95_latency_ratio: 100, max_entropy_shift_nats: 5, interval_s: 1, inconclusive_limit: 0}\n"
     )
+    engine.wait_healthy()  # the supervisor may be restarting it
     port_a, port_b = _free_port(), _free_port()
     a_url, b_url = f"http://127.0.0.1:{port_a}", f"http://127.0.0.1:{port_b}"
     prom = prometheus([f"127.0.0.1:{port_a}", f"127.0.0.1:{port_b}"])
@@ -294,7 +309,16 @@ def test_two_gateway_processes_one_prometheus_one_controller(
         _spawn_gateway(port_b, routes, registry, engine.url, tmp_path / "b.log", "--controller", "external"),
     ]
     try:
-        _wait(lambda: _loaded(a_url, [v1, v2]) and _loaded(b_url, [v1, v2]), what="both gateways up")
+        try:
+            _wait(
+                lambda: _loaded(a_url, [v1, v2]) and _loaded(b_url, [v1, v2]),
+                timeout_s=180,
+                what="both gateways up",
+            )
+        except AssertionError as exc:
+            raise AssertionError(
+                f"{exc}\n{_gateways_report(procs, [a_url, b_url], tmp_path, engine)}"
+            ) from None
         _wait(
             lambda: (
                 httpx.get(f"{b_url}/admin/status", headers=TOKEN).json()["routes"]["banking"]["canary"][
