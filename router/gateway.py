@@ -141,8 +141,8 @@ def _check_int(body: Mapping[str, Any], key: str, low: int, high: int | None = N
 def validate_body(endpoint: str, body: Any, settings: GatewaySettings) -> dict[str, Any]:
     """The body checked and completed, so that a bad body is a 400 naming the field, never a 500.
 
-    `stream: null` means false, as in OpenAI's API; without `max_tokens` (or `max_completion_tokens`)
-    the engine is asked for the gateway's limit, not for everything the context has room for.
+    `stream: null` means false, as in OpenAI's API. A body without `max_tokens` (or
+    `max_completion_tokens`) stays without: `_send` caps it for the engine it goes to.
     """
     if not isinstance(body, dict):
         raise BadRequestError("the request body must be a JSON object")
@@ -188,9 +188,16 @@ def validate_body(endpoint: str, body: Any, settings: GatewaySettings) -> dict[s
     checked: dict[str, Any] = {
         k: v for k, v in body.items() if not (k in ("stream", "stream_options") and v is None)
     }
-    if checked.get("max_tokens") is None and checked.get("max_completion_tokens") is None:
-        checked["max_tokens"] = limit
     return checked
+
+
+def _uncapped(body: dict[str, Any], engine: EngineState, limit: int) -> bool:
+    """A body without max_tokens would let `engine` generate more than `limit` tokens: all its
+    context has room for. An engine whose context is within the limit caps the answer itself (at
+    what the prompt leaves), which no fixed max_tokens could do without knowing the prompt's length."""
+    if body.get("max_tokens") is not None or body.get("max_completion_tokens") is not None:
+        return False
+    return engine.max_model_len is None or engine.max_model_len > limit
 
 
 class Gateway:
@@ -401,7 +408,10 @@ class Gateway:
         timeout = self._timeout
         if remaining < max(t.pool_s + t.connect_s, t.read_s):
             timeout = forward_timeout(self.settings, remaining)
-        payload = orjson.dumps({**body, "model": upstream_model})
+        fields = {**body, "model": upstream_model}
+        if _uncapped(body, engine, self.settings.max_tokens_limit):
+            fields["max_tokens"] = self.settings.max_tokens_limit
+        payload = orjson.dumps(fields)
         engine.in_flight += 1
         started = time.perf_counter()
         try:

@@ -75,7 +75,7 @@ class GatewaySettings(BaseSettings):
     max_tokens_limit: int = Field(
         default=4096,
         gt=0,
-        description="Largest max_tokens a request may ask for; a request without max_tokens gets it.",
+        description="Largest max_tokens a request may ask for; a request without one gets it, unless the engine's context is smaller (the engine then caps the answer).",
     )
     max_n: int = Field(
         default=8, ge=1, description="Largest n (answers per request) and best_of a request may ask for."

@@ -41,6 +41,7 @@ class EngineState:
     url: str
     healthy: bool = False
     base_model: str | None = None
+    max_model_len: int | None = None  # the engine's context, as its model list says (vLLM does)
     loaded: dict[str, str] = field(default_factory=dict)
     failures: dict[str, LoadFailure] = field(default_factory=dict)
     in_flight: int = 0
@@ -116,7 +117,10 @@ class Fleet:
             if response.status_code != 200:
                 raise EngineUnavailableError(engine.url, f"/health answered {response.status_code}")
             models = await client.models()
-            engine.base_model = next((str(m["id"]) for m in models if not m.get("parent")), None)
+            base = next((m for m in models if not m.get("parent")), None)
+            engine.base_model = str(base["id"]) if base else None
+            context = base.get("max_model_len") if base else None
+            engine.max_model_len = context if isinstance(context, int) and context > 0 else None
             engine.loaded = {str(m["id"]): str(m.get("root")) for m in models if m.get("parent")}
             engine.healthy = True
             engine.last_error = None

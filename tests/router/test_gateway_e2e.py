@@ -408,6 +408,20 @@ def test_stream_null_is_false_and_max_tokens_defaults_to_the_limit(
     assert r.json()["choices"][0]["finish_reason"] == "length"
 
 
+def test_a_request_without_max_tokens_is_answered_when_the_limit_exceeds_the_engines_context(
+    start_gateway: Any, engine: Any, versions: tuple[Registry, str, str]
+) -> None:
+    """The default limit (4096) is above the test engine's context (2048): the engine caps the answer."""
+    registry, v1, _ = versions
+    gw = start_gateway(_routes(v1), registry, [engine.url])
+    _wait_loaded(gw.url, [v1])
+    client = openai.OpenAI(base_url=f"{gw.url}/v1", api_key="unused")
+    reply = client.chat.completions.create(model="banking", messages=MESSAGES, temperature=0)
+    assert reply.choices[0].message.content
+    stream = client.chat.completions.create(model="banking", messages=MESSAGES, temperature=0, stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+
+
 def test_a_version_that_is_no_longer_live_loses_its_drift_and_accuracy_series(
     start_gateway: Any, engine: Any, versions: tuple[Registry, str, str], tmp_path: Path
 ) -> None:
