@@ -183,6 +183,9 @@ def validate_body(endpoint: str, body: Any, settings: GatewaySettings) -> dict[s
     if not chat:
         _check_int(body, "logprobs", 0, MAX_TOP_LOGPROBS)
     _check_int(body, "top_logprobs", 0, MAX_TOP_LOGPROBS)
+    if chat and body.get("top_logprobs") is not None and logprobs is not True:
+        # As OpenAI answers; the engine would too, were the gateway not asking for logprobs itself.
+        raise BadRequestError("'top_logprobs' needs 'logprobs': true", param="top_logprobs")
     _check_int(body, "n", 1, settings.max_n)
     _check_int(body, "best_of", 1, settings.max_n)
     checked: dict[str, Any] = {

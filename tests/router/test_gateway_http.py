@@ -144,6 +144,8 @@ def test_bad_fields_are_400_naming_the_field(
         ("chat/completions", {**chat, "logprobs": "yes"}, "logprobs"),
         ("chat/completions", {**chat, "logprobs": True, "top_logprobs": "5"}, "top_logprobs"),
         ("chat/completions", {**chat, "logprobs": True, "top_logprobs": 50}, "top_logprobs"),
+        ("chat/completions", {**chat, "top_logprobs": 2}, "top_logprobs"),
+        ("chat/completions", {**chat, "logprobs": False, "top_logprobs": 0}, "top_logprobs"),
         ("chat/completions", {**chat, "n": 5}, "n"),
         ("chat/completions", {**chat, "n": 0}, "n"),
         ("chat/completions", {**chat, "stream": "yes"}, "stream"),
