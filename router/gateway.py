@@ -249,6 +249,12 @@ class Gateway:
         if read is None:
             return False
         self._fingerprint = fingerprint
+        if isinstance(read, RoutesFile) and self.routes.routes and "routes" not in read.model_fields_set:
+            # Gone or emptied while serving (an editor's truncate-then-write, a ConfigMap swapped):
+            # taking it would drop every route and unload every adapter.
+            read = RoutesFileError(
+                f"the routes of {self.store!r} are missing or empty; write `routes: {{}}` to remove every route"
+            )
         if isinstance(read, RoutesFileError):
             if self.reload_error != read.message:
                 log.error(

@@ -110,6 +110,28 @@ def test_no_schema_without_a_token_and_an_empty_admin_body_is_an_empty_object(
     assert "no previous stable version" in r.json()["error"]["message"]
 
 
+def test_a_routes_file_gone_or_emptied_while_serving_keeps_the_routes(
+    gateway: Callable[..., Any], versions: tuple[Registry, list[str]], tmp_path: Path
+) -> None:
+    _, (v1, _) = versions
+    gw = gateway(_routes(v1))
+    routes_file = tmp_path / "routes-0.yaml"
+    body = {"model": "banking", "messages": MESSAGES, "max_tokens": 2}
+    for text in (None, "", "# being rewritten\n"):
+        if text is None:
+            routes_file.unlink()
+        else:
+            routes_file.write_text(text)
+        reloaded = httpx.post(f"{gw.url}/admin/reload", headers=AUTH).json()
+        assert "missing or empty" in reloaded["reload_error"], reloaded
+        # Still routed: 503 as this gateway has no engine; an unknown model would be 404.
+        assert httpx.post(f"{gw.url}/v1/chat/completions", json=body).status_code == 503
+    routes_file.write_text("routes: {}\n")  # said explicitly: no routes
+    reloaded = httpx.post(f"{gw.url}/admin/reload", headers=AUTH).json()
+    assert reloaded["reload_error"] is None, reloaded
+    assert httpx.post(f"{gw.url}/v1/chat/completions", json=body).status_code == 404
+
+
 def test_an_invalid_route_name_is_refused_and_the_routes_file_stays_valid(
     gateway: Callable[..., Any], versions: tuple[Registry, list[str]], tmp_path: Path
 ) -> None:
