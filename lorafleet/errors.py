@@ -66,5 +66,6 @@ def describe_validation_error(exc: ValidationError, source: str) -> str:
         loc = ".".join(str(part) for part in err["loc"]) or "(top level)"
         value = err.get("input")
         shown = "" if isinstance(value, dict | list) or value is None else f" (got {value!r})"
-        lines.append(f"{source}: {loc}: {err['msg']}{shown}")
+        message = err["msg"].removeprefix("Value error, ")  # pydantic's prefix for a validator's ValueError
+        lines.append(f"{source}: {loc}: {message}{shown}")
     return "\n".join(lines)

@@ -224,6 +224,15 @@ class Route(_Model):
             states[self.canary.version] = "canary"
         return states
 
+    def named(self) -> set[str]:
+        """Every version this route names, live or not yet expired or not (`previous` aside)."""
+        names = {*self.pinned, *self.retiring, *self.serving()}
+        if self.fallback and self.fallback != BASE_FALLBACK:
+            names.add(self.fallback)
+        if self.shadow:
+            names.add(self.shadow.version)
+        return names
+
     def live(self, now: dt.datetime) -> dict[str, str]:
         """Every version this route needs loaded -> its state; retiring ones until their time is up."""
         states: dict[str, str] = dict.fromkeys(self.pinned, "pinned")
@@ -253,7 +262,8 @@ class RoutesFile(_Model):
         default=14.0, ge=0, description="How long a version retired by a promote stays loaded and pinnable."
     )
     routes: dict[str, Route] = Field(
-        default_factory=dict, description="Route name (what clients send as `model`) -> route."
+        default_factory=dict,
+        description="Route name (what clients send as `model`) -> route. A version belongs to one route.",
     )
 
     @field_validator("routes")
@@ -262,6 +272,19 @@ class RoutesFile(_Model):
         for name in v:
             check_route_name(name)
         return v
+
+    @model_validator(mode="after")
+    def _one_route_per_version(self) -> RoutesFile:
+        # A version's metrics, pins and /v1/models entry name one route.
+        owner: dict[str, str] = {}
+        for route_name, route in self.routes.items():
+            for version in sorted(route.named()):
+                if owner.setdefault(version, route_name) != route_name:
+                    raise ValueError(
+                        f"version {version} is named by routes '{owner[version]}' and '{route_name}':"
+                        " a version belongs to one route"
+                    )
+        return self
 
     def live_versions(self, now: dt.datetime) -> dict[str, tuple[str, str]]:
         """Every live version -> (route, state)."""

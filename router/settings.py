@@ -161,7 +161,7 @@ def build_settings(**overrides: object) -> GatewaySettings:
     try:
         return GatewaySettings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
-        message = describe_validation_error(exc, "gateway setting").replace("Value error, ", "")
+        message = describe_validation_error(exc, "gateway setting")
         raise ConfigFileError(
             message, hint="options override the LORAFLEET_ROUTER_* variables; see --help"
         ) from None

@@ -299,7 +299,7 @@ def test_forbidden_read_points_at_the_role(api: FakeCoreV1Api) -> None:
 def test_more_than_a_configmap_can_hold_is_refused_before_the_api_is_asked(api: FakeCoreV1Api) -> None:
     s = store(api)
     api.write(NAME, NS, padding="x" * (1024 * 1024 - 2000))
-    big = RoutesFile(routes={f"r{i}": Route(stable=V1) for i in range(200)})
+    big = RoutesFile(routes={f"r{i}": Route(stable=f"banking-v{i + 1}-20261124") for i in range(200)})
     patches = api.verbs.count("patch")
     with pytest.raises(RoutesFileError, match="over the 1 MiB a ConfigMap may hold"):
         s.save(big, expected_revision=0)

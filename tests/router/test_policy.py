@@ -52,6 +52,7 @@ routes:
         (f"routes: {{banking: {{stable: {V1}, colour: red}}}}", "routes.banking.colour"),
         (f"routes: {{Bad Name: {{stable: {V1}}}}}", "routes"),
         ("routes: [1, 2]", "routes"),
+        (f"routes: {{banking: {{stable: {V1}}}, cards: {{stable: {V2}, fallback: {V1}}}}}", "(top level)"),
     ],
 )
 def test_invalid_routes_name_the_field(text: str, field: str) -> None:
@@ -93,3 +94,13 @@ def test_dump_and_parse_round_trip() -> None:
     routes = parse_routes(f"routes: {{banking: {{stable: {V1}, canary: {{version: {V2}}}}}}}", "r")
     assert parse_routes(dump_routes(routes), "r") == routes
     assert RoutesFile().routes == {}
+
+
+def test_a_version_belongs_to_one_route() -> None:
+    with pytest.raises(RoutesFileError) as err:
+        parse_routes(
+            f"routes: {{banking: {{stable: {V1}, pinned: [{V2}]}}, cards: {{stable: {V2}}}}}", "r.yaml"
+        )
+    assert err.value.message == (
+        f"r.yaml: (top level): version {V2} is named by routes 'banking' and 'cards': a version belongs to one route"
+    )
