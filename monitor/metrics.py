@@ -171,7 +171,8 @@ def build_metrics(registry: CollectorRegistry) -> Metrics:
         pending=pending,
         requests=Counter(
             "lorafleet_router_requests_total",
-            "Requests answered by the gateway, by the arm that chose the version and the HTTP status class.",
+            "Requests answered by the gateway, by the arm that chose the version and the HTTP status class;"
+            " a request the route's fallback answered counts for the version that failed (5xx) and the fallback.",
             ["route", "version", "arm", "code_class"],
             registry=registry,
         ),

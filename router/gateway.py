@@ -483,9 +483,15 @@ class Gateway:
         request_id: str,
         deadline: float,
         failure: EngineFailure,
+        start: float,
     ) -> _Attempt:
         """After `failure` of a first `_send`: the other engines holding the target's version, then
-        the route's fallback."""
+        the route's fallback.
+
+        A request the fallback takes counts for the target's version too, as one of its requests
+        that failed: all of a version's traffic falling back (an adapter that failed to load) must
+        show in its error ratio, its alerts and its canary gate, not as a version with no traffic.
+        """
         try:
             return await self._send_to_others(
                 endpoint, body, target.version, target.arm, request_id, deadline, failure
@@ -499,15 +505,26 @@ class Gateway:
             self.observer.metrics.fallbacks.labels(
                 *self.observer.label_values(target.route, target.version), first.reason
             ).inc()
-            self.observer.metrics.errors.labels(
-                *self.observer.label_values(target.route, target.version), ErrorReason.FALLBACK.value
-            ).inc()
             try:
-                return await self._send(endpoint, body, fallback, Arm.FALLBACK, request_id, deadline)
+                attempt = await self._send(endpoint, body, fallback, Arm.FALLBACK, request_id, deadline)
             except EngineFailure as second:
-                # Counted once already (as a fallback): one failed request, one error.
+                # One failed request (complete() counts it), one error: the fallback's.
+                self.observer.metrics.errors.labels(
+                    *self.observer.label_values(target.route, target.version), ErrorReason.FALLBACK.value
+                ).inc()
                 log.warning("request %s to fallback %s failed too: %s", request_id, fallback, second)
                 raise self._upstream_error(target, second, fallback) from None
+            self.observer.record(
+                Outcome(
+                    target.route,
+                    target.version,
+                    target.arm,
+                    self._upstream_error(target, first).status,
+                    time.perf_counter() - start,
+                    error=ErrorReason.FALLBACK,
+                )
+            )
+            return attempt
 
     def _count_failure(self, target: Target, failure: EngineFailure) -> None:
         reason = {
@@ -568,7 +585,7 @@ class Gateway:
                 )
             except EngineFailure as failure:
                 attempt = await self._send_with_fallback(
-                    endpoint, upstream, target, request_id, deadline, failure
+                    endpoint, upstream, target, request_id, deadline, failure, start
                 )
         except UpstreamError as exc:
             self.observer.record(

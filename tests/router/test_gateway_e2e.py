@@ -261,6 +261,11 @@ def test_fallback_when_the_chosen_version_fails_and_503_when_all_fail(
         f'lorafleet_router_fallbacks_total{{reason="status_5xx",route="banking",version="{v1}"}} 1.0'
         in metrics
     )
+    # The version that failed counts the request as one of its own, failed: its error ratio sees it.
+    requests = "lorafleet_router_requests_total"
+    assert f'{requests}{{arm="stable",code_class="5xx",route="banking",version="{v1}"}} 1.0' in metrics
+    assert f'lorafleet_router_errors_total{{reason="fallback",route="banking",version="{v1}"}} 1.0' in metrics
+    assert f'{requests}{{arm="fallback",code_class="2xx",route="banking",version="{v2}"}} 1.0' in metrics
 
     dead = start_gateway(_routes(v1), registry, [f"http://127.0.0.1:{_closed_port()}"])
     r = httpx.post(
