@@ -159,6 +159,11 @@ def validate_body(endpoint: str, body: Any, settings: GatewaySettings) -> dict[s
                 raise BadRequestError(
                     f"messages[{i}] must be an object with a 'role'", param=f"messages[{i}]"
                 )
+            if not isinstance(m.get("content"), str | list | None):
+                raise BadRequestError(
+                    f"messages[{i}].content must be a string or a list of content parts",
+                    param=f"messages[{i}].content",
+                )
     else:
         prompt = body.get("prompt")
         if not isinstance(prompt, str | list) or not prompt:
@@ -706,7 +711,7 @@ class Gateway:
             if isinstance(payload.get("error"), dict)
             else {"message": str(payload.get("error"))}
         )
-        err.setdefault("type", "invalid_request_error")
+        err["type"] = "invalid_request_error"  # as OpenAI types a 4xx (vLLM says "BadRequestError")
         err.setdefault("param", None)
         err["code"] = err.get("code") if isinstance(err.get("code"), str) else None
         return FastJSONResponse({"error": err}, status_code=status, headers=headers)

@@ -427,6 +427,25 @@ def test_a_request_without_max_tokens_is_answered_when_the_limit_exceeds_the_eng
     assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
 
 
+def test_what_the_engine_refuses_is_the_clients_400_in_openais_shape(
+    start_gateway: Any, engine: Any, versions: tuple[Registry, str, str]
+) -> None:
+    registry, v1, _ = versions
+    gw = start_gateway(_routes(v1), registry, [engine.url])
+    _wait_loaded(gw.url, [v1])
+    client = openai.OpenAI(base_url=f"{gw.url}/v1", api_key="unused", max_retries=0)
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(model="banking", messages=MESSAGES, max_tokens=2, temperature=-1)
+    assert err.value.status_code == 400 and "temperature" in err.value.message
+    body = err.value.body
+    assert isinstance(body, dict) and body["type"] == "invalid_request_error", body
+    assert err.value.response.headers[VERSION_HEADER] == v1
+    metrics = httpx.get(f"{gw.url}/metrics").text
+    assert (
+        f'lorafleet_router_errors_total{{reason="bad_request",route="banking",version="{v1}"}} 1.0' in metrics
+    )
+
+
 def test_a_version_that_is_no_longer_live_loses_its_drift_and_accuracy_series(
     start_gateway: Any, engine: Any, versions: tuple[Registry, str, str], tmp_path: Path
 ) -> None:

@@ -168,6 +168,7 @@ def test_bad_fields_are_400_naming_the_field(
         ("chat/completions", {**chat, "logprobs": True, "top_logprobs": "5"}, "top_logprobs"),
         ("chat/completions", {**chat, "logprobs": True, "top_logprobs": 50}, "top_logprobs"),
         ("chat/completions", {**chat, "top_logprobs": 2}, "top_logprobs"),
+        ("chat/completions", {**chat, "messages": [{"role": "user", "content": 123}]}, "messages[0].content"),
         ("chat/completions", {**chat, "logprobs": False, "top_logprobs": 0}, "top_logprobs"),
         ("chat/completions", {**chat, "n": 5}, "n"),
         ("chat/completions", {**chat, "n": 0}, "n"),
