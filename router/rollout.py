@@ -36,7 +36,13 @@ from lorafleet.registry import AdapterRef, Registry
 from monitor.gate import GateDecision, VersionSignals, evaluate_gate
 from monitor.metrics import GateResult, Metrics
 from monitor.signals import LocalSignals, PrometheusSignals, Snapshot
-from router.errors import BadRequestError, ConflictError, RouteNotFoundError, StaleRevisionError
+from router.errors import (
+    BadRequestError,
+    ConflictError,
+    RouteNotFoundError,
+    RoutesFileError,
+    StaleRevisionError,
+)
 from router.policy import (
     BASE_FALLBACK,
     Analysis,
@@ -589,9 +595,17 @@ class Controller:
         return routes
 
     async def run(self, interval_s: float) -> None:
+        paused_by: str | None = None  # the routes file's error, logged once while it lasts
         while True:
             try:
                 await self.tick()
+                if paused_by is not None:
+                    log.info("rollout controller resumed: the routes file is valid again")
+                paused_by = None
+            except RoutesFileError as exc:
+                if exc.message != paused_by:
+                    log.error("rollout controller paused until the routes file is valid: %s", exc.message)
+                paused_by = exc.message
             except Exception:
                 log.exception("rollout controller tick failed; trying again in %.0f s", interval_s)
             await asyncio.sleep(interval_s)

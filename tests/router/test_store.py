@@ -1,6 +1,8 @@
 """The routes file store: atomic writes, optimistic concurrency, a crash mid-write, the history."""
 
+import asyncio
 import datetime as dt
+import logging
 import multiprocessing as mp
 import signal
 import subprocess
@@ -97,3 +99,32 @@ def test_a_write_keeps_the_file_mode(tmp_path: Path) -> None:
     store.path.chmod(0o640)
     store.save(_routes(V2), expected_revision=1)
     assert store.path.stat().st_mode & 0o777 == 0o640
+
+
+def test_the_controller_logs_an_invalid_routes_file_once_and_resumes(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from lorafleet.registry import Registry
+    from monitor.signals import LocalSignals
+    from router.rollout import Controller, LocalGateSource, Rollouts
+
+    routes = tmp_path / "routes.yaml"
+    routes.write_text("routes: [")
+    rollouts = Rollouts(FileStore(routes), Registry(tmp_path / "registry"))
+    controller = Controller(rollouts, LocalGateSource(LocalSignals(CollectorRegistry())))
+
+    async def run() -> None:
+        task = asyncio.create_task(controller.run(0.01))
+        await asyncio.sleep(0.3)
+        routes.write_text("routes: {}\n")
+        await asyncio.sleep(0.2)
+        task.cancel()
+
+    with caplog.at_level(logging.INFO, logger="lorafleet.rollout"):
+        asyncio.run(run())
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1, [r.getMessage() for r in errors]
+    assert "not valid YAML" in errors[0].getMessage() and errors[0].exc_info is None
+    assert any("resumed" in r.getMessage() for r in caplog.records)
