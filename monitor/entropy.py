@@ -2,7 +2,7 @@
 
     with_logprobs(body, chat=...)      the request to send upstream (asks for top-k logprobs) and
                                        what the client itself asked for
-    response_entropy(response)         mean H_k of choices[0] of a whole parsed response
+    response_entropy(response, k)      mean H_k of choices[0] of a whole parsed response
     EntropyAccumulator                 the same, chunk by chunk, for an SSE stream
     Logprobs, logprob_tokens           the typed view of a choice's logprobs (decoded by msgspec
                                        straight from the engine's bytes: router/answer.py) and its
@@ -97,13 +97,20 @@ def _first_choice(payload: Mapping[str, Any]) -> Mapping[str, Any] | None:
 class EntropyAccumulator:
     """Mean token entropy of one answer, fed piece by piece (stream chunks) or at once."""
 
-    def __init__(self) -> None:
+    def __init__(self, top_k: int | None = None) -> None:
+        """`top_k`: score only each token's k most likely alternatives, so that every answer is
+        scored at the same k (completions list the chosen token beside its top k; a client may
+        have asked for more alternatives than the gateway's k)."""
+        self._top_k = top_k
         self._sum = 0.0
         self._tokens = 0
 
     def add(self, logprobs: Logprobs | None) -> None:
         """Add the tokens of one choice's logprobs."""
+        k = self._top_k
         for lps in logprob_tokens(logprobs):
+            if k and len(lps) > k:
+                lps = sorted(lps, reverse=True)[:k]
             self._sum += token_entropy(lps)
             self._tokens += 1
 
@@ -126,9 +133,9 @@ class EntropyAccumulator:
         return self._sum / self._tokens if self._tokens else None
 
 
-def response_entropy(response: Mapping[str, Any]) -> float | None:
+def response_entropy(response: Mapping[str, Any], top_k: int | None = None) -> float | None:
     """Mean token entropy (nats) of `choices[0]` of a whole chat or completions response."""
-    acc = EntropyAccumulator()
+    acc = EntropyAccumulator(top_k)
     acc.add_stream_chunk(response)
     return acc.value()
 

@@ -646,7 +646,7 @@ class Gateway:
                 completion_id = seen.id
                 usage = seen.usage or Usage()
                 prompt_tokens, completion_tokens = usage.prompt_tokens, usage.completion_tokens
-                entropy = EntropyAccumulator()
+                entropy = EntropyAccumulator(self.settings.entropy_top_k)
                 entropy.add(choice.token_logprobs() if choice is not None else None)
                 mean_entropy = entropy.value()
             else:
@@ -656,7 +656,7 @@ class Gateway:
                 usage_dict: dict[str, Any] = raw_usage if isinstance(raw_usage, dict) else {}
                 prompt_tokens = usage_dict.get("prompt_tokens")
                 completion_tokens = usage_dict.get("completion_tokens")
-                mean_entropy = response_entropy(seen)
+                mean_entropy = response_entropy(seen, self.settings.entropy_top_k)
             self.observer.record(
                 Outcome(
                     route=target.route,
@@ -732,7 +732,9 @@ class Gateway:
 
         The events of one chunk from the engine leave in one write: as many sends as the engine's.
         """
-        watch = _StreamWatch(endpoint == CHAT, start, strip, keep_top, asked_usage)
+        watch = _StreamWatch(
+            endpoint == CHAT, start, strip, keep_top, asked_usage, top_k=self.settings.entropy_top_k
+        )
         events = SSEBuffer()
         error: ErrorReason | None = None
         status = 200
@@ -855,14 +857,20 @@ class _StreamWatch:
     engine event as the client gets it: logprobs it did not ask for removed, usage only if asked."""
 
     def __init__(
-        self, chat: bool, start: float, rewrite: bool, keep_top: int | None, asked_usage: bool
+        self,
+        chat: bool,
+        start: float,
+        rewrite: bool,
+        keep_top: int | None,
+        asked_usage: bool,
+        top_k: int | None = None,
     ) -> None:
         self.chat = chat
         self.start = start
         self.rewrite = rewrite
         self.keep_top = keep_top
         self.asked_usage = asked_usage
-        self.entropy = EntropyAccumulator()
+        self.entropy = EntropyAccumulator(top_k)
         self.parts: list[str] = []
         self.ttft: float | None = None
         self.usage = Usage()

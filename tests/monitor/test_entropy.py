@@ -89,6 +89,18 @@ def test_completion_response_entropy_reads_the_dict_shape() -> None:
     assert response_entropy(completion_response()) == pytest.approx((H1 + H2) / 2)
 
 
+def test_every_token_is_scored_at_the_same_k() -> None:
+    """Completions list the chosen token beside its top k; a client may ask for more than k."""
+    response = completion_response()
+    top = response["choices"][0]["logprobs"]["top_logprobs"]
+    top[0]["rare"] = LN(0.001)  # the sampled token, outside the top 3
+    top[1]["second"] = LN(0.05)
+    # k = 3 keeps token 1 as it was; token 2, with its k = 3 top alternatives 0.9 and 0.05.
+    h2 = -0.9 * LN(0.9) - 0.05 * LN(0.05) - 0.05 * LN(0.05)
+    assert response_entropy(response, top_k=3) == pytest.approx((H1 + h2) / 2)
+    assert response_entropy(response, top_k=1) == pytest.approx((-0.5 * LN(0.5) * 2 + H2) / 2)
+
+
 def test_tokens_without_top_logprobs_fall_back_to_their_own_logprob() -> None:
     response = chat_response()
     for token in response["choices"][0]["logprobs"]["content"]:
