@@ -182,6 +182,8 @@ def validate_body(endpoint: str, body: Any, settings: GatewaySettings) -> dict[s
     stream = body.get("stream")
     if stream is not None and not isinstance(stream, bool):
         raise BadRequestError("'stream' must be true or false", param="stream")
+    if not isinstance(body.get("stream_options"), dict | None):
+        raise BadRequestError("'stream_options' must be an object", param="stream_options")
     logprobs = body.get("logprobs")
     if chat and logprobs is not None and not isinstance(logprobs, bool):
         raise BadRequestError("'logprobs' must be true or false", param="logprobs")

@@ -173,6 +173,7 @@ def test_bad_fields_are_400_naming_the_field(
         ("chat/completions", {**chat, "n": 5}, "n"),
         ("chat/completions", {**chat, "n": 0}, "n"),
         ("chat/completions", {**chat, "stream": "yes"}, "stream"),
+        ("chat/completions", {**chat, "stream": True, "stream_options": "x"}, "stream_options"),
         ("completions", {**prompt, "logprobs": [1]}, "logprobs"),
         ("completions", {**prompt, "logprobs": -1}, "logprobs"),
         ("completions", {**prompt, "best_of": 100}, "best_of"),
