@@ -131,6 +131,8 @@ def status(request: Request) -> dict[str, Any]:
                     if version in e.failures
                 },
             }
+            if version in gateway.missing_versions:
+                entry["registry_error"] = gateway.missing_versions[version]
             if s == "retiring":
                 entry["until"] = route.retiring[version].isoformat()
             if s in ("stable", "canary", "weighted"):

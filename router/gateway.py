@@ -237,6 +237,7 @@ class Gateway:
         self.live: dict[str, tuple[str, str]] = {}
         self._fingerprint: str | None = None
         self.reload_error: str | None = None
+        self.missing_versions: dict[str, str] = {}  # live versions the registry cannot give -> why
         self.shadow_slots = asyncio.Semaphore(settings.shadow_max_concurrency)
         self._timeout = forward_timeout(settings)
         self._background: set[asyncio.Task[None]] = set()
@@ -301,13 +302,17 @@ class Gateway:
         """Every live version that exists in the registry -> its adapter folder as the engines see it."""
         self.refresh_live()
         desired: dict[str, Path] = {}
+        missing: dict[str, str] = {}
         for version in self.live:
             try:
                 path = self.registry.get(version).adapter_path
             except Exception as exc:
-                log.error("routes name version %s, which the registry cannot give: %s", version, exc)
+                missing[version] = str(exc)
+                if self.missing_versions.get(version) != missing[version]:  # once, not on every reconcile
+                    log.error("routes name version %s, which the registry cannot give: %s", version, exc)
                 continue
             desired[version] = self.settings.engine_path(path)
+        self.missing_versions = missing
         return desired
 
     def _version_meta(self, version: str) -> tuple[int, str | None]:

@@ -132,6 +132,23 @@ def test_a_routes_file_gone_or_emptied_while_serving_keeps_the_routes(
     assert httpx.post(f"{gw.url}/v1/chat/completions", json=body).status_code == 404
 
 
+def test_a_version_the_registry_cannot_give_is_named_in_the_status(
+    gateway: Callable[..., Any], versions: tuple[Registry, list[str]], fake_engines: Callable[..., Any]
+) -> None:
+    _, (v1, _) = versions
+    ghost = "banking-v9-20261129"
+    gw = gateway(f"routes:\n  banking:\n    stable: {v1}\n    pinned: [{ghost}]\n", [fake_engines().url])
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        entries = httpx.get(f"{gw.url}/admin/status", headers=AUTH).json()["routes"]["banking"]["versions"]
+        found = {e["version"]: e for e in entries}
+        if "registry_error" in found[ghost]:
+            break
+        time.sleep(0.2)
+    assert ghost in found[ghost]["registry_error"], found
+    assert "registry_error" not in found[v1]
+
+
 def test_an_invalid_route_name_is_refused_and_the_routes_file_stays_valid(
     gateway: Callable[..., Any], versions: tuple[Registry, list[str]], tmp_path: Path
 ) -> None:
