@@ -225,7 +225,8 @@ class Route(_Model):
         return states
 
     def named(self) -> set[str]:
-        """Every version this route names, live or not yet expired or not (`previous` aside)."""
+        """Every version this route names: serving, shadow, fallback, pinned, retiring (expired or
+        not); `previous` aside, as it only records history."""
         names = {*self.pinned, *self.retiring, *self.serving()}
         if self.fallback and self.fallback != BASE_FALLBACK:
             names.add(self.fallback)
