@@ -84,6 +84,7 @@ class UpstreamConfig:
     ttft_s: float = 0.0
     itl_s: float = 0.001
     prompt_tokens: int = 40
+    end_after_done_s: float = 0.0  # fault injection: a stream's body ends this long after `[DONE]`
 
 
 class FakeOpenAIUpstream:
@@ -366,7 +367,10 @@ class _UpstreamConnection(asyncio.Protocol):
         framed = [b"%x\r\n%s\r\n" % (len(e), e) for e in events] + [b"0\r\n\r\n"]
         content = self.upstream.config.chunks
         steps = [framed[0] + framed[1], *framed[2:content], b"".join(framed[content:])]
-        if ttft_s <= 0 and itl_s <= 0:
+        last_gap = self.upstream.config.end_after_done_s
+        if last_gap > 0:
+            steps[-1:] = [b"".join(framed[content:-1]), framed[-1]]
+        elif ttft_s <= 0 and itl_s <= 0:
             self._write(head + b"".join(steps))
             return
         self.busy = True
@@ -375,7 +379,7 @@ class _UpstreamConnection(asyncio.Protocol):
         def send(i: int) -> None:
             self._write(steps[i])
             if i + 1 < len(steps):
-                self.loop.call_later(itl_s, send, i + 1)
+                self.loop.call_later(last_gap if last_gap > 0 and i + 2 == len(steps) else itl_s, send, i + 1)
             else:
                 self._done()
 

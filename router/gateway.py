@@ -768,7 +768,10 @@ class Gateway:
             )
             yield b"data: [DONE]\n\n"
         except (asyncio.CancelledError, GeneratorExit):
-            error, status = ErrorReason.CLIENT_CANCELLED, 499
+            # A client that hangs up once it has `[DONE]` (the SDK's streams do) got the whole
+            # answer: cancelled only before that.
+            if not watch.done:
+                error, status = ErrorReason.CLIENT_CANCELLED, 499
             raise
         finally:
             attempt.engine.in_flight -= 1
@@ -878,6 +881,7 @@ class _StreamWatch:
         self.keep_top = keep_top
         self.asked_usage = asked_usage
         self.entropy = EntropyAccumulator(top_k)
+        self.done = False  # the engine's `[DONE]` went out: the answer is complete
         self.parts: list[str] = []
         self.ttft: float | None = None
         self.usage = Usage()
@@ -889,6 +893,7 @@ class _StreamWatch:
         for payload in payloads:
             if payload == b"[DONE]":
                 out.append(b"data: [DONE]\n\n")
+                self.done = True
                 continue
             try:
                 chunk = read_answer(payload)

@@ -5,6 +5,7 @@ FAKE upstream (bench/fakes.py) standing in for engines that refuse connections. 
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
@@ -322,6 +323,39 @@ def test_pin_and_session_headers_match_in_any_case(
     )
     assert r.status_code == 200 and r.headers[VERSION_HEADER] == v1
     assert r.headers["x-request-id"] == "req-mine"
+
+
+def test_a_client_that_leaves_after_done_got_the_whole_answer(
+    gateway: Callable[..., Any],
+    fake_engines: Callable[..., Any],
+    versions: tuple[Registry, list[str]],
+) -> None:
+    """The SDK stops reading at `[DONE]`; an engine may end its body later: not a cancelled request."""
+    _, (v1, _) = versions
+    late = fake_engines(UpstreamConfig(end_after_done_s=3.0))
+    gw = gateway(_routes(v1), [late.url])
+    body = {"model": "banking", "messages": MESSAGES, "stream": True}
+    with httpx.stream("POST", f"{gw.url}/v1/chat/completions", json=body) as r:
+        assert r.status_code == 200
+        lines = []
+        for line in r.iter_lines():
+            lines.append(line)
+            if line == "data: [DONE]":
+                break
+    completion_id = json.loads(lines[0].removeprefix("data: "))["id"]
+    ok = (
+        f'lorafleet_router_requests_total{{arm="stable",code_class="2xx",route="banking",version="{v1}"}} 1.0'
+    )
+    deadline = time.monotonic() + 10
+    while ok not in (text := httpx.get(f"{gw.url}/metrics").text):
+        assert time.monotonic() < deadline, "the stream was not counted as answered"
+        time.sleep(0.1)
+    assert (
+        f'lorafleet_router_errors_total{{reason="client_cancelled",route="banking",version="{v1}"}} 0.0'
+        in text
+    )
+    verdict = httpx.post(f"{gw.url}/v1/feedback", json={"completion_id": completion_id, "correct": True})
+    assert verdict.status_code == 201, verdict.text
 
 
 def test_a_client_that_leaves_mid_stream_is_not_an_error_of_the_version(
