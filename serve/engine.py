@@ -16,6 +16,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import sys
 import time
 from collections.abc import Callable
@@ -110,8 +111,38 @@ class Engine:
     def running(self) -> bool:
         return self.process is not None and self.process.returncode is None
 
+    def _check_port(self) -> None:
+        """A port another server holds would answer /health for it: refuse before spawning."""
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind((self.settings.host, self.settings.port))
+            except OSError as exc:
+                raise EngineStartError(
+                    f"cannot start an engine on {self.url}: {exc.strerror or exc}",
+                    hint="another process listens there: stop it, or choose another --port",
+                ) from None
+
+    def log_tail(self, lines: int = 12) -> str:
+        """The last lines of the engine's log file, if it has one ('' otherwise)."""
+        if not self.settings.log_file:
+            return ""
+        try:
+            text = Path(self.settings.log_file).read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.rstrip().splitlines()[-lines:])
+
+    def kill_leftovers(self) -> None:
+        """vLLM's engine-core and worker processes can outlive the server they belong to (a crash,
+        a kill -9): kill what is left of its process group."""
+        if self.process is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+
     async def start(self) -> None:
         """Spawn the server and wait until /health answers 200, or raise EngineStartError."""
+        self._check_port()
         cmd = build_command(self.settings, self.model_dir)
         out: int | None = None
         if self.settings.log_file:
@@ -130,8 +161,11 @@ class Engine:
         async with httpx.AsyncClient(timeout=2.0) as client:
             while time.monotonic() < deadline:
                 if self.process.returncode is not None:
+                    self.kill_leftovers()
+                    tail = self.log_tail()
                     raise EngineStartError(
-                        f"engine on {self.url} exited with code {self.process.returncode} while starting",
+                        f"engine on {self.url} exited with code {self.process.returncode} while starting"
+                        + (f"; the end of its log:\n{tail}" if tail else ""),
                         hint=f"see its log{' in ' + self.settings.log_file if self.settings.log_file else ''}",
                     )
                 with contextlib.suppress(httpx.HTTPError):
@@ -161,6 +195,7 @@ class Engine:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
                 await proc.wait()
+        self.kill_leftovers()
         if self._log_handle is not None:
             os.close(self._log_handle)
             self._log_handle = None
@@ -198,13 +233,19 @@ class Supervisor:
         """Start the engine and restart it whenever it exits, until `stop()`."""
         settings = self.engine.settings
         delay = settings.restart_backoff_s
+        ever_healthy = False
         while not self._stopping:
             started = time.monotonic()
             try:
                 await self.engine.start()
+                ever_healthy = True
+                self._on_event(f"engine on {self.engine.url} is healthy")
                 await self._restore_adapters()
                 code = await self.engine.wait()
+                self.engine.kill_leftovers()
             except EngineStartError as exc:
+                if not ever_healthy:
+                    raise  # a bad flag, a taken port, a broken model: restarting will not help
                 code = -1
                 self._on_event(str(exc))
             if self._stopping:

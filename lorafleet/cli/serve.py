@@ -43,6 +43,10 @@ def engine(
     from serve.engine import Engine, Supervisor
     from serve.settings import Device, EngineSettings
 
+    try:
+        chosen = Device(device.lower())
+    except ValueError:
+        raise typer.BadParameter(f"'{device}': use auto, cpu or cuda", param_hint="--device") from None
     settings = EngineSettings(
         base_model=base_model,
         host=host,
@@ -53,7 +57,7 @@ def engine(
         max_cpu_loras=max_cpu_loras,
         max_model_len=max_model_len,
         kv_cache_gib=kv_cache_gib,
-        device=Device(device),
+        device=chosen,
         log_file=str(log_file) if log_file else None,
         startup_timeout_s=startup_timeout_s,
     )

@@ -164,8 +164,18 @@ def test_a_crashed_engine_is_restarted_and_gets_its_adapters_back(
         what="loaded",
     )
     restarts = engine.supervisor.restarts
-    os.killpg(engine.supervisor.engine.process.pid, signal.SIGKILL)
+    crashed = engine.supervisor.engine.process.pid
+    os.kill(crashed, signal.SIGKILL)  # the API server alone: vLLM's engine-core processes outlive it
     _wait(lambda: engine.supervisor.restarts == restarts + 1, 30, "the supervisor to notice")
+
+    def group_gone() -> bool:
+        try:
+            os.killpg(crashed, 0)
+        except ProcessLookupError:
+            return True
+        return False
+
+    _wait(group_gone, 30, "the crashed engine's leftover processes to be killed")
     engine.wait_healthy(400)
 
     def serves(version: str) -> bool:
