@@ -27,7 +27,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from lorafleet import __version__
+from lorafleet import __version__, logs
 from lorafleet.registry import Registry
 from monitor.feedback import FeedbackStore
 from monitor.metrics import PendingUpdates, build_metrics
@@ -271,6 +271,7 @@ def create_app(
 
 def app_from_environment() -> FastAPI:
     """The app for uvicorn's workers: settings from LORAFLEET_ROUTER_SETTINGS_JSON, else the environment."""
+    logs.configure_from_environment()
     raw = os.environ.get("LORAFLEET_ROUTER_SETTINGS_JSON")
     settings = GatewaySettings.model_validate_json(raw) if raw else GatewaySettings()
     return create_app(settings)

@@ -138,10 +138,9 @@ def controller(
     log_level: Annotated[str, typer.Option("--log-level", help="debug, info, warning or error.")] = "info",
 ) -> None:
     """Run the rollout controller: admin API, canary gate and adapter reconcile, one per cluster."""
-    import logging
-
     import uvicorn
 
+    from lorafleet import logs
     from router.app import create_app
 
     overrides: dict[str, object] = {"controller": "embedded", "port": port, "workers": 1}
@@ -167,8 +166,7 @@ def controller(
     # Fail here, in one line, if the store is unreadable (no ConfigMap, no RBAC, a broken file),
     # rather than later inside the server's start-up.
     revision = store.load().revision
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logs.configure(log_level)
     info(
         f"controller: admin API http://{settings.host}:{settings.port}/admin; routes in {store!r} "
         f"(revision {revision}); engines {', '.join(settings.engines)}; "

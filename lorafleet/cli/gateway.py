@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -55,9 +56,9 @@ def gateway(
     log_level: str = typer.Option("info", help="debug, info, warning or error."),
 ) -> None:
     """Serve the OpenAI-compatible API, routing each request to an adapter version on an engine."""
-    import logging
-
     import uvicorn
+
+    from lorafleet import logs
 
     overrides: dict[str, object] = {}
     for key, value in {
@@ -81,22 +82,27 @@ def gateway(
         settings = settings.model_copy(update={"admin_token_file": token_file})
         info(f"admin token: {token_file} (pass it as LORAFLEET_ADMIN_TOKEN_FILE to `lorafleet route`)")
     settings.admin_secret()  # an empty or unreadable token file stops here, not in a worker
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logs.configure(log_level)
     # Workers are separate processes: they read the same settings from the environment.
     os.environ["LORAFLEET_ROUTER_SETTINGS_JSON"] = settings_json(settings)
+    made_metrics_dir = None
     if settings.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="lorafleet-metrics-")
+        made_metrics_dir = tempfile.mkdtemp(prefix="lorafleet-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = made_metrics_dir
     info(
         f"gateway: http://{settings.host}:{settings.port}/v1 -> {', '.join(settings.engines)}; routes {settings.routes_file}"
     )
-    uvicorn.run(
-        "router.app:app_from_environment",
-        factory=True,
-        host=settings.host,
-        port=settings.port,
-        workers=settings.workers,
-        log_level=log_level,
-        access_log=False,
-        timeout_graceful_shutdown=30,
-    )
+    try:
+        uvicorn.run(
+            "router.app:app_from_environment",
+            factory=True,
+            host=settings.host,
+            port=settings.port,
+            workers=settings.workers,
+            log_level=log_level,
+            access_log=False,
+            timeout_graceful_shutdown=30,
+        )
+    finally:
+        if made_metrics_dir is not None:
+            shutil.rmtree(made_metrics_dir, ignore_errors=True)
