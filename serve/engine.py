@@ -25,7 +25,7 @@ from pathlib import Path
 import httpx
 
 from serve.adapters import AdapterClient
-from serve.errors import EngineStartError
+from serve.errors import EngineStartError, ServeError
 from serve.settings import Device, EngineSettings
 
 log = logging.getLogger("lorafleet.serve")
@@ -202,16 +202,24 @@ class Engine:
 
 
 class Supervisor:
-    """Keeps one engine running; restores its adapters after a crash."""
+    """Keeps one engine running; restores its adapters after a crash.
+
+    The adapters restored are the ones given at start and the ones the engine held when last
+    looked at (every `track_interval_s`): those loaded at runtime (`lorafleet serve load`, a
+    gateway's reconcile) come back too.
+    """
 
     def __init__(
         self,
         engine: Engine,
         adapters: dict[str, Path] | None = None,
         on_event: Callable[[str], None] | None = None,
+        track_interval_s: float = 10.0,
     ) -> None:
         self.engine = engine
         self.wanted: dict[str, Path] = dict(adapters or {})
+        self.held: dict[str, Path] = {}  # what the engine held when last looked at
+        self.track_interval_s = track_interval_s
         self.restarts = 0
         self._stopping = False
         self._on_event = on_event or (lambda msg: log.info("%s", msg))
@@ -220,7 +228,7 @@ class Supervisor:
         async with httpx.AsyncClient(timeout=60.0) as http:
             client = AdapterClient(self.engine.url, http)
             loaded = await client.loaded()
-            for name, path in self.wanted.items():
+            for name, path in {**self.held, **self.wanted}.items():
                 if name in loaded:
                     continue
                 try:
@@ -228,6 +236,14 @@ class Supervisor:
                     self._on_event(f"loaded adapter {name} on {self.engine.url}")
                 except Exception as exc:  # one bad adapter must not stop the others
                     self._on_event(f"adapter {name} failed to load on {self.engine.url}: {exc}")
+
+    async def _track_adapters(self) -> None:
+        async with httpx.AsyncClient(timeout=10.0) as http:
+            client = AdapterClient(self.engine.url, http)
+            while True:
+                await asyncio.sleep(self.track_interval_s)
+                with contextlib.suppress(httpx.HTTPError, ServeError):
+                    self.held = {name: Path(root) for name, root in (await client.loaded()).items()}
 
     async def run(self) -> None:
         """Start the engine and restart it whenever it exits, until `stop()`."""
@@ -241,7 +257,11 @@ class Supervisor:
                 ever_healthy = True
                 self._on_event(f"engine on {self.engine.url} is healthy")
                 await self._restore_adapters()
-                code = await self.engine.wait()
+                tracker = asyncio.create_task(self._track_adapters())
+                try:
+                    code = await self.engine.wait()
+                finally:
+                    tracker.cancel()
                 self.engine.kill_leftovers()
             except EngineStartError as exc:
                 if not ever_healthy:

@@ -153,7 +153,7 @@ class EngineThread:
             log_file=str(log_file),
             restart_backoff_s=1.0,
         )
-        self.supervisor = Supervisor(Engine(self.settings, model_dir))
+        self.supervisor = Supervisor(Engine(self.settings, model_dir), track_interval_s=1.0)
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self._run, name="vllm-engine", daemon=True)
         self.url = self.settings.url
