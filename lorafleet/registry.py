@@ -245,6 +245,12 @@ def _problem(folder: Path) -> str | None:
         return f"{INFO_FILE} cannot be read: {exc.strerror}"
     except ValidationError as exc:
         return f"{INFO_FILE} is not valid: {exc.errors()[0]['msg']}"
+    config = f"{ADAPTER_DIR}/adapter_config.json"
+    try:
+        if not isinstance(json.loads((folder / config).read_text()), dict):
+            return f"{config} is not a JSON object"
+    except (OSError, ValueError) as exc:  # else only the engine would say so, without the file's name
+        return f"{config} cannot be read: {exc}"
     try:
         if (folder / EVAL_FILE).exists():
             json.loads((folder / EVAL_FILE).read_text())

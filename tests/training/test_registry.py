@@ -196,6 +196,17 @@ def test_a_broken_version_folder_is_named_never_listed_or_resolved(tmp_path: Pat
     assert register(reg, "banking") == f"banking-v3-{today}"  # the broken folder's number is taken
 
 
+def test_a_version_whose_adapter_config_is_not_json_is_broken(tmp_path: Path) -> None:
+    reg = Registry(tmp_path)
+    name = register(reg, "banking")
+    config = tmp_path / name / "adapter" / "adapter_config.json"
+    config.chmod(0o644)
+    config.write_text('{"r": 8,\n')
+    assert reg.versions() == []
+    [(broken, why)] = reg.broken()
+    assert broken.name == name and why.startswith("adapter/adapter_config.json cannot be read: Expecting")
+
+
 def test_a_draft_that_fails_after_it_was_made_read_only_is_removed(tmp_path: Path) -> None:
     reg = Registry(tmp_path)
     name = register(reg, "banking")
