@@ -37,6 +37,7 @@ from monitor.gate import GateThresholds
 
 BASE_FALLBACK = "base"
 _ROUTE_RE = re.compile(rf"^{TASK_PATTERN}$")
+_BEFORE_EVERY_EXPIRY = dt.datetime.min.replace(tzinfo=dt.UTC)  # every retiring version still live
 
 
 class _Model(BaseModel):
@@ -225,14 +226,9 @@ class Route(_Model):
         return states
 
     def named(self) -> set[str]:
-        """Every version this route names: serving, shadow, fallback, pinned, retiring (expired or
-        not); `previous` aside, as it only records history."""
-        names = {*self.pinned, *self.retiring, *self.serving()}
-        if self.fallback and self.fallback != BASE_FALLBACK:
-            names.add(self.fallback)
-        if self.shadow:
-            names.add(self.shadow.version)
-        return names
+        """Every version this route names: what it would need loaded were no retiring version
+        expired yet; `previous` aside, as it only records history."""
+        return set(self.live(_BEFORE_EVERY_EXPIRY))
 
     def live(self, now: dt.datetime) -> dict[str, str]:
         """Every version this route needs loaded -> its state; retiring ones until their time is up."""
