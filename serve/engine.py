@@ -128,7 +128,9 @@ class Engine:
         if not self.settings.log_file:
             return ""
         try:
-            text = Path(self.settings.log_file).read_text(errors="replace")
+            with open(self.settings.log_file, "rb") as f:  # appended to over every restart: read its end
+                f.seek(max(0, f.seek(0, os.SEEK_END) - 16_384))
+                text = f.read().decode(errors="replace")
         except OSError:
             return ""
         return "\n".join(text.rstrip().splitlines()[-lines:])
