@@ -325,6 +325,15 @@ def test_pin_and_session_headers_match_in_any_case(
     assert r.headers["x-request-id"] == "req-mine"
 
 
+def _metrics_showing(url: str, line: str, timeout_s: float, failure: str) -> str:
+    """The gateway's /metrics once it holds `line` (a stream is counted when its relay closes)."""
+    deadline = time.monotonic() + timeout_s
+    while line not in (text := httpx.get(f"{url}/metrics").text):
+        assert time.monotonic() < deadline, failure
+        time.sleep(0.1)
+    return text
+
+
 def test_a_client_that_leaves_after_done_got_the_whole_answer(
     gateway: Callable[..., Any],
     fake_engines: Callable[..., Any],
@@ -346,10 +355,7 @@ def test_a_client_that_leaves_after_done_got_the_whole_answer(
     ok = (
         f'lorafleet_router_requests_total{{arm="stable",code_class="2xx",route="banking",version="{v1}"}} 1.0'
     )
-    deadline = time.monotonic() + 10
-    while ok not in (text := httpx.get(f"{gw.url}/metrics").text):
-        assert time.monotonic() < deadline, "the stream was not counted as answered"
-        time.sleep(0.1)
+    text = _metrics_showing(gw.url, ok, 10, "the stream was not counted as answered")
     assert (
         f'lorafleet_router_errors_total{{reason="client_cancelled",route="banking",version="{v1}"}} 0.0'
         in text
@@ -371,10 +377,7 @@ def test_a_client_that_leaves_mid_stream_is_not_an_error_of_the_version(
         assert r.status_code == 200
         next(r.iter_lines())
     series = f'lorafleet_router_errors_total{{reason="client_cancelled",route="banking",version="{v1}"}} 1.0'
-    deadline = time.monotonic() + 30
-    while series not in (text := httpx.get(f"{gw.url}/metrics").text):
-        assert time.monotonic() < deadline, "the cancelled stream was not counted"
-        time.sleep(0.1)
+    text = _metrics_showing(gw.url, series, 30, "the cancelled stream was not counted")
     assert 'reason="stream_aborted",route="banking"' in text  # the series exists, primed at zero
     assert (
         f'lorafleet_router_errors_total{{reason="stream_aborted",route="banking",version="{v1}"}} 0.0' in text
