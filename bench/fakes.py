@@ -521,6 +521,62 @@ class AsgiPassThroughProxy:
         uvicorn.run(self, host=host, port=port, log_level="warning", access_log=False)
 
 
+class LeanPassThroughProxy:
+    """A MINIMAL PASS-THROUGH PROXY on the gateway's own stack with its own client, for the
+    benchmarks: uvicorn (uvloop, httptools) serving a plain ASGI callable that forwards through
+    router/http1.py's Http1Pool, as the gateway does. Against AsgiPassThroughProxy it measures the
+    client alone; against the gateway, what lorafleet's request path adds to its whole stack.
+    """
+
+    def __init__(self, upstream: str, max_connections: int = 512) -> None:
+        self.upstream = upstream.rstrip("/")
+        self.max_connections = max_connections
+        self.pool: Any = None
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        from router.http1 import Http1Pool, Timeouts
+
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    self.pool = Http1Pool(self.max_connections)
+                    await send({"type": "lifespan.startup.complete"})
+                else:
+                    await self.pool.close()
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        body = b""
+        more = True
+        while more:
+            message = await receive()
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+        resp = await self.pool.post(
+            self.upstream, scope["path"], body, {"Content-Type": "application/json"}, Timeouts(10.0, 120.0)
+        )
+        try:
+            content_type = resp.headers.get("content-type", "application/json").encode()
+            if content_type.startswith(b"text/event-stream"):
+                start = [(b"content-type", content_type), (b"cache-control", b"no-cache")]
+                await send({"type": "http.response.start", "status": resp.status, "headers": start})
+                async for chunk in resp.iter_any():
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                await send({"type": "http.response.body", "body": b""})
+                return
+            data = await resp.read()
+        finally:
+            resp.release()
+        start = [(b"content-type", content_type), (b"content-length", str(len(data)).encode())]
+        await send({"type": "http.response.start", "status": resp.status, "headers": start})
+        await send({"type": "http.response.body", "body": data})
+
+    def serve(self, host: str, port: int) -> None:
+        import uvicorn
+
+        uvicorn.run(self, host=host, port=port, log_level="warning", access_log=False)
+
+
 class FastAPIPassThroughProxy:
     """A MINIMAL PASS-THROUGH PROXY on uvicorn (uvloop, httptools) + FastAPI + one httpx.AsyncClient
     over the httpx-aiohttp transport, and nothing else, for the benchmarks: the stack the gateway's
@@ -871,6 +927,7 @@ def start_upstream(core: int | None, log: Path, config: UpstreamConfig | None = 
 PROXIES = {
     "proxy": "pass-through proxy",
     "asgi-proxy": "ASGI pass-through proxy",
+    "lean-proxy": "ASGI pass-through proxy on lorafleet's HTTP client",
     "fastapi-proxy": "FastAPI pass-through proxy",
 }
 
@@ -1222,6 +1279,12 @@ def main() -> None:
     ax.add_argument("--host", default="127.0.0.1")
     ax.add_argument("--port", type=int, default=8250)
     ax.add_argument("--upstream", default="http://127.0.0.1:8100")
+    lx = sub.add_parser(
+        "lean-proxy", help="the minimal pass-through proxy on uvicorn + plain ASGI + Http1Pool"
+    )
+    lx.add_argument("--host", default="127.0.0.1")
+    lx.add_argument("--port", type=int, default=8260)
+    lx.add_argument("--upstream", default="http://127.0.0.1:8100")
     fx = sub.add_parser("fastapi-proxy", help="the minimal pass-through proxy on uvicorn + FastAPI + httpx")
     fx.add_argument("--host", default="127.0.0.1")
     fx.add_argument("--port", type=int, default=8300)
@@ -1235,6 +1298,8 @@ def main() -> None:
         _run_loop(PassThroughProxy(args.upstream).serve(args.host, args.port))
     elif args.part == "asgi-proxy":
         AsgiPassThroughProxy(args.upstream).serve(args.host, args.port)
+    elif args.part == "lean-proxy":
+        LeanPassThroughProxy(args.upstream).serve(args.host, args.port)
     elif args.part == "fastapi-proxy":
         FastAPIPassThroughProxy(args.upstream).serve(args.host, args.port)
     else:

@@ -1,6 +1,7 @@
 """The gateway application: `create_app(settings)` builds everything and the lifespan runs it.
 
-    lifespan:  one aiohttp session (the shared pool; the Fleet's httpx client runs over it)
+    lifespan:  the request path's Http1Pool; one aiohttp session for everything else (the Fleet's
+               httpx client runs over it)
                -> Fleet (engines) -> Gateway (routes, forwarding)
                -> Observer (metrics, drift, feedback) -> Rollouts (+ Controller when this process
                is the one writer)
@@ -42,7 +43,7 @@ from router.responses import REQUEST_ID_HEADER, error_response, internal_error, 
 from router.rollout import Controller, LeaderLock, LocalGateSource, PrometheusGateSource, Rollouts, utcnow
 from router.settings import ControllerMode, GatewaySettings
 from router.store import FileStore, RouteStore, check_routes
-from router.upstream import build_client, build_session
+from router.upstream import build_client, build_pool, build_session
 from serve.fleet import Fleet
 
 log = logging.getLogger("lorafleet.router")
@@ -137,6 +138,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        pool = build_pool(settings)
         session = build_session(settings)
         http = build_client(settings, session)
         feedback = FeedbackStore(settings.resolved_state_dir / "feedback.sqlite3")
@@ -157,7 +159,7 @@ def create_app(
             drift_min_samples=settings.drift_min_samples,
             accuracy_window=settings.accuracy_window,
         )
-        gateway = Gateway(settings, route_store, registry, fleet, session, observer, clock=clock)
+        gateway = Gateway(settings, route_store, registry, fleet, pool, session, observer, clock=clock)
         check_routes(route_store)  # an invalid routes file stops the start-up, naming the field
         gateway.reload(force=True)
         rollouts = Rollouts(route_store, registry, metrics, clock=clock, on_change=gateway.apply)
@@ -213,6 +215,7 @@ def create_app(
             await gateway.drain()
             metrics.pending.flush()
             leader.release()
+            await pool.close()
             await http.aclose()
             await session.close()
             feedback.close()

@@ -40,6 +40,7 @@ from router.errors import (
     UpstreamError,
     UpstreamTimeoutError,
 )
+from router.http1 import Http1Pool, Http1Response
 from router.observe import Observer, Outcome
 from router.policy import BASE_FALLBACK, RoutesFile
 from router.responses import REQUEST_ID_HEADER, AnswerResponse, EventStream, FastJSONResponse
@@ -103,7 +104,7 @@ class _Attempt:
     version: str
     arm: Arm
     engine: EngineState
-    response: aiohttp.ClientResponse
+    response: Http1Response
     started: float = field(default_factory=time.perf_counter)
 
 
@@ -219,7 +220,8 @@ class Gateway:
         store: RouteStore,
         registry: Registry,
         fleet: Fleet,
-        http: aiohttp.ClientSession,
+        pool: Http1Pool,
+        session: aiohttp.ClientSession,
         observer: Observer,
         rng: random.Random | None = None,
         clock: Callable[[], dt.datetime] | None = None,
@@ -228,7 +230,8 @@ class Gateway:
         self.store = store
         self.registry = registry
         self.fleet = fleet
-        self.http = http
+        self.pool = pool
+        self.session = session  # for the calls beside forwarding (peers)
         self.observer = observer
         self.rng = rng or random.Random()
         self.clock = clock or _now
@@ -436,11 +439,12 @@ class Gateway:
         engine.in_flight += 1
         started = time.perf_counter()
         try:
-            response = await self.http.post(
-                f"{engine.url}/v1/{endpoint}",
-                data=payload,
-                headers={"Content-Type": "application/json", REQUEST_ID_HEADER: request_id},
-                timeout=timeout,
+            response = await self.pool.post(
+                engine.url,
+                f"/v1/{endpoint}",
+                payload,
+                {"Content-Type": "application/json", REQUEST_ID_HEADER: request_id},
+                timeout,
             )
         except UPSTREAM_ERRORS as exc:
             engine.in_flight -= 1
@@ -746,7 +750,7 @@ class Gateway:
         error: ErrorReason | None = None
         status = 200
         try:
-            async for raw in attempt.response.content.iter_any():
+            async for raw in attempt.response.iter_any():
                 out = watch.relay(events.feed(raw))
                 if out:
                     yield out

@@ -156,7 +156,7 @@ async def _feedback_from_peers(
     gateway: Gateway, body: dict[str, Any], request: Request, unknown: UnknownCompletionError
 ) -> Response:
     """The answer of the peer replica that served the completion (router/peers.py)."""
-    found = await ask_peers(gateway.http, gateway.settings.peers, orjson.dumps(body), request.headers)
+    found = await ask_peers(gateway.session, gateway.settings.peers, orjson.dumps(body), request.headers)
     if found.status is not None:
         return Response(found.body, status_code=found.status, media_type="application/json")
     if found.unreachable:

@@ -1,13 +1,14 @@
-"""The gateway's one connection pool to the engines, and the reading of their answers.
+"""The gateway's connections to the engines, and the reading of their answers.
 
-One `aiohttp.ClientSession` per process, opened in the app's lifespan: the request path forwards
-through it directly, and the engine-management calls (health, adapter load/unload, Prometheus) use
-an `httpx.AsyncClient` whose transport is the same session (`httpx-aiohttp`), so both share one
-pool. The request path does not go through httpx: its request and response objects cost about
-300 us of CPU per forwarded request on top of aiohttp's (bench/gateway_overhead.py measures the
-stacks), and the gateway's throughput on one core is bounded by that CPU.
+Two pools per process, opened in the app's lifespan:
+- the request path forwards through router/http1.py's `Http1Pool`: aiohttp's client costs about
+  120 us of CPU per forwarded request more, httpx's about 300 us more than aiohttp's
+  (bench/gateway_overhead.py measures the three), and the gateway's throughput on one core is
+  bounded by its CPU;
+- the engine-management calls (health, adapter load/unload, Prometheus, peers) go through one
+  `aiohttp.ClientSession`, directly or as an `httpx.AsyncClient` over it (`httpx-aiohttp`).
 
-aiohttp's exceptions become our own once, here: a refused connection or a timeout is an
+Transport exceptions become our own once, here: a refused connection or a timeout is an
 `EngineFailure` that the gateway answers with another engine, the route's fallback or a 503/504.
 """
 
@@ -21,19 +22,27 @@ import aiohttp
 import httpx
 import orjson
 
+from router.http1 import Http1Pool, Timeouts, UpstreamConnectionError
 from router.settings import GatewaySettings
 
-UPSTREAM_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError)
+UPSTREAM_ERRORS = (aiohttp.ClientError, UpstreamConnectionError, asyncio.TimeoutError)
+
+
+def build_pool(settings: GatewaySettings) -> Http1Pool:
+    """The request path's pool: at most `max_connections` connections to each engine."""
+    return Http1Pool(settings.max_connections)
 
 
 def build_session(settings: GatewaySettings) -> aiohttp.ClientSession:
-    """The shared pool: `max_connections` connections in all and to any one engine."""
+    """The management calls' pool: `max_connections` connections in all and to any one engine."""
     connector = aiohttp.TCPConnector(
         limit=settings.max_connections, limit_per_host=settings.max_connections, ttl_dns_cache=10
     )
-    return aiohttp.ClientSession(
-        connector=connector, timeout=forward_timeout(settings), auto_decompress=False, trust_env=False
+    t = settings.timeouts
+    timeout = aiohttp.ClientTimeout(
+        total=None, connect=t.pool_s + t.connect_s, sock_connect=t.connect_s, sock_read=t.read_s
     )
+    return aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False, trust_env=False)
 
 
 def build_client(settings: GatewaySettings, session: aiohttp.ClientSession) -> httpx.AsyncClient:
@@ -45,19 +54,14 @@ def build_client(settings: GatewaySettings, session: aiohttp.ClientSession) -> h
     return httpx.AsyncClient(timeout=timeout, transport=AiohttpTransport(client=session))
 
 
-def forward_timeout(settings: GatewaySettings, remaining_s: float | None = None) -> aiohttp.ClientTimeout:
+def forward_timeout(settings: GatewaySettings, remaining_s: float | None = None) -> Timeouts:
     """Timeouts of one forwarded request, none longer than the `remaining_s` of its deadline.
 
-    aiohttp's `connect` covers the wait for a pooled connection as well as the connecting.
+    `connect_s` covers the wait for a pooled connection as well as the connecting.
     """
     t = settings.timeouts
     cap = remaining_s if remaining_s is not None else float("inf")
-    return aiohttp.ClientTimeout(
-        total=None,
-        connect=min(t.pool_s + t.connect_s, cap),
-        sock_connect=min(t.connect_s, cap),
-        sock_read=min(t.read_s, cap),
-    )
+    return Timeouts(connect_s=min(t.pool_s + t.connect_s, cap), read_s=min(t.read_s, cap))
 
 
 @dataclass
@@ -76,7 +80,7 @@ class EngineFailure(Exception):
 def classify(exc: BaseException, engine: str) -> EngineFailure:
     """A failed call to an engine (an exception of UPSTREAM_ERRORS) as a timeout or a connect failure."""
     detail = f"{type(exc).__name__}: {exc}"
-    if isinstance(exc, TimeoutError):  # aiohttp's timeouts (connect included) are TimeoutErrors
+    if isinstance(exc, TimeoutError):  # every client's timeouts (connect included) are TimeoutErrors
         return EngineFailure(engine, "timeout", detail)
     return EngineFailure(engine, "connect", detail)
 

@@ -1,0 +1,409 @@
+"""The request path's HTTP/1.1 client: POST a body to an engine, read the answer whole or as it comes.
+
+The gateway forwards every completion request through one `Http1Pool`. It does only what that
+needs: POST with a Content-Length, answers with a Content-Length, chunked or read to the close,
+keep-alive connections pooled per engine. It is an asyncio Protocol over httptools (the parser
+uvicorn serves with), so a forwarded request costs a write, a few parser callbacks and one wakeup;
+aiohttp's client costs about 3x that CPU per request (bench/gateway_overhead.py, proxy-asgi
+against proxy-lean), and the gateway's throughput on one core is bounded by its CPU.
+
+Errors: a connection that cannot be made, or that closes before the answer is complete, raises
+`UpstreamConnectionError`; a timeout raises `TimeoutError`. A request on a kept-alive connection
+that the engine closed before sending any of the answer (its keep-alive timer ran out) is sent
+once more on a new connection. Engine-management calls (health, adapters) use aiohttp/httpx.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import ssl
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import httptools
+
+_MAX_BUFFERED = 1 << 20  # bytes of an answer held before the engine's socket is paused
+
+
+class UpstreamConnectionError(ConnectionError):
+    """The connection to the engine failed, or closed before the answer was complete."""
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """pool + connect: waiting for a free connection and making one; read: the longest gap between
+    two arrivals of the answer's bytes (headers included)."""
+
+    connect_s: float
+    read_s: float
+
+
+class _Origin:
+    """One engine's pooled connections."""
+
+    def __init__(self, url: str, limit: int) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"not an http(s) URL: {url!r}")
+        self.host = parts.hostname
+        self.port = parts.port or (443 if parts.scheme == "https" else 80)
+        self.ssl = parts.scheme == "https"
+        self.prefix = parts.path.rstrip("/")
+        default = parts.port is None
+        self.host_header = (
+            (f"[{self.host}]" if ":" in self.host else self.host) + ("" if default else f":{self.port}")
+        ).encode()
+        self.limit = limit
+        self.idle: collections.deque[tuple[_Connection, float]] = collections.deque()
+        self.open = 0
+        self.waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+
+
+class Http1Pool:
+    """Keep-alive connections to each engine, at most `limit` per engine; idle ones are closed
+    after `idle_s` (below uvicorn's 5 s keep-alive, which vLLM serves with)."""
+
+    def __init__(self, limit: int, idle_s: float = 4.0) -> None:
+        self.limit = limit
+        self.idle_s = idle_s
+        self._origins: dict[str, _Origin] = {}
+        self._ssl: ssl.SSLContext | None = None
+        self._closed = False
+
+    def _origin(self, base: str) -> _Origin:
+        origin = self._origins.get(base)
+        if origin is None:
+            origin = self._origins[base] = _Origin(base, self.limit)
+        return origin
+
+    async def post(
+        self, base: str, path: str, body: bytes, headers: dict[str, str], timeouts: Timeouts
+    ) -> Http1Response:
+        """POST `body` to `base` + `path`; the answer's status and headers have arrived when this
+        returns. Call `release()` on it when done (after reading it, or to abandon it)."""
+        origin = self._origin(base)
+        head = _request_head(origin, path, body, headers)
+        for _ in range(2):
+            conn, reused = await self._acquire(origin, timeouts.connect_s)
+            response = Http1Response(conn, timeouts.read_s)
+            conn.start(response)
+            conn.transport.writelines((head, body))  # type: ignore[union-attr]
+            try:
+                await response._wait_head()
+            except _StaleConnection:
+                if reused:
+                    continue
+                raise UpstreamConnectionError("the engine closed the connection before answering") from None
+            except BaseException:
+                conn.close()
+                raise
+            return response
+        raise UpstreamConnectionError("the engine closed the connection before answering")
+
+    async def _acquire(self, origin: _Origin, timeout_s: float) -> tuple[_Connection, bool]:
+        """An idle connection (True) or a new one (False), within `timeout_s`."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while True:
+            if self._closed:
+                raise UpstreamConnectionError("the connection pool is closed")
+            now = time.monotonic()
+            while origin.idle:
+                conn, since = origin.idle.pop()
+                if conn.reusable() and now - since < self.idle_s:
+                    return conn, True
+                conn.close()
+            if origin.open < origin.limit:
+                return await self._connect(origin, deadline - loop.time()), False
+            waiter = loop.create_future()
+            origin.waiters.append(waiter)
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await waiter
+            except BaseException as exc:
+                if waiter.done() and not waiter.cancelled():
+                    self._wake(origin)  # woken, but leaving: the next waiter gets the turn
+                else:
+                    with contextlib.suppress(ValueError):
+                        origin.waiters.remove(waiter)
+                if isinstance(exc, TimeoutError):
+                    raise TimeoutError(
+                        f"no free connection to {origin.host}:{origin.port} within {timeout_s:g} s"
+                    ) from None
+                raise
+
+    async def _connect(self, origin: _Origin, timeout_s: float) -> _Connection:
+        """A new connection, counted in `origin.open` from here until it is lost."""
+        loop = asyncio.get_running_loop()
+        context: ssl.SSLContext | None = None
+        if origin.ssl:
+            context = self._ssl = self._ssl or ssl.create_default_context()
+        conn = _Connection(self, origin)
+        origin.open += 1
+        try:
+            async with asyncio.timeout(timeout_s):
+                await loop.create_connection(lambda: conn, origin.host, origin.port, ssl=context)
+        except BaseException as exc:
+            conn.forget()
+            if isinstance(exc, TimeoutError):
+                raise TimeoutError(
+                    f"connecting to {origin.host}:{origin.port} took over {timeout_s:g} s"
+                ) from None
+            if isinstance(exc, OSError):
+                raise UpstreamConnectionError(
+                    f"cannot connect to {origin.host}:{origin.port}: {exc}"
+                ) from exc
+            raise
+        return conn
+
+    def _give_back(self, origin: _Origin, conn: _Connection) -> None:
+        if self._closed or not conn.reusable():
+            conn.close()
+            return
+        origin.idle.append((conn, time.monotonic()))
+        self._wake(origin)
+
+    def _closed_one(self, origin: _Origin) -> None:
+        origin.open -= 1
+        self._wake(origin)
+
+    @staticmethod
+    def _wake(origin: _Origin) -> None:
+        while origin.waiters:
+            waiter = origin.waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    async def close(self) -> None:
+        self._closed = True
+        for origin in self._origins.values():
+            while origin.idle:
+                origin.idle.pop()[0].close()
+
+
+def _request_head(origin: _Origin, path: str, body: bytes, headers: dict[str, str]) -> bytes:
+    lines = [
+        b"POST ",
+        (origin.prefix + path).encode(),
+        b" HTTP/1.1\r\nHost: ",
+        origin.host_header,
+        b"\r\nContent-Length: ",
+        str(len(body)).encode(),
+        b"\r\n",
+    ]
+    for name, value in headers.items():
+        if "\r" in value or "\n" in value or "\r" in name or "\n" in name:
+            raise ValueError(f"header {name!r} holds a line break")
+        lines.append(f"{name}: {value}\r\n".encode("latin-1"))
+    lines.append(b"\r\n")
+    return b"".join(lines)
+
+
+class _StaleConnection(Exception):
+    """A reused connection closed before any byte of the answer: safe to send again."""
+
+
+class _Connection(asyncio.Protocol):
+    def __init__(self, pool: Http1Pool, origin: _Origin) -> None:
+        self.pool = pool
+        self.origin = origin
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.response: Http1Response | None = None
+        self.usable = True  # open, idle-able and in a clean state between answers
+        self._counted = True  # counted in origin.open until connection_lost
+        self._read_to_close = False
+
+    # asyncio.Protocol
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        response = self.response
+        if response is None:  # bytes nobody asked for: the connection cannot be trusted
+            self.close()
+            return
+        response._received = True
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self.usable = False
+            response._fail(UpstreamConnectionError(f"the engine's answer is not valid HTTP: {exc}"))
+            self.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.forget()
+        response = self.response
+        if response is None or response._complete:
+            return
+        if response.status and self._read_to_close:
+            response._finish()
+        elif not response._received:
+            response._fail(_StaleConnection())
+        else:
+            detail = f": {exc}" if exc else ""
+            response._fail(UpstreamConnectionError(f"the engine closed the connection mid-answer{detail}"))
+
+    def pause_writing(self) -> None:  # the request is written once; nothing to pause
+        pass
+
+    def resume_writing(self) -> None:
+        pass
+
+    # httptools callbacks
+    def on_header(self, name: bytes, value: bytes) -> None:
+        assert self.response is not None
+        self.response.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+
+    def on_headers_complete(self) -> None:
+        response = self.response
+        assert response is not None
+        response.status = self.parser.get_status_code()
+        headers = response.headers
+        self._read_to_close = "content-length" not in headers and "chunked" not in headers.get(
+            "transfer-encoding", ""
+        )
+        if not self.parser.should_keep_alive():
+            self.usable = False
+        response._head_arrived()
+
+    def on_body(self, body: bytes) -> None:
+        assert self.response is not None
+        self.response._feed(body)
+
+    def on_message_complete(self) -> None:
+        assert self.response is not None
+        self.response._finish()
+
+    # ours
+    def forget(self) -> None:
+        """Closed or never made: no longer one of the origin's open connections (once)."""
+        self.usable = False
+        if self._counted:
+            self._counted = False
+            self.pool._closed_one(self.origin)
+
+    def reusable(self) -> bool:
+        return self.usable and self.transport is not None and not self.transport.is_closing()
+
+    def start(self, response: Http1Response) -> None:
+        self.response = response
+
+    def done(self) -> None:
+        """The answer was read whole: the connection may carry the next request."""
+        self.response = None
+        self.pool._give_back(self.origin, self)
+
+    def close(self) -> None:
+        self.usable = False
+        if self.transport is not None:
+            self.transport.close()
+
+
+class Http1Response:
+    """An engine's answer: `status`, `headers` (lower-case names), then `read()` or `iter_any()`."""
+
+    def __init__(self, conn: _Connection, read_s: float) -> None:
+        self._conn: _Connection | None = conn
+        self._read_s = read_s
+        self.status = 0
+        self.headers: dict[str, str] = {}
+        self._chunks: collections.deque[bytes] = collections.deque()
+        self._buffered = 0
+        self._complete = False
+        self._received = False
+        self._error: BaseException | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._paused = False
+
+    # fed by the connection
+    def _head_arrived(self) -> None:
+        self._wake()
+
+    def _feed(self, data: bytes) -> None:
+        self._chunks.append(data)
+        self._buffered += len(data)
+        if self._buffered > _MAX_BUFFERED and not self._paused and self._conn is not None:
+            self._paused = True
+            self._conn.transport.pause_reading()  # type: ignore[union-attr]
+        self._wake()
+
+    def _finish(self) -> None:
+        self._complete = True
+        self._wake()
+
+    def _fail(self, error: BaseException) -> None:
+        self._error = error
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def _wait(self) -> None:
+        """Until the connection says something, or `read_s` passes."""
+        loop = asyncio.get_running_loop()
+        waiter = self._waiter = loop.create_future()
+        timer = loop.call_later(self._read_s, _expire, waiter, self._read_s)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            self._waiter = None
+
+    async def _wait_head(self) -> None:
+        while not self.status:
+            if self._error is not None:
+                raise self._error
+            await self._wait()
+
+    # for the caller
+    async def read(self) -> bytes:
+        """The whole body."""
+        while not self._complete:
+            if self._error is not None:
+                raise self._error
+            await self._wait()
+        data = b"".join(self._chunks)
+        self._chunks.clear()
+        return data
+
+    async def iter_any(self) -> AsyncIterator[bytes]:
+        """The body's bytes as they arrive, a chunk (or what arrived together) at a time."""
+        chunks = self._chunks
+        while True:
+            if chunks:
+                data = b"".join(chunks) if len(chunks) > 1 else chunks[0]
+                chunks.clear()
+                self._buffered = 0
+                if self._paused and self._conn is not None:
+                    self._paused = False
+                    self._conn.transport.resume_reading()  # type: ignore[union-attr]
+                yield data
+                continue
+            if self._complete:
+                return
+            if self._error is not None:
+                raise self._error
+            await self._wait()
+
+    def release(self) -> None:
+        """Give the connection back (the answer was read whole) or close it (it was not)."""
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        if self._complete and self._error is None:
+            conn.done()
+        else:
+            conn.close()
+
+
+def _expire(waiter: asyncio.Future[None], read_s: float) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError(f"the engine sent nothing for {read_s:g} s"))

@@ -1,0 +1,320 @@
+"""router/http1.py against real sockets: a scripted HTTP/1.1 server on loopback answers each request
+the way a test needs (well, slowly, broken or not at all). The gateway's forwarding through it to a
+real vLLM engine is covered by test_gateway_e2e.py."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+import pytest
+
+from router.http1 import Http1Pool, Timeouts, UpstreamConnectionError
+
+pytestmark = pytest.mark.anyio
+
+FAST = Timeouts(connect_s=2.0, read_s=2.0)
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, bytes, bytes], Awaitable[bool]]
+
+
+async def read_request(reader: asyncio.StreamReader) -> tuple[bytes, bytes] | None:
+    """(head, body) of the next request on the connection, None at its end."""
+    try:
+        head = await reader.readuntil(b"\r\n\r\n")
+    except (asyncio.IncompleteReadError, ConnectionError):
+        return None
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":", 1)[1])
+    return head, await reader.readexactly(length)
+
+
+class ScriptedServer:
+    """A SCRIPTED HTTP/1.1 SERVER for these tests: `handler(reader, writer, head, body)` answers
+    each request and returns whether to keep the connection open."""
+
+    def __init__(self, handler: Handler) -> None:
+        self.handler = handler
+        self.connections = 0
+        self.open = 0
+        self.most_open = 0
+        self.heads: list[bytes] = []
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        self.open += 1
+        self.most_open = max(self.most_open, self.open)
+        try:
+            while (request := await read_request(reader)) is not None:
+                self.heads.append(request[0])
+                if not await self.handler(reader, writer, *request):
+                    break
+        except asyncio.CancelledError:
+            pass  # the test is over
+        finally:
+            self.open -= 1
+            writer.close()
+
+
+@asynccontextmanager
+async def serving(handler: Handler) -> AsyncIterator[tuple[ScriptedServer, str]]:
+    scripted = ScriptedServer(handler)
+    server = await asyncio.start_server(scripted._serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield scripted, f"http://127.0.0.1:{port}"
+    finally:
+        server.close()
+
+
+def answer(body: bytes, extra: bytes = b"") -> bytes:
+    return (
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: "
+        + str(len(body)).encode()
+        + b"\r\n"
+        + extra
+        + b"\r\n"
+        + body
+    )
+
+
+async def echo(_r: asyncio.StreamReader, w: asyncio.StreamWriter, _h: bytes, body: bytes) -> bool:
+    w.write(answer(b'{"echo": ' + body + b"}"))
+    await w.drain()
+    return True
+
+
+async def test_posts_and_reuses_one_kept_alive_connection() -> None:
+    async with serving(echo) as (server, url):
+        pool = Http1Pool(limit=4)
+        for i in range(3):
+            response = await pool.post(url, "/v1/x", f"[{i}]".encode(), {"x-request-id": "r1"}, FAST)
+            assert response.status == 200
+            assert response.headers["content-type"] == "application/json"
+            assert await response.read() == f'{{"echo": [{i}]}}'.encode()
+            response.release()
+        await pool.close()
+    assert server.connections == 1
+    head = server.heads[0].decode()
+    assert head.startswith("POST /v1/x HTTP/1.1\r\n")
+    assert f"Host: {url.removeprefix('http://')}\r\n" in head
+    assert "Content-Length: 3\r\n" in head and "x-request-id: r1\r\n" in head
+
+
+async def test_a_chunked_stream_arrives_piece_by_piece() -> None:
+    go_on = asyncio.Event()
+
+    async def stream(_r: asyncio.StreamReader, w: asyncio.StreamWriter, _h: bytes, _b: bytes) -> bool:
+        w.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
+        w.write(b"7\r\ndata: 1\r\n")
+        await w.drain()
+        await go_on.wait()
+        w.write(b"7\r\ndata: 2\r\n0\r\n\r\n")
+        await w.drain()
+        return True
+
+    async with serving(stream) as (server, url):
+        pool = Http1Pool(limit=4)
+        response = await pool.post(url, "/s", b"{}", {}, FAST)
+        pieces = response.iter_any()
+        assert await anext(pieces) == b"data: 1"  # before the server sends the rest
+        go_on.set()
+        assert [p async for p in pieces] == [b"data: 2"]
+        response.release()
+        again = await pool.post(url, "/s", b"{}", {}, FAST)  # the connection was given back
+        assert b"".join([p async for p in again.iter_any()]) == b"data: 1data: 2"
+        again.release()
+        await pool.close()
+    assert server.connections == 1
+
+
+async def test_a_refused_connection_is_an_upstream_connection_error() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # bound, not listening: connections are refused
+        pool = Http1Pool(limit=4)
+        with pytest.raises(UpstreamConnectionError, match=f"cannot connect to 127.0.0.1:{port}"):
+            await pool.post(f"http://127.0.0.1:{port}", "/x", b"{}", {}, FAST)
+        assert pool._origins[f"http://127.0.0.1:{port}"].open == 0
+
+
+async def test_an_engine_that_says_nothing_times_out_and_its_connection_is_closed() -> None:
+    async def silent(_r: asyncio.StreamReader, _w: asyncio.StreamWriter, _h: bytes, _b: bytes) -> bool:
+        await asyncio.sleep(5)
+        return False
+
+    async with serving(silent) as (_, url):
+        pool = Http1Pool(limit=4)
+        with pytest.raises(TimeoutError, match=r"sent nothing for 0\.2 s"):
+            await pool.post(url, "/x", b"{}", {}, Timeouts(connect_s=2.0, read_s=0.2))
+        await asyncio.sleep(0.05)
+        assert pool._origins[url].open == 0
+
+
+async def test_a_stream_that_stalls_times_out_between_chunks() -> None:
+    async def stalls(_r: asyncio.StreamReader, w: asyncio.StreamWriter, _h: bytes, _b: bytes) -> bool:
+        w.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n1\r\na\r\n")
+        await w.drain()
+        await asyncio.sleep(5)
+        return False
+
+    async with serving(stalls) as (_, url):
+        pool = Http1Pool(limit=4)
+        response = await pool.post(url, "/x", b"{}", {}, Timeouts(connect_s=2.0, read_s=0.2))
+        got = []
+        with pytest.raises(TimeoutError):
+            async for piece in response.iter_any():
+                got.append(piece)
+        assert got == [b"a"]
+        response.release()
+        await asyncio.sleep(0.05)
+        assert pool._origins[url].open == 0
+
+
+async def test_an_answer_cut_off_mid_body_is_an_error_and_its_connection_is_not_reused() -> None:
+    async def cut(_r: asyncio.StreamReader, w: asyncio.StreamWriter, _h: bytes, _b: bytes) -> bool:
+        w.write(b'HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n{"partial')
+        await w.drain()
+        return False  # closes the connection
+
+    async with serving(cut) as (_, url):
+        pool = Http1Pool(limit=4)
+        response = await pool.post(url, "/x", b"{}", {}, FAST)
+        with pytest.raises(UpstreamConnectionError, match="closed the connection mid-answer"):
+            await response.read()
+        response.release()
+        assert not pool._origins[url].idle
+
+
+async def test_a_kept_alive_connection_the_engine_closed_is_replaced_without_an_error() -> None:
+    """uvicorn closes a connection idle for its keep-alive time; a request sent on it just then
+    gets no answer at all. It is sent again on a new connection."""
+    answered: set[int] = set()
+
+    async def first_only(_r: asyncio.StreamReader, w: asyncio.StreamWriter, _h: bytes, body: bytes) -> bool:
+        if id(w) in answered:
+            return False  # a later request on the connection: closed unanswered
+        answered.add(id(w))
+        w.write(answer(body))
+        await w.drain()
+        return True
+
+    async with serving(first_only) as (server, url):
+        pool = Http1Pool(limit=4)
+        for i in range(3):
+            response = await pool.post(url, "/x", f"[{i}]".encode(), {}, FAST)
+            assert await response.read() == f"[{i}]".encode()
+            response.release()
+        await pool.close()
+    assert server.connections == 3
+
+
+async def test_a_new_connection_closed_unanswered_is_an_error() -> None:
+    async def close(_r: asyncio.StreamReader, _w: asyncio.StreamWriter, _h: bytes, _b: bytes) -> bool:
+        return False
+
+    async with serving(close) as (server, url):
+        pool = Http1Pool(limit=4)
+        with pytest.raises(UpstreamConnectionError, match="closed the connection before answering"):
+            await pool.post(url, "/x", b"{}", {}, FAST)
+    assert server.connections == 1
+
+
+async def test_connection_close_and_read_to_the_end() -> None:
+    async def to_close(_r: asyncio.StreamReader, w: asyncio.StreamWriter, _h: bytes, _b: bytes) -> bool:
+        w.write(b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nall of it, ")
+        await w.drain()
+        w.write(b"until the end")
+        await w.drain()
+        return False
+
+    async with serving(to_close) as (server, url):
+        pool = Http1Pool(limit=4)
+        for _ in range(2):
+            response = await pool.post(url, "/x", b"{}", {}, FAST)
+            assert await response.read() == b"all of it, until the end"
+            response.release()
+        await pool.close()
+    assert server.connections == 2
+
+
+async def test_at_most_limit_connections_and_waiters_get_released_ones() -> None:
+    async def slow(_r: asyncio.StreamReader, w: asyncio.StreamWriter, _h: bytes, body: bytes) -> bool:
+        await asyncio.sleep(0.05)
+        w.write(answer(body))
+        await w.drain()
+        return True
+
+    async with serving(slow) as (server, url):
+        pool = Http1Pool(limit=2)
+
+        async def one(i: int) -> bytes:
+            response = await pool.post(url, "/x", str(i).encode(), {}, FAST)
+            try:
+                return await response.read()
+            finally:
+                response.release()
+
+        assert await asyncio.gather(*(one(i) for i in range(8))) == [str(i).encode() for i in range(8)]
+        await pool.close()
+    assert server.most_open == 2
+
+
+async def test_waiting_for_a_connection_times_out_within_connect_s() -> None:
+    async def never(_r: asyncio.StreamReader, _w: asyncio.StreamWriter, _h: bytes, _b: bytes) -> bool:
+        await asyncio.sleep(5)
+        return False
+
+    async with serving(never) as (_, url):
+        pool = Http1Pool(limit=1)
+        held = asyncio.create_task(pool.post(url, "/x", b"{}", {}, Timeouts(2.0, 5.0)))
+        await asyncio.sleep(0.1)
+        with pytest.raises(TimeoutError, match="no free connection"):
+            await pool.post(url, "/x", b"{}", {}, Timeouts(connect_s=0.2, read_s=5.0))
+        held.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await held
+        await asyncio.sleep(0.05)
+        assert pool._origins[url].open == 0  # the cancelled request's connection was closed
+
+
+async def test_an_answer_released_unread_closes_its_connection() -> None:
+    async with serving(echo) as (server, url):
+        pool = Http1Pool(limit=4)
+        response = await pool.post(url, "/x", b"[1]", {}, FAST)
+        response.release()
+        response.release()  # twice is fine
+        again = await pool.post(url, "/x", b"[2]", {}, FAST)
+        assert await again.read() == b'{"echo": [2]}'
+        again.release()
+        await pool.close()
+    # the first answer may have been read whole by the time it was released; either way it works
+    assert server.connections in (1, 2)
+
+
+async def test_not_http_is_an_upstream_connection_error() -> None:
+    async def garbage(_r: asyncio.StreamReader, w: asyncio.StreamWriter, _h: bytes, _b: bytes) -> bool:
+        w.write(b"SSH-2.0-OpenSSH\r\n\r\n")
+        await w.drain()
+        return True
+
+    async with serving(garbage) as (_, url):
+        pool = Http1Pool(limit=4)
+        with pytest.raises(UpstreamConnectionError, match="not valid HTTP"):
+            await pool.post(url, "/x", b"{}", {}, FAST)
+
+
+async def test_header_values_with_line_breaks_are_refused() -> None:
+    pool = Http1Pool(limit=4)
+    with pytest.raises(ValueError, match="line break"):
+        await pool.post("http://127.0.0.1:9", "/x", b"{}", {"x-request-id": "a\r\nevil: 1"}, FAST)
