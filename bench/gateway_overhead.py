@@ -8,7 +8,9 @@ at concurrency 1 and 64, JSON and SSE streaming, each system under test pinned a
 
     direct        the load generator straight to the fake upstream (FakeOpenAIUpstream, bench/fakes.py)
     proxy         the minimal pass-through proxy (PassThroughProxy): the practical limit of Python here
-    proxy-asgi    the same pass-through on the gateway's stack: uvicorn + plain ASGI + aiohttp client
+    proxy-asgi    the same pass-through on uvicorn + plain ASGI + aiohttp client
+    proxy-lean    the same pass-through on the gateway's own stack: uvicorn + plain ASGI + the
+                  gateway's HTTP client (router/http1.py Http1Pool)
     proxy-fastapi the same pass-through on uvicorn + FastAPI + httpx (over httpx-aiohttp): the stack
                   the design first named, which the gateway's completion endpoints no longer use
     gateway       `lorafleet gateway`: a route with a 90/10 weighted split, monitoring on (entropy top-5
@@ -150,6 +152,9 @@ def run_fake(args: argparse.Namespace, out: fakes.Tee) -> None:
         aproxy, aproxy_url = fakes.start_proxy(layout.sut, up_url, work / "proxy-asgi.log", "asgi-proxy")
         servers.append(aproxy)
         targets.append(Target("proxy-asgi", aproxy_url, names[0], aproxy))
+        lproxy, lproxy_url = fakes.start_proxy(layout.sut, up_url, work / "proxy-lean.log", "lean-proxy")
+        servers.append(lproxy)
+        targets.append(Target("proxy-lean", lproxy_url, names[0], lproxy))
         fproxy, fproxy_url = fakes.start_proxy(
             layout.sut, up_url, work / "proxy-fastapi.log", "fastapi-proxy"
         )
@@ -247,8 +252,9 @@ def report(
     pairs = [
         ("gateway", "proxy", "target >= 0.8"),
         ("gateway-noentropy", "proxy", "routing and metrics on, no logprobs asked: entropy_top_k=0"),
-        ("proxy-asgi", "proxy", "the gateway's stack alone, no lorafleet logic"),
-        ("gateway", "proxy-asgi", "what lorafleet's request path adds to its stack"),
+        ("proxy-lean", "proxy", "the gateway's stack alone, no lorafleet logic"),
+        ("gateway", "proxy-lean", "what lorafleet's request path adds to its stack"),
+        ("proxy-lean", "proxy-asgi", "the gateway's HTTP client against aiohttp's, both on plain ASGI"),
         ("proxy-fastapi", "proxy-asgi", "FastAPI + httpx against plain ASGI + aiohttp"),
     ]
     if "vllm-router" in by_name:
@@ -358,7 +364,7 @@ def cost_breakdown(work: Path) -> list[tuple[str, str, float]]:
         ),
         (
             "gateway._send",
-            "a deadline-capped aiohttp.ClientTimeout",
+            "the deadline-capped Timeouts",
             _time_us(lambda: forward_timeout(settings, 100.0)),
         ),
         (

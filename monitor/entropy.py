@@ -7,6 +7,8 @@
     Logprobs, logprob_tokens           the typed view of a choice's logprobs (decoded by msgspec
                                        straight from the engine's bytes: router/answer.py) and its
                                        per-token top-k log-probabilities
+    EntropySampler                     which requests ask for logprobs: a share of them, and per
+                                       version about `max_per_s` a second at most
     strip_logprobs(payload, keep_top)  remove (or cut down to what the client asked) the logprobs the
                                        gateway asked for on the client's behalf; works on responses
                                        and stream chunks alike
@@ -19,7 +21,9 @@ The estimator itself is `lorafleet.textstats.token_entropy` (see docs/monitoring
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import random
+import time
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import msgspec
@@ -138,6 +142,49 @@ def response_entropy(response: Mapping[str, Any], top_k: int | None = None) -> f
     acc = EntropyAccumulator(top_k)
     acc.add_stream_chunk(response)
     return acc.value()
+
+
+class EntropySampler:
+    """Which requests ask the engine for logprobs (and so get an entropy).
+
+    `percent` of all requests are eligible. Of those, each version's are all scored up to about
+    `max_per_s` a second (0: no limit): beyond, each is scored with probability max_per_s / the
+    version's eligible requests of the second before, and never more than twice `max_per_s` in
+    one second (a version whose traffic jumps). Scoring costs the gateway CPU per generated token (the engine's answer grows ~10x);
+    an entropy mean, histogram or drift window gains little from more than a few dozen answers a
+    second, while a quiet canary still has every answer scored.
+    """
+
+    def __init__(
+        self,
+        percent: int = 100,
+        max_per_s: int = 0,
+        rng: random.Random | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.percent = percent
+        self.max_per_s = max_per_s
+        self.rng = rng or random.Random()
+        self.clock = clock
+        # version -> [second, eligible requests in it, scored in it, probability for it]
+        self._seconds: dict[str, list[Any]] = {}
+
+    def sample(self, version: str) -> bool:
+        if self.percent < 100 and (self.percent == 0 or self.rng.randrange(100) >= self.percent):
+            return False
+        limit = self.max_per_s
+        if not limit:
+            return True
+        second = int(self.clock())
+        state = self._seconds.get(version)
+        if state is None or state[0] != second:
+            before = state[1] if state is not None and state[0] == second - 1 else 0
+            state = self._seconds[version] = [second, 0, 0, min(1.0, limit / before) if before else 1.0]
+        state[1] += 1
+        if state[2] >= 2 * limit or (state[3] < 1.0 and self.rng.random() >= state[3]):
+            return False
+        state[2] += 1
+        return True
 
 
 def with_logprobs(

@@ -30,7 +30,13 @@ from starlette.responses import Response
 
 from lorafleet.registry import Registry
 from lorafleet.textstats import match_label, normalise_answer
-from monitor.entropy import EntropyAccumulator, response_entropy, strip_logprobs, with_logprobs
+from monitor.entropy import (
+    EntropyAccumulator,
+    EntropySampler,
+    response_entropy,
+    strip_logprobs,
+    with_logprobs,
+)
 from monitor.metrics import Arm, ErrorReason
 from router.answer import Answer, Usage, read_answer, without_logprobs
 from router.errors import (
@@ -234,6 +240,9 @@ class Gateway:
         self.session = session  # for the calls beside forwarding (peers)
         self.observer = observer
         self.rng = rng or random.Random()
+        self.entropy_sampler = EntropySampler(
+            settings.entropy_sample_percent, settings.entropy_max_per_s, self.rng
+        )
         self.clock = clock or _now
         self._created: dict[str, int] = {}
         self.routes = RoutesFile()
@@ -577,11 +586,7 @@ class Gateway:
         keep_top: int | None = None
         upstream = dict(body)
         strip = False  # logprobs asked on the client's behalf, cut back to `keep_top` on the way out
-        sampled = (
-            self.settings.entropy_sample_percent == 100
-            or self.rng.randrange(100) < self.settings.entropy_sample_percent
-        )
-        if self.settings.entropy_top_k and sampled:
+        if self.settings.entropy_top_k and self.entropy_sampler.sample(target.version):
             upstream, keep_top = with_logprobs(body, chat=chat, top_k=self.settings.entropy_top_k)
             strip = True
         stream = bool(body.get("stream"))

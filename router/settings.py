@@ -101,6 +101,14 @@ class GatewaySettings(BaseSettings):
         le=100,
         description="Share of requests that ask for logprobs (entropy); lower it to cut the gateway's CPU cost.",
     )
+    entropy_max_per_s: int = Field(
+        default=50,
+        ge=0,
+        description=(
+            "Per version, about how many requests a second ask for logprobs at most (beyond, a random "
+            "share scored); 0: no limit, every request of `entropy_sample_percent`."
+        ),
+    )
     drift_window: int = Field(default=500, ge=10, description="Requests per version in the drift window.")
     drift_min_samples: int = Field(
         default=200, ge=1, description="Requests in the window before drift is scored."

@@ -3,6 +3,8 @@
 import copy
 import json
 import math
+import random
+import statistics
 from typing import Any
 
 import pytest
@@ -10,6 +12,7 @@ import pytest
 from lorafleet.textstats import token_entropy
 from monitor.entropy import (
     EntropyAccumulator,
+    EntropySampler,
     choice_token_logprobs,
     response_entropy,
     strip_logprobs,
@@ -217,3 +220,42 @@ def test_strip_logprobs_keeps_what_the_client_asked_for() -> None:
 
 def test_choice_without_logprobs_has_no_tokens() -> None:
     assert choice_token_logprobs({"index": 0, "message": {"content": "x"}}) == []
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_sampler_scores_every_request_of_a_quiet_version() -> None:
+    clock = _Clock()
+    sampler = EntropySampler(percent=100, max_per_s=50, rng=random.Random(1), clock=clock)
+    for _ in range(10):
+        assert all(sampler.sample("v1") for _ in range(40))
+        clock.now += 1.0
+
+
+def test_sampler_bounds_a_busy_version_to_about_max_per_s_and_spreads_them_over_the_second() -> None:
+    clock = _Clock()
+    sampler = EntropySampler(percent=100, max_per_s=50, rng=random.Random(1), clock=clock)
+    seconds = []
+    for _ in range(20):
+        seconds.append([sampler.sample("busy") for _ in range(2000)])
+        clock.now += 1.0
+    assert seconds[0][:100] == [True] * 100 and not any(seconds[0][100:])  # the first busy second
+    counts = [sum(picks) for picks in seconds]
+    assert all(c <= 100 for c in counts)
+    assert 40 < statistics.mean(counts[1:]) < 60  # then a random 50/2000 share of each second
+    assert all(any(picks[1500:]) for picks in seconds[1:])
+    assert all(sampler.sample("quiet") for _ in range(100))  # each version has its own budget
+
+
+def test_sampler_percent_and_no_limit() -> None:
+    rng = random.Random(2)
+    assert not any(EntropySampler(percent=0, rng=rng).sample("v") for _ in range(100))
+    assert all(EntropySampler(percent=100, max_per_s=0, rng=rng).sample("v") for _ in range(10_000))
+    tenth = sum(EntropySampler(percent=10, max_per_s=0, rng=rng).sample("v") for _ in range(10_000))
+    assert 800 < tenth < 1200
