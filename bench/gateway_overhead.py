@@ -13,8 +13,10 @@ at concurrency 1 and 64, JSON and SSE streaming, each system under test pinned a
                   gateway's HTTP client (router/http1.py Http1Pool)
     proxy-fastapi the same pass-through on uvicorn + FastAPI + httpx (over httpx-aiohttp): the stack
                   the design first named, which the gateway's completion endpoints no longer use
-    gateway       `lorafleet gateway`: a route with a 90/10 weighted split, monitoring on (entropy top-5
-                  logprobs, drift windows, answer log, metrics)
+    gateway       `lorafleet gateway` with its defaults: a route with a 90/10 weighted split, monitoring
+                  on (drift windows, answer log, metrics, entropy from top-5 logprobs on up to ~50
+                  requests a second per version: entropy_max_per_s)
+    gateway-everyentropy  the same with LORAFLEET_ROUTER_ENTROPY_MAX_PER_S=0: entropy on every request
     gateway-noentropy  the same with LORAFLEET_ROUTER_ENTROPY_TOP_K=0: no logprobs asked, no entropy
                   (issue 7's monitoring cost taken out of issue 5's routing cost)
     vllm-router   the Rust router from PyPI (own venv under bench/), round_robin over the one worker
@@ -161,7 +163,11 @@ def run_fake(args: argparse.Namespace, out: fakes.Tee) -> None:
         servers.append(fproxy)
         targets.append(Target("proxy-fastapi", fproxy_url, names[0], fproxy))
         routes = fakes.routes_yaml(names[0], weighted=names[1])
-        for name, env in (("gateway", {}), ("gateway-noentropy", {"LORAFLEET_ROUTER_ENTROPY_TOP_K": "0"})):
+        for name, env in (
+            ("gateway", {}),
+            ("gateway-everyentropy", {"LORAFLEET_ROUTER_ENTROPY_MAX_PER_S": "0"}),
+            ("gateway-noentropy", {"LORAFLEET_ROUTER_ENTROPY_TOP_K": "0"}),
+        ):
             gw, gw_url = fakes.start_gateway(
                 layout.sut, work / name, work / "registry", up_url, routes, work / f"{name}.log", env=env
             )
@@ -223,7 +229,7 @@ def report(
     out()
     out(f"{args.rounds} rounds, interleaved; latencies pooled over rounds, req/s the median round")
     out(
-        f"{'mode':<12} {'target':<17} {'p50 ms':>8} {'p99 ms':>8} {'ttft50':>8} {'ttft99':>8} "
+        f"{'mode':<12} {'target':<21} {'p50 ms':>8} {'p99 ms':>8} {'ttft50':>8} {'ttft99':>8} "
         f"{'req/s':>8} {'cpu us/req':>10} {'n':>7} {'err':>4}"
     )
     stats: dict[tuple[str, str], dict[str, float]] = {}
@@ -232,7 +238,7 @@ def report(
             s = pooled(t.cells[mode.key])
             stats[(mode.key, t.name)] = s
             out(
-                f"{mode.key:<12} {t.name:<17} {f(s['p50'], 3):>8} {f(s['p99'], 3):>8} {f(s['ttft50'], 3):>8} "
+                f"{mode.key:<12} {t.name:<21} {f(s['p50'], 3):>8} {f(s['p99'], 3):>8} {f(s['ttft50'], 3):>8} "
                 f"{f(s['ttft99'], 3):>8} {f(s['rps'], 0):>8} {f(s['cpu_us'], 0):>10} {s['n']:>7} {s['errors']:>4}"
             )
     by_name = {t.name: t for t in targets}
@@ -245,12 +251,13 @@ def report(
         added_s = stats[(c1s, name)]["p50"] - stats[(c1s, "direct")]["p50"]
         ttft = stats[(c1s, name)]["ttft50"] - stats[(c1s, "direct")]["ttft50"]
         out(
-            f"  {name:<17} json p50 +{f(added, 3)} ms   stream TTFT p50 +{f(ttft, 3)} ms   stream total p50 +{f(added_s, 3)} ms"
+            f"  {name:<21} json p50 +{f(added, 3)} ms   stream TTFT p50 +{f(ttft, 3)} ms   stream total p50 +{f(added_s, 3)} ms"
         )
     out()
     out(f"throughput at concurrency {args.concurrency} (per-round ratios: median [min-max]):")
     pairs = [
         ("gateway", "proxy", "target >= 0.8"),
+        ("gateway-everyentropy", "proxy", "entropy on every request: entropy_max_per_s=0"),
         ("gateway-noentropy", "proxy", "routing and metrics on, no logprobs asked: entropy_top_k=0"),
         ("proxy-lean", "proxy", "the gateway's stack alone, no lorafleet logic"),
         ("gateway", "proxy-lean", "what lorafleet's request path adds to its stack"),

@@ -3,12 +3,16 @@
     python bench/monitoring_overhead.py                      about 5 minutes on 2 shared cores
     python bench/monitoring_overhead.py --requests 20000     a shorter memory run
 
-1. Throughput, in one run, interleaved: two `lorafleet gateway` processes pinned to the same core,
-   monitoring on (the default: top-5 logprobs asked for every request, entropy, drift windows,
-   answer log, metrics) and off as far as the gateway can switch it off: `entropy_top_k=0` (no
-   logprobs asked, no entropy). The rest of the monitor (Observer.record: metrics, the drift
-   window, label matching, the answer log) has no switch; its cost per request is measured
-   in-process and printed as a share of the gateway's CPU per request.
+1. Throughput, in one run, interleaved: `lorafleet gateway` processes pinned to the same core,
+   - on: the defaults, monitoring on: metrics, drift windows, answer log, and top-5 logprobs asked
+     and scored for every request of a version up to ~50 a second (`entropy_max_per_s`), a random
+     ~50 a second beyond;
+   - every: the same with `entropy_max_per_s=0`: logprobs asked and scored for every request;
+   - sampled: `entropy_max_per_s=0`, `entropy_sample_percent=10`;
+   - off: monitoring off as far as the gateway can switch it off: `entropy_top_k=0` (no logprobs
+     asked, no entropy). The rest of the monitor (Observer.record: metrics, the drift window,
+     label matching, the answer log) has no switch; its cost per request is measured in-process
+     and printed as a share of the gateway's CPU per request.
 2. Memory: a fresh gateway (monitoring on) answers `--requests` requests (80% JSON, 20% streams),
    every one from a new user id with a new completion id; its RSS after 1,000 requests against
    after all of them (flat means the drift windows and the answer log's queue stay bounded), the
@@ -53,10 +57,14 @@ def throughput(
     """Requests/s and CPU per request, monitoring on against off; return the on-gateway's CPU per request."""
     routes = fakes.routes_yaml(names[0], weighted=names[1])
     gateways: dict[str, tuple[Server, str]] = {}
-    # on: entropy on every request (the default); sampled: on 10% (LORAFLEET_ROUTER_ENTROPY_SAMPLE_PERCENT);
-    # off: no logprobs at all (the rest of the monitor has no switch).
-    configs = {"on": ("5", "100"), "sampled": ("5", "10"), "off": ("0", "100")}
-    for name, (top_k, sample) in configs.items():
+    # (entropy_top_k, entropy_sample_percent, entropy_max_per_s); the rest of the monitor has no switch.
+    configs = {
+        "on": ("5", "100", "50"),
+        "every": ("5", "100", "0"),
+        "sampled": ("5", "10", "0"),
+        "off": ("0", "100", "0"),
+    }
+    for name, (top_k, sample, max_per_s) in configs.items():
         gw, url = fakes.start_gateway(
             layout.sut,
             work / f"gw-{name}",
@@ -64,7 +72,11 @@ def throughput(
             up_url,
             routes,
             work / f"gw-{name}.log",
-            env={"LORAFLEET_ROUTER_ENTROPY_TOP_K": top_k, "LORAFLEET_ROUTER_ENTROPY_SAMPLE_PERCENT": sample},
+            env={
+                "LORAFLEET_ROUTER_ENTROPY_TOP_K": top_k,
+                "LORAFLEET_ROUTER_ENTROPY_SAMPLE_PERCENT": sample,
+                "LORAFLEET_ROUTER_ENTROPY_MAX_PER_S": max_per_s,
+            },
         )
         servers.append(gw)
         gateways[name] = (gw, url)
@@ -97,7 +109,8 @@ def throughput(
     for r in range(args.rounds):
         print(f"throughput round {r + 1}/{args.rounds}", file=sys.stderr)
         for stream, key in modes:
-            for name in ("on", "sampled", "off") if r % 2 == 0 else ("off", "sampled", "on"):
+            names_ = list(configs)
+            for name in names_ if r % 2 == 0 else names_[::-1]:
                 cells.setdefault((key, name), []).append(run(name, stream, args.seconds))
     out()
     out(
@@ -121,8 +134,8 @@ def throughput(
                 f"{f(fakes.pct(lat, 99)):>8} {n:>7}"
             )
     out()
-    out("monitoring on (or sampled) / off (per round: median [min-max]); target: loss under 5%")
-    for (_, key), which in [(m, w) for w in ("on", "sampled") for m in modes]:
+    out("monitoring on (every, sampled) / off (per round: median [min-max]); target: loss under 5%")
+    for (_, key), which in [(m, w) for w in ("on", "every", "sampled") for m in modes]:
         on, off = cells[(key, which)], cells[(key, "off")]
         rps_ratio = [
             (len(a["lat"]) / a["elapsed_s"]) / (len(b["lat"]) / b["elapsed_s"])

@@ -320,6 +320,7 @@ class Http1Response:
         self._error: BaseException | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._paused = False
+        self._whole = False  # read() wants the whole body: never pause the socket
 
     # fed by the connection
     def _head_arrived(self) -> None:
@@ -328,7 +329,7 @@ class Http1Response:
     def _feed(self, data: bytes) -> None:
         self._chunks.append(data)
         self._buffered += len(data)
-        if self._buffered > _MAX_BUFFERED and not self._paused and self._conn is not None:
+        if self._buffered > _MAX_BUFFERED and not (self._paused or self._whole) and self._conn is not None:
             self._paused = True
             self._conn.transport.pause_reading()  # type: ignore[union-attr]
         self._wake()
@@ -366,6 +367,10 @@ class Http1Response:
     # for the caller
     async def read(self) -> bytes:
         """The whole body."""
+        self._whole = True
+        if self._paused and self._conn is not None:
+            self._paused = False
+            self._conn.transport.resume_reading()  # type: ignore[union-attr]
         while not self._complete:
             if self._error is not None:
                 raise self._error

@@ -138,6 +138,30 @@ async def test_a_chunked_stream_arrives_piece_by_piece() -> None:
     assert server.connections == 1
 
 
+async def test_a_large_answer_is_read_whole_and_a_large_stream_is_paused_and_resumed() -> None:
+    big = b"x" * (3 << 20)  # above the 1 MiB held before the socket is paused
+
+    async def large(_r: asyncio.StreamReader, w: asyncio.StreamWriter, _h: bytes, _b: bytes) -> bool:
+        w.write(answer(big))
+        await w.drain()
+        return True
+
+    async with serving(large) as (_, url):
+        pool = Http1Pool(limit=4)
+        response = await pool.post(url, "/x", b"{}", {}, FAST)
+        await asyncio.sleep(0.2)  # the body arrives before it is read
+        assert await response.read() == big
+        response.release()
+        streamed = await pool.post(url, "/x", b"{}", {}, FAST)
+        got = bytearray()
+        async for piece in streamed.iter_any():
+            got += piece
+            await asyncio.sleep(0.01)  # a slow reader
+        assert bytes(got) == big
+        streamed.release()
+        await pool.close()
+
+
 async def test_a_refused_connection_is_an_upstream_connection_error() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
