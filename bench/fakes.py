@@ -1253,7 +1253,9 @@ class Tee:
         self.lines.append(text)
 
     def save(self, name: str) -> Path:
-        out = BENCH / "results" / f"{name}-{dt.datetime.now(dt.UTC):%Y%m%d-%H%M}.txt"  # never over an earlier run
+        out = (
+            BENCH / "results" / f"{name}-{dt.datetime.now(dt.UTC):%Y%m%d-%H%M}.txt"
+        )  # never over an earlier run
         out.parent.mkdir(exist_ok=True)
         out.write_text("\n".join(self.lines) + "\n")
         return out
