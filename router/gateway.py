@@ -112,6 +112,17 @@ class _Attempt:
     engine: EngineState
     response: Http1Response
     started: float = field(default_factory=time.perf_counter)
+    finished: bool = False
+
+    def finish(self) -> bool:
+        """Give the engine's connection back and count the request off the engine, once;
+        True the first time."""
+        if self.finished:
+            return False
+        self.finished = True
+        self.engine.in_flight -= 1
+        self.response.release()
+        return True
 
 
 def _now() -> dt.datetime:
@@ -461,6 +472,9 @@ class Gateway:
             if failure.reason == "connect":
                 self.fleet.mark_failed(engine.url, failure.detail)
             raise failure from exc
+        except BaseException:  # cancelled: the client left
+            engine.in_flight -= 1
+            raise
         if response.status >= 500 or response.status == 404:
             try:
                 detail = error_message(await response.read())
@@ -622,6 +636,7 @@ class Gateway:
             return EventStream(
                 self._relay(attempt, target, text, upstream, endpoint, start, strip, keep_top, asked_usage),
                 out_headers,
+                on_close=functools.partial(self._stream_abandoned, attempt, target, start),
             )
         try:
             raw = await attempt.response.read()
@@ -634,8 +649,7 @@ class Gateway:
             self._count_failure(target, EngineFailure(attempt.engine.url, "status_5xx", str(exc)))
             raise UpstreamError(f"engine {attempt.engine.url} sent an unreadable answer: {exc}") from None
         finally:
-            attempt.engine.in_flight -= 1
-            attempt.response.release()
+            attempt.finish()
         duration = time.perf_counter() - start
         sent = _strip(raw, seen, keep_top) if strip else raw
         # Observed once the answer is sent (same task, same event-loop turn): off the client's latency.
@@ -701,8 +715,7 @@ class Gateway:
         except UPSTREAM_ERRORS as exc:
             raw = f"the engine's error answer broke: {type(exc).__name__}: {exc}".encode()
         finally:
-            attempt.engine.in_flight -= 1
-            attempt.response.release()
+            attempt.finish()
         status = attempt.response.status
         self.observer.record(
             Outcome(
@@ -731,6 +744,21 @@ class Gateway:
         err.setdefault("param", None)
         err["code"] = err.get("code") if isinstance(err.get("code"), str) else None
         return FastJSONResponse({"error": err}, status_code=status, headers=headers)
+
+    def _stream_abandoned(self, attempt: _Attempt, target: Target, start: float) -> None:
+        """After a stream's response: if its relay never ran (the client left before the first
+        byte), give the engine's stream back and count the request as cancelled by the client."""
+        if attempt.finish():
+            self.observer.record(
+                Outcome(
+                    target.route,
+                    attempt.version,
+                    attempt.arm,
+                    499,
+                    time.perf_counter() - start,
+                    error=ErrorReason.CLIENT_CANCELLED,
+                )
+            )
 
     async def _relay(
         self,
@@ -783,8 +811,7 @@ class Gateway:
                 error, status = ErrorReason.CLIENT_CANCELLED, 499
             raise
         finally:
-            attempt.engine.in_flight -= 1
-            attempt.response.release()
+            attempt.finish()
             answer = "".join(watch.parts)
             self.observer.record(
                 Outcome(
@@ -843,8 +870,7 @@ class Gateway:
                 self.observer.record_shadow(target.route, shadow, "error", None)
                 return
             finally:
-                attempt.engine.in_flight -= 1
-                attempt.response.release()
+                attempt.finish()
         if attempt.response.status != 200:
             self.observer.record_shadow(target.route, shadow, "error", None)
             return

@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 import httptools
 
 _MAX_BUFFERED = 1 << 20  # bytes of an answer held before the engine's socket is paused
+_STALE_WITHIN_S = 0.25  # a connection closed unanswered this soon after the request was written
 
 
 class UpstreamConnectionError(ConnectionError):
@@ -60,7 +61,7 @@ class _Origin:
         self.limit = limit
         self.idle: collections.deque[tuple[_Connection, float]] = collections.deque()
         self.open = 0
-        self.waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self.waiters: collections.deque[asyncio.Future[_Connection | None]] = collections.deque()
 
 
 class Http1Pool:
@@ -87,63 +88,75 @@ class Http1Pool:
         returns. Call `release()` on it when done (after reading it, or to abandon it)."""
         origin = self._origin(base)
         head = _request_head(origin, path, body, headers)
-        for _ in range(2):
-            conn, reused = await self._acquire(origin, timeouts.connect_s)
+        loop = asyncio.get_running_loop()
+        fresh = False
+        while True:
+            conn, reused = await self._acquire(origin, timeouts.connect_s, fresh)
             response = Http1Response(conn, timeouts.read_s)
             conn.start(response)
             conn.transport.writelines((head, body))  # type: ignore[union-attr]
+            sent = loop.time()
             try:
                 await response._wait_head()
             except _StaleConnection:
-                if reused:
+                # Sent again only where the engine cannot have started on it: a kept-alive
+                # connection that closed right away (its keep-alive timer ran out as we wrote).
+                if reused and not fresh and loop.time() - sent < _STALE_WITHIN_S:
+                    fresh = True
                     continue
                 raise UpstreamConnectionError("the engine closed the connection before answering") from None
             except BaseException:
                 conn.close()
                 raise
             return response
-        raise UpstreamConnectionError("the engine closed the connection before answering")
 
-    async def _acquire(self, origin: _Origin, timeout_s: float) -> tuple[_Connection, bool]:
-        """An idle connection (True) or a new one (False), within `timeout_s`."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
-        while True:
-            if self._closed:
-                raise UpstreamConnectionError("the connection pool is closed")
-            now = time.monotonic()
-            while origin.idle:
-                conn, since = origin.idle.pop()
-                if conn.reusable() and now - since < self.idle_s:
-                    return conn, True
-                conn.close()
+    async def _acquire(self, origin: _Origin, timeout_s: float, fresh: bool) -> tuple[_Connection, bool]:
+        """An idle connection (True), unless `fresh`, or a new one (False), within `timeout_s`.
+
+        Requests that find none wait in line: a connection given back, or the slot of one that
+        closed, goes to the first in line, never to a request that came later.
+        """
+        if self._closed:
+            raise UpstreamConnectionError("the connection pool is closed")
+        if not origin.waiters:
+            if not fresh:
+                now = time.monotonic()
+                while origin.idle:
+                    conn, since = origin.idle.pop()
+                    if conn.reusable() and now - since < self.idle_s:
+                        return conn, True
+                    conn.close()
             if origin.open < origin.limit:
-                return await self._connect(origin, deadline - loop.time()), False
-            waiter = loop.create_future()
-            origin.waiters.append(waiter)
-            try:
-                async with asyncio.timeout_at(deadline):
-                    await waiter
-            except BaseException as exc:
-                if waiter.done() and not waiter.cancelled():
-                    self._wake(origin)  # woken, but leaving: the next waiter gets the turn
-                else:
-                    with contextlib.suppress(ValueError):
-                        origin.waiters.remove(waiter)
-                if isinstance(exc, TimeoutError):
-                    raise TimeoutError(
-                        f"no free connection to {origin.host}:{origin.port} within {timeout_s:g} s"
-                    ) from None
-                raise
+                origin.open += 1
+                return await self._connect(origin, timeout_s), False
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[_Connection | None] = loop.create_future()
+        origin.waiters.append(waiter)
+        try:
+            async with asyncio.timeout(timeout_s):
+                given = await waiter
+        except BaseException as exc:
+            if waiter.done() and not waiter.cancelled():
+                self._pass_on(origin, waiter.result())  # given, but leaving: to the next in line
+            else:
+                with contextlib.suppress(ValueError):
+                    origin.waiters.remove(waiter)
+            if isinstance(exc, TimeoutError):
+                raise TimeoutError(
+                    f"no free connection to {origin.host}:{origin.port} within {timeout_s:g} s"
+                ) from None
+            raise
+        if given is None:  # a slot, counted in origin.open for this request
+            return await self._connect(origin, timeout_s), False
+        return given, True
 
     async def _connect(self, origin: _Origin, timeout_s: float) -> _Connection:
-        """A new connection, counted in `origin.open` from here until it is lost."""
+        """A new connection in a slot already counted in `origin.open`, until it is lost."""
         loop = asyncio.get_running_loop()
         context: ssl.SSLContext | None = None
         if origin.ssl:
             context = self._ssl = self._ssl or ssl.create_default_context()
         conn = _Connection(self, origin)
-        origin.open += 1
         try:
             async with asyncio.timeout(timeout_s):
                 await loop.create_connection(lambda: conn, origin.host, origin.port, ssl=context)
@@ -161,29 +174,41 @@ class Http1Pool:
         return conn
 
     def _give_back(self, origin: _Origin, conn: _Connection) -> None:
+        """A connection whose answer was read whole: to the first in line, else idle."""
         if self._closed or not conn.reusable():
-            conn.close()
+            conn.close()  # its slot is passed on when it is lost
             return
-        origin.idle.append((conn, time.monotonic()))
-        self._wake(origin)
-
-    def _closed_one(self, origin: _Origin) -> None:
-        origin.open -= 1
-        self._wake(origin)
-
-    @staticmethod
-    def _wake(origin: _Origin) -> None:
         while origin.waiters:
             waiter = origin.waiters.popleft()
             if not waiter.done():
-                waiter.set_result(None)
+                waiter.set_result(conn)
                 return
+        origin.idle.append((conn, time.monotonic()))
+
+    def _closed_one(self, origin: _Origin) -> None:
+        """A connection was lost (or never made): its slot goes to the first in line, if any."""
+        while origin.waiters:
+            waiter = origin.waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)  # the slot stays counted, for that request
+                return
+        origin.open -= 1
+
+    def _pass_on(self, origin: _Origin, given: _Connection | None) -> None:
+        if given is None:
+            self._closed_one(origin)
+        else:
+            self._give_back(origin, given)
 
     async def close(self) -> None:
         self._closed = True
         for origin in self._origins.values():
             while origin.idle:
                 origin.idle.pop()[0].close()
+            while origin.waiters:
+                waiter = origin.waiters.popleft()
+                if not waiter.done():
+                    waiter.set_exception(UpstreamConnectionError("the connection pool is closed"))
 
 
 def _request_head(origin: _Origin, path: str, body: bytes, headers: dict[str, str]) -> bytes:
@@ -218,6 +243,7 @@ class _Connection(asyncio.Protocol):
         self.usable = True  # open, idle-able and in a clean state between answers
         self._counted = True  # counted in origin.open until connection_lost
         self._read_to_close = False
+        self._interim = False
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -241,7 +267,7 @@ class _Connection(asyncio.Protocol):
         response = self.response
         if response is None or response._complete:
             return
-        if response.status and self._read_to_close:
+        if response.status and self._read_to_close and exc is None:
             response._finish()
         elif not response._received:
             response._fail(_StaleConnection())
@@ -256,14 +282,26 @@ class _Connection(asyncio.Protocol):
         pass
 
     # httptools callbacks
+    def on_message_begin(self) -> None:
+        response = self.response
+        if response is not None and response._complete:  # a second answer to one request
+            self.usable = False
+
     def on_header(self, name: bytes, value: bytes) -> None:
-        assert self.response is not None
-        self.response.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+        response = self.response
+        if response is not None and not response._complete:
+            response.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
 
     def on_headers_complete(self) -> None:
         response = self.response
-        assert response is not None
-        response.status = self.parser.get_status_code()
+        if response is None or response._complete:
+            return
+        status = self.parser.get_status_code()
+        if 100 <= status < 200:  # an interim answer (103 Early Hints, ...): the real one follows
+            response.headers = {}
+            self._interim = True
+            return
+        response.status = status
         headers = response.headers
         self._read_to_close = "content-length" not in headers and "chunked" not in headers.get(
             "transfer-encoding", ""
@@ -273,12 +311,17 @@ class _Connection(asyncio.Protocol):
         response._head_arrived()
 
     def on_body(self, body: bytes) -> None:
-        assert self.response is not None
-        self.response._feed(body)
+        response = self.response
+        if response is not None and not response._complete:
+            response._feed(body)
 
     def on_message_complete(self) -> None:
-        assert self.response is not None
-        self.response._finish()
+        if self._interim:
+            self._interim = False
+            return
+        response = self.response
+        if response is not None and not response._complete:
+            response._finish()
 
     # ours
     def forget(self) -> None:
@@ -403,7 +446,7 @@ class Http1Response:
         conn, self._conn = self._conn, None
         if conn is None:
             return
-        if self._complete and self._error is None:
+        if self._complete and self._error is None and not self._paused:
             conn.done()
         else:
             conn.close()

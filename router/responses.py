@@ -68,8 +68,16 @@ class EventStream(Response):
 
     media_type = "text/event-stream"
 
-    def __init__(self, events: AsyncIterator[bytes], headers: Mapping[str, str]) -> None:
+    def __init__(
+        self,
+        events: AsyncIterator[bytes],
+        headers: Mapping[str, str],
+        on_close: Callable[[], object] | None = None,
+    ) -> None:
+        """`on_close` runs once the stream ends, however it ends: also when the client left before
+        `events` started (closing a generator that never started runs none of its code)."""
         self.events = events
+        self.on_close = on_close
         self.status_code = 200
         self.background = None
         self.init_headers({**headers, "cache-control": "no-cache"})
@@ -97,8 +105,12 @@ class EventStream(Response):
             left.remove_done_callback(stop)
             left.cancel()
             aclose = getattr(self.events, "aclose", None)
-            if aclose is not None:
-                await aclose()  # a relay stopped early records its outcome now, not when collected
+            try:
+                if aclose is not None:
+                    await aclose()  # a relay stopped early records its outcome now, not when collected
+            finally:
+                if self.on_close is not None:
+                    self.on_close()
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 

@@ -5,6 +5,8 @@ FAKE upstream (bench/fakes.py) standing in for engines that refuse connections. 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import socket
 import subprocess
@@ -471,3 +473,44 @@ def test_feedback_reaches_the_replica_that_answered_through_its_peers(
     gone = httpx.post(f"{b.url}/v1/feedback", json={"completion_id": completion_id, "label": "x"})
     assert gone.status_code == 503 and gone.json()["error"]["type"] == "service_unavailable"
     assert "1 peer(s) did not answer" in gone.json()["error"]["message"]
+
+
+def test_clients_that_leave_at_any_point_leave_nothing_held(
+    gateway: Callable[..., Any],
+    fake_engines: Callable[..., Any],
+    versions: tuple[Registry, list[str]],
+) -> None:
+    """Clients that hang up while the engine thinks, before the first event or mid-stream: the
+    engine's in-flight count goes back to 0 and every pooled connection is idle or closed."""
+    _, (v1, _) = versions
+    slow = fake_engines(UpstreamConfig(chunks=10, service_s=0.05, ttft_s=0.05, itl_s=0.02))
+    gw = gateway(_routes(v1), [slow.url])
+
+    async def leave_after(delay_s: float, stream: bool) -> None:
+        body = {"model": "banking", "messages": MESSAGES, "stream": stream}
+        async with httpx.AsyncClient(timeout=delay_s) as client:
+            with contextlib.suppress(httpx.TimeoutException):
+                async with client.stream("POST", f"{gw.url}/v1/chat/completions", json=body) as r:
+                    async for _ in r.aiter_bytes():
+                        pass
+
+    async def run() -> None:
+        delays = [0.005 * i for i in range(1, 60)]
+        await asyncio.gather(*(leave_after(d, i % 2 == 0) for i, d in enumerate(delays)))
+
+    asyncio.run(run())
+    state = gw.app.state.gateway
+    engine = state.fleet.engines[slow.url]
+    deadline = time.monotonic() + 10
+    while engine.in_flight != 0 or _busy_connections(state.pool) != 0:
+        assert time.monotonic() < deadline, (engine.in_flight, _busy_connections(state.pool))
+        time.sleep(0.1)
+    answered = httpx.post(
+        f"{gw.url}/v1/chat/completions", json={"model": "banking", "messages": MESSAGES}, timeout=10
+    )
+    assert answered.status_code == 200
+
+
+def _busy_connections(pool: Any) -> int:
+    """Connections of the gateway's pool that are open but not idle."""
+    return sum(o.open - sum(1 for c, _ in o.idle if c.reusable()) for o in pool._origins.values())

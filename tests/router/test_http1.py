@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
@@ -342,3 +343,87 @@ async def test_header_values_with_line_breaks_are_refused() -> None:
     pool = Http1Pool(limit=4)
     with pytest.raises(ValueError, match="line break"):
         await pool.post("http://127.0.0.1:9", "/x", b"{}", {"x-request-id": "a\r\nevil: 1"}, FAST)
+
+
+async def test_waiting_requests_are_served_in_the_order_they_came() -> None:
+    async def slow(_r: asyncio.StreamReader, w: asyncio.StreamWriter, _h: bytes, body: bytes) -> bool:
+        await asyncio.sleep(0.02)
+        w.write(answer(body))
+        await w.drain()
+        return True
+
+    async with serving(slow) as (_, url):
+        pool = Http1Pool(limit=1)
+        served: list[int] = []
+
+        async def one(i: int) -> None:
+            response = await pool.post(url, "/x", str(i).encode(), {}, FAST)
+            await response.read()
+            response.release()
+            served.append(i)
+
+        tasks = []
+        for i in range(10):  # each arrives while the ones before it wait
+            tasks.append(asyncio.create_task(one(i)))
+            await asyncio.sleep(0.005)
+        await asyncio.gather(*tasks)
+        await pool.close()
+    assert served == list(range(10))
+
+
+async def test_a_request_the_engine_may_have_started_is_not_sent_again() -> None:
+    """Closed unanswered long after it was sent (the engine crashed mid-generation): an error,
+    not a second generation."""
+    requests = []
+
+    async def crash(_r: asyncio.StreamReader, w: asyncio.StreamWriter, _h: bytes, body: bytes) -> bool:
+        requests.append(body)
+        if len(requests) == 1:
+            w.write(answer(body))
+            await w.drain()
+            return True
+        await asyncio.sleep(0.5)
+        return False
+
+    async with serving(crash) as (_, url):
+        pool = Http1Pool(limit=4)
+        first = await pool.post(url, "/x", b"[1]", {}, FAST)
+        await first.read()
+        first.release()
+        with pytest.raises(UpstreamConnectionError, match="closed the connection before answering"):
+            await pool.post(url, "/x", b"[2]", {}, FAST)  # on the kept-alive connection
+    assert requests == [b"[1]", b"[2]"]
+
+
+async def test_an_interim_answer_is_skipped() -> None:
+    async def hints(_r: asyncio.StreamReader, w: asyncio.StreamWriter, _h: bytes, _b: bytes) -> bool:
+        w.write(b"HTTP/1.1 103 Early Hints\r\nlink: </x>\r\n\r\n")
+        w.write(answer(b"ok"))
+        await w.drain()
+        return True
+
+    async with serving(hints) as (_, url):
+        pool = Http1Pool(limit=4)
+        for _ in range(2):
+            response = await pool.post(url, "/x", b"{}", {}, FAST)
+            assert response.status == 200 and "link" not in response.headers
+            assert await response.read() == b"ok"
+            response.release()
+        await pool.close()
+
+
+async def test_a_body_read_to_the_close_and_cut_by_a_reset_is_an_error() -> None:
+    async def reset(_r: asyncio.StreamReader, w: asyncio.StreamWriter, _h: bytes, _b: bytes) -> bool:
+        w.write(b'HTTP/1.1 200 OK\r\nconnection: close\r\n\r\n{"partial')
+        await w.drain()
+        sock = w.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close: RST, not FIN
+        w.transport.abort()
+        return False
+
+    async with serving(reset) as (_, url):
+        pool = Http1Pool(limit=4)
+        response = await pool.post(url, "/x", b"{}", {}, FAST)
+        with pytest.raises(UpstreamConnectionError, match="mid-answer"):
+            await response.read()
+        response.release()

@@ -3,6 +3,9 @@ The relay itself is tested over real HTTP (test_gateway_http.py, test_gateway_e2
 
 from __future__ import annotations
 
+from collections.abc import MutableMapping
+from typing import Any
+
 from router.upstream import SSEBuffer
 
 
@@ -41,3 +44,40 @@ def test_request_ids_are_unique_and_a_forked_worker_gets_its_own_prefix() -> Non
     os.close(read)
     prefix = len("req-") + 12
     assert child[:prefix] != ids[0][:prefix]
+
+
+def test_an_event_stream_whose_client_left_before_the_first_event_still_runs_on_close() -> None:
+    """Closing a relay generator that never started runs none of its code: the stream's on_close
+    gives the engine's connection back instead."""
+    import asyncio
+    import contextlib
+
+    from router.responses import EventStream
+
+    closed: list[bool] = []
+    ran: list[bool] = []
+
+    async def events() -> Any:
+        ran.append(True)
+        yield b"data: 1\n\n"
+
+    async def receive() -> dict[str, Any]:
+        await asyncio.sleep(10)
+        return {"type": "http.disconnect"}
+
+    async def main() -> None:
+        stream = EventStream(events(), {}, on_close=lambda: closed.append(True))
+        sending = asyncio.Event()
+
+        async def send(message: MutableMapping[str, Any]) -> None:
+            sending.set()
+            await asyncio.sleep(10)  # the client's socket is full
+
+        task = asyncio.create_task(stream({"type": "http"}, receive, send))
+        await sending.wait()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    assert ran == [] and closed == [True]
