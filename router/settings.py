@@ -82,7 +82,9 @@ class GatewaySettings(BaseSettings):
     )
     timeouts: Timeouts = Field(default_factory=Timeouts, description="Upstream timeouts (below).")
     max_connections: int = Field(
-        default=512, gt=0, description="Size of the shared upstream connection pool."
+        default=512,
+        gt=0,
+        description="Most connections open to any one engine; past it, requests wait in line up to `pool_s`.",
     )
     reconcile_interval_s: float = Field(
         default=5.0, gt=0, description="How often the engines are made to hold the adapters the routes need."
