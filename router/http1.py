@@ -9,8 +9,10 @@ against proxy-lean), and the gateway's throughput on one core is bounded by its 
 
 Errors: a connection that cannot be made, or that closes before the answer is complete, raises
 `UpstreamConnectionError`; a timeout raises `TimeoutError`. A request on a kept-alive connection
-that the engine closed before sending any of the answer (its keep-alive timer ran out) is sent
-once more on a new connection. Engine-management calls (health, adapters) use aiohttp/httpx.
+that the engine closed within 0.25 s of the write, before any of the answer (its keep-alive timer
+ran out as the request went out), is sent once more on a new connection; one closed later may
+have been worked on and is an error. Requests that find every connection busy wait in line, first
+come first served. Engine-management calls (health, adapters) use aiohttp/httpx.
 """
 
 from __future__ import annotations
