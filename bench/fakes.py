@@ -553,7 +553,11 @@ class LeanPassThroughProxy:
             body += message.get("body", b"")
             more = message.get("more_body", False)
         resp = await self.pool.post(
-            self.upstream, scope["path"], body, {"Content-Type": "application/json"}, Timeouts(10.0, 120.0)
+            self.upstream,
+            scope["path"],
+            body,
+            {"Content-Type": "application/json"},
+            Timeouts(pool_s=10.0, connect_s=10.0, read_s=120.0),
         )
         try:
             content_type = resp.headers.get("content-type", "application/json").encode()

@@ -150,9 +150,32 @@ def throughput(
             f"(loss {f(100 * (1 - med), 1)}%)   CPU-per-request ratio off/on {f(cmed, 3)} "
             f"(loss {f(100 * (1 - cmed), 1)}%)"
         )
+    out("share of the answered requests whose entropy was scored (from each gateway's /metrics):")
+    for name, (_, url) in gateways.items():
+        scored, answered = scored_share(url)
+        share = f"{100 * scored / answered:.1f}%" if answered else "-"
+        out(f"  {name:<8} {share:>6}  ({scored:,.0f} of {answered:,.0f})")
     for _, (gw, _) in gateways.items():
         gw.stop()
     return cpu_on
+
+
+def scored_share(url: str) -> tuple[float, float]:
+    """(answers with an entropy, answered requests) over every version, from a gateway's /metrics."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    scored = answered = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "lorafleet_response_token_entropy_nats_count":
+                scored += sample.value
+            elif (
+                sample.name == "lorafleet_router_requests_total" and sample.labels.get("code_class") == "2xx"
+            ):
+                answered += sample.value
+    return scored, answered
 
 
 def answer_log(state: Path) -> tuple[int, int]:

@@ -138,8 +138,8 @@ def _histogram_reference(h: Histogram) -> list[float] | None:
     return [float(c) for c in h.counts] if sum(h.counts) > 0 else None
 
 
-# One request in the window: (length bin, word bins, label bin or -1, entropy bin or -1).
-_Observation = tuple[int, tuple[int, ...], int, int]
+# One request in the window: (length bin, word bins, label bin or -1).
+_Observation = tuple[int, tuple[int, ...], int]
 
 
 class DriftWindow:
@@ -147,7 +147,9 @@ class DriftWindow:
 
     `observe` is O(words of the request) and `scores` O(bins), whatever the window size. A feature
     is scored once at least `min_samples` (default: 200, or `size` if smaller) requests of the
-    window contributed to it. Not thread-safe: one window per (route, version), fed from the
+    window contributed to it. Entropy has its own window, of the last `size` answers that carried
+    one: the gateway scores the entropy of only some answers of a busy version (`entropy_max_per_s`),
+    and those must not be diluted among the requests it did not score. Not thread-safe: one window per (route, version), fed from the
     gateway's event loop.
     """
 
@@ -168,6 +170,7 @@ class DriftWindow:
         self.size = size
         self.min_samples = min_samples
         self._window: deque[_Observation] = deque()
+        self._entropy_window: deque[int] = deque()  # entropy bins of the last `size` scored answers
         self._features: dict[DriftFeature, _Counts] = {}
 
         self._length_edges = list(reference.input_words.edges)
@@ -238,17 +241,22 @@ class DriftWindow:
             bin_index(len(tokens), self._length_edges),
             tuple([index(w, other_word) for w in tokens]),
             self._label_bin(predicted_label) if self._labels else -1,
-            bin_index(entropy, self._entropy_edges)
-            if entropy is not None and self._entropy_edges and math.isfinite(entropy)
-            else -1,
         )
         self._apply(obs, +1)
         self._window.append(obs)
         if len(self._window) > self.size:
             self._apply(self._window.popleft(), -1)
+        if (c := self._entropy) is not None and entropy is not None and math.isfinite(entropy):
+            entropy_bin = bin_index(entropy, self._entropy_edges)
+            c.counts[entropy_bin] += 1
+            c.n += 1
+            self._entropy_window.append(entropy_bin)
+            if len(self._entropy_window) > self.size:
+                c.counts[self._entropy_window.popleft()] -= 1
+                c.n -= 1
 
     def _apply(self, obs: _Observation, sign: int) -> None:
-        length_bin, word_bins, label_bin, entropy_bin = obs
+        length_bin, word_bins, label_bin = obs
         if (c := self._length) is not None:
             c.counts[length_bin] += sign
             c.n += sign
@@ -259,9 +267,6 @@ class DriftWindow:
             c.n += sign
         if label_bin >= 0 and (c := self._label) is not None:
             c.counts[label_bin] += sign
-            c.n += sign
-        if entropy_bin >= 0 and (c := self._entropy) is not None:
-            c.counts[entropy_bin] += sign
             c.n += sign
 
     def scores(self) -> dict[DriftFeature, DriftScore]:

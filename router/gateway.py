@@ -46,7 +46,7 @@ from router.errors import (
     UpstreamError,
     UpstreamTimeoutError,
 )
-from router.http1 import Http1Pool, Http1Response
+from router.http1 import Http1Pool, Http1Response, PoolClosedError
 from router.observe import Observer, Outcome
 from router.policy import BASE_FALLBACK, RoutesFile
 from router.responses import REQUEST_ID_HEADER, AnswerResponse, EventStream, FastJSONResponse
@@ -469,7 +469,7 @@ class Gateway:
         except UPSTREAM_ERRORS as exc:
             engine.in_flight -= 1
             failure = classify(exc, engine.url)
-            if failure.reason == "connect":
+            if failure.reason == "connect" and not isinstance(exc, PoolClosedError):
                 self.fleet.mark_failed(engine.url, failure.detail)
             raise failure from exc
         except BaseException:  # cancelled: the client left

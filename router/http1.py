@@ -36,11 +36,16 @@ class UpstreamConnectionError(ConnectionError):
     """The connection to the engine failed, or closed before the answer was complete."""
 
 
+class PoolClosedError(UpstreamConnectionError):
+    """The gateway is shutting down: nothing is wrong with the engine."""
+
+
 @dataclass(frozen=True)
 class Timeouts:
-    """pool + connect: waiting for a free connection and making one; read: the longest gap between
-    two arrivals of the answer's bytes (headers included)."""
+    """pool: the longest wait in line for a free connection (a re-send included); connect: making
+    one; read: the longest gap between two arrivals of the answer's bytes (headers included)."""
 
+    pool_s: float
     connect_s: float
     read_s: float
 
@@ -91,9 +96,10 @@ class Http1Pool:
         origin = self._origin(base)
         head = _request_head(origin, path, body, headers)
         loop = asyncio.get_running_loop()
+        in_line_until = loop.time() + timeouts.pool_s
         fresh = False
         while True:
-            conn, reused = await self._acquire(origin, timeouts.connect_s, fresh)
+            conn, reused = await self._acquire(origin, timeouts, in_line_until, fresh)
             response = Http1Response(conn, timeouts.read_s)
             conn.start(response)
             conn.transport.writelines((head, body))  # type: ignore[union-attr]
@@ -112,14 +118,17 @@ class Http1Pool:
                 raise
             return response
 
-    async def _acquire(self, origin: _Origin, timeout_s: float, fresh: bool) -> tuple[_Connection, bool]:
-        """An idle connection (True), unless `fresh`, or a new one (False), within `timeout_s`.
+    async def _acquire(
+        self, origin: _Origin, timeouts: Timeouts, in_line_until: float, fresh: bool
+    ) -> tuple[_Connection, bool]:
+        """An idle connection (True), unless `fresh`, or a new one (False); waiting in line until
+        `in_line_until` (the loop's clock) at most, then `timeouts.connect_s` to connect.
 
         Requests that find none wait in line: a connection given back, or the slot of one that
         closed, goes to the first in line, never to a request that came later.
         """
         if self._closed:
-            raise UpstreamConnectionError("the connection pool is closed")
+            raise PoolClosedError("the connection pool is closed")
         if not origin.waiters:
             if not fresh:
                 now = time.monotonic()
@@ -130,12 +139,12 @@ class Http1Pool:
                     conn.close()
             if origin.open < origin.limit:
                 origin.open += 1
-                return await self._connect(origin, timeout_s), False
+                return await self._connect(origin, timeouts.connect_s), False
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[_Connection | None] = loop.create_future()
         origin.waiters.append(waiter)
         try:
-            async with asyncio.timeout(timeout_s):
+            async with asyncio.timeout_at(in_line_until):
                 given = await waiter
         except BaseException as exc:
             if waiter.done() and not waiter.cancelled():
@@ -145,11 +154,11 @@ class Http1Pool:
                     origin.waiters.remove(waiter)
             if isinstance(exc, TimeoutError):
                 raise TimeoutError(
-                    f"no free connection to {origin.host}:{origin.port} within {timeout_s:g} s"
+                    f"no free connection to {origin.host}:{origin.port} within {timeouts.pool_s:g} s"
                 ) from None
             raise
         if given is None:  # a slot, counted in origin.open for this request
-            return await self._connect(origin, timeout_s), False
+            return await self._connect(origin, timeouts.connect_s), False
         return given, True
 
     async def _connect(self, origin: _Origin, timeout_s: float) -> _Connection:
@@ -210,7 +219,7 @@ class Http1Pool:
             while origin.waiters:
                 waiter = origin.waiters.popleft()
                 if not waiter.done():
-                    waiter.set_exception(UpstreamConnectionError("the connection pool is closed"))
+                    waiter.set_exception(PoolClosedError("the connection pool is closed"))
 
 
 def _request_head(origin: _Origin, path: str, body: bytes, headers: dict[str, str]) -> bytes:

@@ -55,13 +55,10 @@ def build_client(settings: GatewaySettings, session: aiohttp.ClientSession) -> h
 
 
 def forward_timeout(settings: GatewaySettings, remaining_s: float | None = None) -> Timeouts:
-    """Timeouts of one forwarded request, none longer than the `remaining_s` of its deadline.
-
-    `connect_s` covers the wait for a pooled connection as well as the connecting.
-    """
+    """Timeouts of one forwarded request, none longer than the `remaining_s` of its deadline."""
     t = settings.timeouts
     cap = remaining_s if remaining_s is not None else float("inf")
-    return Timeouts(connect_s=min(t.pool_s + t.connect_s, cap), read_s=min(t.read_s, cap))
+    return Timeouts(pool_s=min(t.pool_s, cap), connect_s=min(t.connect_s, cap), read_s=min(t.read_s, cap))
 
 
 @dataclass

@@ -162,6 +162,25 @@ def test_entropy_drift() -> None:
     assert max(ENTROPY_EDGES_NATS) > 1.2  # the live values above land inside the histogram's range
 
 
+def test_entropy_of_a_busy_version_scored_on_a_few_answers_still_gets_a_score() -> None:
+    """The gateway scores the entropy of ~50 answers a second of a busy version: one request in 20
+    at 1,000 req/s. Entropy's window holds the last `size` scored answers, not the scored ones
+    among the last `size` requests."""
+    rng = random.Random(3)
+    ref = small_reference(entropies=[rng.uniform(0.0, 0.08) for _ in range(300)])
+    window = DriftWindow(ref, size=500, min_samples=200)
+    for i in range(500 * 20):
+        entropy = rng.uniform(0.3, 1.2) if i % 20 == 0 else None
+        window.observe(SHORT[i % 3], LABELS[i % 3], entropy)
+    scores = window.scores()
+    assert len(window) == 500 and scores[DriftFeature.INPUT_LENGTH].n == 500
+    assert scores[DriftFeature.ENTROPY].n == 500
+    assert scores[DriftFeature.ENTROPY].psi >= PSI_SIGNIFICANT
+    for i in range(500):  # calm again: the last 500 scored answers are all calm
+        window.observe(SHORT[i % 3], LABELS[i % 3], rng.uniform(0.0, 0.08))
+    assert window.scores()[DriftFeature.ENTROPY].psi < PSI_MODERATE
+
+
 def test_publish_sets_the_drift_gauges() -> None:
     registry = CollectorRegistry()
     metrics = build_metrics(registry)

@@ -256,6 +256,50 @@ def test_a_refused_connection_marks_the_engine_down_and_answers_503(
     assert _engine_up(gw.url, engine) == 0.0
 
 
+def test_a_slow_engine_times_out_with_504_and_stays_up(
+    gateway: Callable[..., Any],
+    fake_engines: Callable[..., Any],
+    versions: tuple[Registry, list[str]],
+) -> None:
+    """An engine that answers later than `timeouts.read_s` is slow, not down: 504, and it keeps
+    its traffic."""
+    _, (v1, _) = versions
+    slow = fake_engines(UpstreamConfig(service_s=1.0))
+    gw = gateway(_routes(v1), [slow.url], timeouts={"read_s": 0.3})
+    body = {"model": "banking", "messages": MESSAGES, "max_tokens": 4}
+    started = time.monotonic()
+    r = httpx.post(f"{gw.url}/v1/chat/completions", json=body, timeout=10)
+    assert r.status_code == 504, r.text
+    assert r.json()["error"]["code"] == "upstream_timeout" and "timeout" in r.json()["error"]["message"]
+    assert time.monotonic() - started < 0.9
+    assert _engine_up(gw.url, slow) == 1.0
+
+
+def test_entropy_max_per_s_bounds_the_answers_scored(
+    gateway: Callable[..., Any],
+    fake_engines: Callable[..., Any],
+    versions: tuple[Registry, list[str]],
+) -> None:
+    _, (v1, _) = versions
+    engine = fake_engines()
+    gw = gateway(_routes(v1), [engine.url], entropy_max_per_s=1)
+    body = {"model": "banking", "messages": MESSAGES, "max_tokens": 4}
+    started = time.monotonic()
+    with httpx.Client() as client:
+        for _ in range(20):
+            assert client.post(f"{gw.url}/v1/chat/completions", json=body).status_code == 200
+    seconds = int(time.monotonic() - started) + 2  # the clock seconds the requests spanned, at most
+    requests = f'lorafleet_router_requests_total{{arm="stable",code_class="2xx",route="banking",version="{v1}"}} 20.0'
+    text = _metrics_showing(gw.url, requests, 10, "the 20 requests were not counted")
+    (scored,) = [
+        s.value
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+        if s.name == "lorafleet_response_token_entropy_nats_count" and s.labels.get("version") == v1
+    ]
+    assert 1 <= scored <= min(2 * seconds, 19)  # at most 2 in a second (twice the budget)
+
+
 def test_a_failed_engine_is_retried_on_another_engine_holding_the_version(
     gateway: Callable[..., Any],
     fake_engines: Callable[..., Any],

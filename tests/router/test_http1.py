@@ -16,7 +16,7 @@ from router.http1 import Http1Pool, Timeouts, UpstreamConnectionError
 
 pytestmark = pytest.mark.anyio
 
-FAST = Timeouts(connect_s=2.0, read_s=2.0)
+FAST = Timeouts(pool_s=2.0, connect_s=2.0, read_s=2.0)
 
 
 @pytest.fixture
@@ -181,7 +181,7 @@ async def test_an_engine_that_says_nothing_times_out_and_its_connection_is_close
     async with serving(silent) as (_, url):
         pool = Http1Pool(limit=4)
         with pytest.raises(TimeoutError, match=r"sent nothing for 0\.2 s"):
-            await pool.post(url, "/x", b"{}", {}, Timeouts(connect_s=2.0, read_s=0.2))
+            await pool.post(url, "/x", b"{}", {}, Timeouts(pool_s=2.0, connect_s=2.0, read_s=0.2))
         await asyncio.sleep(0.05)
         assert pool._origins[url].open == 0
 
@@ -195,7 +195,7 @@ async def test_a_stream_that_stalls_times_out_between_chunks() -> None:
 
     async with serving(stalls) as (_, url):
         pool = Http1Pool(limit=4)
-        response = await pool.post(url, "/x", b"{}", {}, Timeouts(connect_s=2.0, read_s=0.2))
+        response = await pool.post(url, "/x", b"{}", {}, Timeouts(pool_s=2.0, connect_s=2.0, read_s=0.2))
         got = []
         with pytest.raises(TimeoutError):
             async for piece in response.iter_any():
@@ -302,10 +302,12 @@ async def test_waiting_for_a_connection_times_out_within_connect_s() -> None:
 
     async with serving(never) as (_, url):
         pool = Http1Pool(limit=1)
-        held = asyncio.create_task(pool.post(url, "/x", b"{}", {}, Timeouts(2.0, 5.0)))
+        held = asyncio.create_task(
+            pool.post(url, "/x", b"{}", {}, Timeouts(pool_s=2.0, connect_s=2.0, read_s=5.0))
+        )
         await asyncio.sleep(0.1)
         with pytest.raises(TimeoutError, match="no free connection"):
-            await pool.post(url, "/x", b"{}", {}, Timeouts(connect_s=0.2, read_s=5.0))
+            await pool.post(url, "/x", b"{}", {}, Timeouts(pool_s=0.2, connect_s=2.0, read_s=5.0))
         held.cancel()
         with pytest.raises(asyncio.CancelledError):
             await held
@@ -427,3 +429,35 @@ async def test_a_body_read_to_the_close_and_cut_by_a_reset_is_an_error() -> None
         with pytest.raises(UpstreamConnectionError, match="mid-answer"):
             await response.read()
         response.release()
+
+
+async def test_connecting_takes_at_most_connect_s() -> None:
+    """An engine whose accept queue is full drops new connections' SYNs: connecting hangs."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port = listener.getsockname()[1]
+        fillers = []
+        try:
+            for _ in range(4):  # never accepted: the queue fills
+                s = socket.socket()
+                s.setblocking(False)
+                s.connect_ex(("127.0.0.1", port))
+                fillers.append(s)
+            await asyncio.sleep(0.1)
+            pool = Http1Pool(limit=4)
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            with pytest.raises(TimeoutError, match=r"took over 0\.3 s"):
+                await pool.post(
+                    f"http://127.0.0.1:{port}",
+                    "/x",
+                    b"{}",
+                    {},
+                    Timeouts(pool_s=5.0, connect_s=0.3, read_s=5.0),
+                )
+            assert loop.time() - started < 2.0
+            assert pool._origins[f"http://127.0.0.1:{port}"].open == 0
+        finally:
+            for s in fillers:
+                s.close()
