@@ -450,7 +450,7 @@ class Gateway:
             raise EngineFailure(engine.url, "timeout", "the request's deadline passed")
         t = self.settings.timeouts
         timeout = self._timeout
-        if remaining < max(t.pool_s + t.connect_s, t.read_s):
+        if remaining < max(t.pool_s, t.connect_s, t.read_s):
             timeout = forward_timeout(self.settings, remaining)
         fields = {**body, "model": upstream_model}
         if _uncapped(body, engine, self.settings.max_tokens_limit):
