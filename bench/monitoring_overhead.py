@@ -64,6 +64,13 @@ def throughput(
         "sampled": ("5", "10", "0"),
         "off": ("0", "100", "0"),
     }
+    if args.control:  # the floor: a second, identical off gateway; and a budget of 1 a second
+        configs = {
+            "on": configs["on"],
+            "on1": ("5", "100", "1"),
+            "off": configs["off"],
+            "off2": configs["off"],
+        }
     for name, (top_k, sample, max_per_s) in configs.items():
         gw, url = fakes.start_gateway(
             layout.sut,
@@ -135,7 +142,8 @@ def throughput(
             )
     out()
     out("monitoring on (every, sampled) / off (per round: median [min-max]); target: loss under 5%")
-    for (_, key), which in [(m, w) for w in ("on", "every", "sampled") for m in modes]:
+    compared = [name for name in configs if name != "off"]
+    for (_, key), which in [(m, w) for w in compared for m in modes]:
         on, off = cells[(key, which)], cells[(key, "off")]
         rps_ratio = [
             (len(a["lat"]) / a["elapsed_s"]) / (len(b["lat"]) / b["elapsed_s"])
@@ -309,6 +317,11 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--requests", type=int, default=100_000, help="Requests of the memory run.")
     parser.add_argument("--no-save", dest="save", action="store_false")
+    parser.add_argument(
+        "--control",
+        action="store_true",
+        help="Compare on, on with a budget of 1 a second, off and a second identical off (the noise floor).",
+    )
     args = parser.parse_args()
     out = fakes.Tee()
     layout = fakes.Layout.choose()
