@@ -460,6 +460,45 @@ class PassThroughProxy:
         await self.session.close()
 
 
+async def _asgi_lifespan(
+    receive: Any, send: Any, open_: Callable[[], None], close: Callable[[], Any]
+) -> None:
+    """An ASGI lifespan: `open_()` at start-up, `await close()` at shutdown."""
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            open_()
+            await send({"type": "lifespan.startup.complete"})
+        else:
+            await close()
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+async def _asgi_body(receive: Any) -> bytes:
+    body = b""
+    more = True
+    while more:
+        message = await receive()
+        body += message.get("body", b"")
+        more = message.get("more_body", False)
+    return body
+
+
+async def _asgi_stream(send: Any, status: int, content_type: bytes, chunks: AsyncIterator[bytes]) -> None:
+    start = [(b"content-type", content_type), (b"cache-control", b"no-cache")]
+    await send({"type": "http.response.start", "status": status, "headers": start})
+    async for chunk in chunks:
+        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+    await send({"type": "http.response.body", "body": b""})
+
+
+async def _asgi_whole(send: Any, status: int, content_type: bytes, data: bytes) -> None:
+    start = [(b"content-type", content_type), (b"content-length", str(len(data)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": start})
+    await send({"type": "http.response.body", "body": data})
+
+
 class AsgiPassThroughProxy:
     """A MINIMAL PASS-THROUGH PROXY on the gateway's own stack, for the benchmarks: uvicorn (uvloop,
     httptools) serving a plain ASGI callable that forwards through one aiohttp client session, the
@@ -473,47 +512,30 @@ class AsgiPassThroughProxy:
         self.max_connections = max_connections
         self.session: Any = None
 
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+    def _open(self) -> None:
         import aiohttp
 
+        self.session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=self.max_connections, limit_per_host=self.max_connections),
+            timeout=aiohttp.ClientTimeout(total=None, sock_read=120),
+            auto_decompress=False,
+        )
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    self.session = aiohttp.ClientSession(
-                        connector=aiohttp.TCPConnector(
-                            limit=self.max_connections, limit_per_host=self.max_connections
-                        ),
-                        timeout=aiohttp.ClientTimeout(total=None, sock_read=120),
-                        auto_decompress=False,
-                    )
-                    await send({"type": "lifespan.startup.complete"})
-                else:
-                    await self.session.close()
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
-        body = b""
-        more = True
-        while more:
-            message = await receive()
-            body += message.get("body", b"")
-            more = message.get("more_body", False)
+            await _asgi_lifespan(receive, send, self._open, lambda: self.session.close())
+            return
+        body = await _asgi_body(receive)
         headers = {"Content-Type": "application/json"}
         async with self.session.request(
             scope["method"], self.upstream + scope["path"], data=body, headers=headers
         ) as resp:
             content_type = resp.headers.get("Content-Type", "application/json").encode()
             if content_type.startswith(b"text/event-stream"):
-                start = [(b"content-type", content_type), (b"cache-control", b"no-cache")]
-                await send({"type": "http.response.start", "status": resp.status, "headers": start})
-                async for chunk in resp.content.iter_any():
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                await send({"type": "http.response.body", "body": b""})
+                await _asgi_stream(send, resp.status, content_type, resp.content.iter_any())
                 return
             data = await resp.read()
-            start = [(b"content-type", content_type), (b"content-length", str(len(data)).encode())]
-            await send({"type": "http.response.start", "status": resp.status, "headers": start})
-            await send({"type": "http.response.body", "body": data})
+            await _asgi_whole(send, resp.status, content_type, data)
 
     def serve(self, host: str, port: int) -> None:
         import uvicorn
@@ -533,25 +555,18 @@ class LeanPassThroughProxy:
         self.max_connections = max_connections
         self.pool: Any = None
 
+    def _open(self) -> None:
+        from router.http1 import Http1Pool
+
+        self.pool = Http1Pool(self.max_connections)
+
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        from router.http1 import Http1Pool, Timeouts
+        from router.http1 import Timeouts
 
         if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    self.pool = Http1Pool(self.max_connections)
-                    await send({"type": "lifespan.startup.complete"})
-                else:
-                    await self.pool.close()
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
-        body = b""
-        more = True
-        while more:
-            message = await receive()
-            body += message.get("body", b"")
-            more = message.get("more_body", False)
+            await _asgi_lifespan(receive, send, self._open, lambda: self.pool.close())
+            return
+        body = await _asgi_body(receive)
         resp = await self.pool.post(
             self.upstream,
             scope["path"],
@@ -562,18 +577,12 @@ class LeanPassThroughProxy:
         try:
             content_type = resp.headers.get("content-type", "application/json").encode()
             if content_type.startswith(b"text/event-stream"):
-                start = [(b"content-type", content_type), (b"cache-control", b"no-cache")]
-                await send({"type": "http.response.start", "status": resp.status, "headers": start})
-                async for chunk in resp.iter_any():
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                await send({"type": "http.response.body", "body": b""})
+                await _asgi_stream(send, resp.status, content_type, resp.iter_any())
                 return
             data = await resp.read()
         finally:
             resp.release()
-        start = [(b"content-type", content_type), (b"content-length", str(len(data)).encode())]
-        await send({"type": "http.response.start", "status": resp.status, "headers": start})
-        await send({"type": "http.response.body", "body": data})
+        await _asgi_whole(send, resp.status, content_type, data)
 
     def serve(self, host: str, port: int) -> None:
         import uvicorn
