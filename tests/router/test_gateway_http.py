@@ -267,11 +267,11 @@ def test_a_slow_engine_times_out_with_504_and_stays_up(
     slow = fake_engines(UpstreamConfig(service_s=1.0))
     gw = gateway(_routes(v1), [slow.url], timeouts={"read_s": 0.3})
     body = {"model": "banking", "messages": MESSAGES, "max_tokens": 4}
-    started = time.monotonic()
     r = httpx.post(f"{gw.url}/v1/chat/completions", json=body, timeout=10)
     assert r.status_code == 504, r.text
-    assert r.json()["error"]["code"] == "upstream_timeout" and "timeout" in r.json()["error"]["message"]
-    assert time.monotonic() - started < 0.9
+    error = r.json()["error"]
+    assert error["code"] == "upstream_timeout" and "timeout" in error["message"]
+    assert "sent nothing for 0.3 s" in error["message"]  # the read timeout, not the request's deadline
     assert _engine_up(gw.url, slow) == 1.0
 
 
