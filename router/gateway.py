@@ -466,15 +466,14 @@ class Gateway:
                 {"Content-Type": "application/json", REQUEST_ID_HEADER: request_id},
                 timeout,
             )
-        except UPSTREAM_ERRORS as exc:
+        except BaseException as exc:  # an engine failure, or cancelled: the client left
             engine.in_flight -= 1
+            if not isinstance(exc, UPSTREAM_ERRORS):
+                raise
             failure = classify(exc, engine.url)
             if failure.reason == "connect" and not isinstance(exc, PoolClosedError):
                 self.fleet.mark_failed(engine.url, failure.detail)
             raise failure from exc
-        except BaseException:  # cancelled: the client left
-            engine.in_flight -= 1
-            raise
         if response.status >= 500 or response.status == 404:
             try:
                 detail = error_message(await response.read())
