@@ -13,6 +13,9 @@
                          ASGI callable, one aiohttp client session): what the stack alone costs.
     FastAPIPassThroughProxy  the same minimal pass-through on uvicorn + FastAPI + httpx over
                          httpx-aiohttp: what the stack the design first named would cost.
+    ClientPassThroughProxy   the same minimal pass-through on plain ASGI over a tuned aiohttp
+                         session, httpcore's pool or pyreqwest: the maintained clients weighed
+                         against Http1Pool (bench/upstream_clients.py).
     LoadGenerator        a small HTTP/1.1 client on raw asyncio streams (cheaper per request than
                          aiohttp's), driven over stdin/stdout from the benchmark in its own process.
     Server, LoadGenClient, register_versions, start_gateway, machine_header, summary
@@ -590,6 +593,136 @@ class LeanPassThroughProxy:
         uvicorn.run(self, host=host, port=port, log_level="warning", access_log=False)
 
 
+class ClientPassThroughProxy:
+    """A MINIMAL PASS-THROUGH PROXY for the benchmarks on the gateway's stack (uvicorn, uvloop,
+    httptools, a plain ASGI callable) forwarding through one of the maintained clients that
+    bench/upstream_clients.py weighs against router/http1.py's Http1Pool:
+
+        aiohttp     one ClientSession tuned for a proxy: no DNS lookups after the first, no
+                    decompression, no default headers, 64 KiB reads, per-host pool = the limit
+        httpcore    httpcore's AsyncConnectionPool used directly (httpx's transport, without httpx)
+        pyreqwest   pyreqwest (Rust reqwest/hyper under Python), installed only for the benchmark
+                    into bench/.clients (never a project dependency)
+
+    Same shape as LeanPassThroughProxy: read the body, POST it, return the answer whole or relay
+    its bytes as they come.
+    """
+
+    def __init__(self, upstream: str, client: str, max_connections: int = 512) -> None:
+        self.upstream = upstream.rstrip("/")
+        self.client = client
+        self.max_connections = max_connections
+        self.handle: Any = None
+
+    def _open(self) -> None:
+        self.handle, self._close = getattr(self, f"_open_{self.client}")()
+
+    def _open_aiohttp(self) -> tuple[Any, Callable[[], Any]]:
+        import aiohttp
+
+        session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(
+                limit=self.max_connections,
+                limit_per_host=self.max_connections,
+                ttl_dns_cache=None,
+                enable_cleanup_closed=False,
+            ),
+            timeout=aiohttp.ClientTimeout(total=None, sock_read=120),
+            auto_decompress=False,
+            skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding"),
+            read_bufsize=1 << 16,
+            trust_env=False,
+        )
+        headers = {"Content-Type": "application/json"}
+
+        async def handle(path: str, body: bytes, send: Any) -> None:
+            async with session.post(self.upstream + path, data=body, headers=headers) as resp:
+                content_type = resp.headers.get("Content-Type", "application/json").encode()
+                if content_type.startswith(b"text/event-stream"):
+                    await _asgi_stream(send, resp.status, content_type, resp.content.iter_any())
+                    return
+                data = await resp.read()
+            await _asgi_whole(send, resp.status, content_type, data)
+
+        return handle, session.close
+
+    def _open_httpcore(self) -> tuple[Any, Callable[[], Any]]:
+        import httpcore
+
+        pool = httpcore.AsyncConnectionPool(
+            max_connections=self.max_connections, max_keepalive_connections=self.max_connections
+        )
+        headers = [
+            (b"Host", self.upstream.split("://", 1)[1].encode()),
+            (b"Content-Type", b"application/json"),
+        ]
+        timeouts = {"connect": 10.0, "read": 120.0, "write": 10.0, "pool": 10.0}
+
+        async def handle(path: str, body: bytes, send: Any) -> None:
+            async with pool.stream(
+                "POST",
+                self.upstream + path,
+                headers=[*headers, (b"Content-Length", str(len(body)).encode())],
+                content=body,
+                extensions={"timeout": timeouts},
+            ) as resp:
+                content_type = dict(resp.headers).get(b"content-type", b"application/json")
+                if content_type.startswith(b"text/event-stream"):
+                    await _asgi_stream(send, resp.status, content_type, resp.aiter_stream())
+                    return
+                data = await resp.aread()
+            await _asgi_whole(send, resp.status, content_type, data)
+
+        return handle, pool.aclose
+
+    def _open_pyreqwest(self) -> tuple[Any, Callable[[], Any]]:
+        from datetime import timedelta
+
+        from pyreqwest.client import ClientBuilder
+
+        client = (
+            ClientBuilder()
+            .max_connections(self.max_connections)
+            .pool_max_idle_per_host(self.max_connections)
+            .http1_only()
+            .read_timeout(timedelta(seconds=120))
+            .connect_timeout(timedelta(seconds=10))
+            .build()
+        )
+
+        async def chunks(reader: Any) -> AsyncIterator[bytes]:
+            while (chunk := await reader.read_chunk()) is not None:
+                yield bytes(chunk)
+
+        async def handle(path: str, body: bytes, send: Any) -> None:
+            request = (
+                client.post(self.upstream + path)
+                .header("Content-Type", "application/json")
+                .body_bytes(body)
+                .build_streamed()
+            )
+            async with request as resp:
+                content_type = (resp.get_header("content-type") or "application/json").encode()
+                if content_type.startswith(b"text/event-stream"):
+                    await _asgi_stream(send, resp.status, content_type, chunks(resp.body_reader))
+                    return
+                data = bytes(await resp.bytes())
+            await _asgi_whole(send, resp.status, content_type, data)
+
+        return handle, client.close
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            await _asgi_lifespan(receive, send, self._open, lambda: self._close())
+            return
+        await self.handle(scope["path"], await _asgi_body(receive), send)
+
+    def serve(self, host: str, port: int) -> None:
+        import uvicorn
+
+        uvicorn.run(self, host=host, port=port, log_level="warning", access_log=False)
+
+
 class FastAPIPassThroughProxy:
     """A MINIMAL PASS-THROUGH PROXY on uvicorn (uvloop, httptools) + FastAPI + one httpx.AsyncClient
     over the httpx-aiohttp transport, and nothing else, for the benchmarks: the stack the gateway's
@@ -942,14 +1075,19 @@ PROXIES = {
     "asgi-proxy": "ASGI pass-through proxy",
     "lean-proxy": "ASGI pass-through proxy on lorafleet's HTTP client",
     "fastapi-proxy": "FastAPI pass-through proxy",
+    "aiohttp-proxy": "ASGI pass-through proxy on a tuned aiohttp session",
+    "httpcore-proxy": "ASGI pass-through proxy on httpcore's pool",
+    "pyreqwest-proxy": "ASGI pass-through proxy on pyreqwest",
 }
 
 
-def start_proxy(core: int | None, upstream: str, log: Path, kind: str = "proxy") -> tuple[Server, str]:
+def start_proxy(
+    core: int | None, upstream: str, log: Path, kind: str = "proxy", env: dict[str, str] | None = None
+) -> tuple[Server, str]:
     """One of the PROXIES (this file's sub-commands), pinned to `core`, in front of `upstream`."""
     port = free_port()
     argv = [sys.executable, str(Path(__file__)), kind, "--port", str(port), "--upstream", upstream]
-    server = Server(PROXIES[kind], argv, core, log=log)
+    server = Server(PROXIES[kind], argv, core, env=env, log=log)
     url = f"http://127.0.0.1:{port}"
     server.wait_http(url + "/health")
     return server, url
@@ -1304,6 +1442,13 @@ def main() -> None:
     fx.add_argument("--host", default="127.0.0.1")
     fx.add_argument("--port", type=int, default=8300)
     fx.add_argument("--upstream", default="http://127.0.0.1:8100")
+    for client in ("aiohttp", "httpcore", "pyreqwest"):
+        cx = sub.add_parser(
+            f"{client}-proxy", help=f"the minimal pass-through proxy on plain ASGI + {client}"
+        )
+        cx.add_argument("--host", default="127.0.0.1")
+        cx.add_argument("--port", type=int, default=8400)
+        cx.add_argument("--upstream", default="http://127.0.0.1:8100")
     sub.add_parser("loadgen", help="the load generator (LoadSpec JSON lines on stdin)")
     args = parser.parse_args()
     if args.part == "upstream":
@@ -1317,6 +1462,8 @@ def main() -> None:
         LeanPassThroughProxy(args.upstream).serve(args.host, args.port)
     elif args.part == "fastapi-proxy":
         FastAPIPassThroughProxy(args.upstream).serve(args.host, args.port)
+    elif args.part.endswith("-proxy"):
+        ClientPassThroughProxy(args.upstream, args.part.removesuffix("-proxy")).serve(args.host, args.port)
     else:
         loadgen_main()
 
