@@ -1,18 +1,31 @@
 """The request path's HTTP/1.1 client: POST a body to an engine, read the answer whole or as it comes.
 
-The gateway forwards every completion request through one `Http1Pool`. It does only what that
-needs: POST with a Content-Length, answers with a Content-Length, chunked or read to the close,
-keep-alive connections pooled per engine. It is an asyncio Protocol over httptools (the parser
-uvicorn serves with), so a forwarded request costs a write, a few parser callbacks and one wakeup;
-aiohttp's client costs about 3x that CPU per request (bench/gateway_overhead.py, proxy-asgi
-against proxy-lean), and the gateway's throughput on one core is bounded by its CPU.
+The gateway forwards every completion request through one `Http1Pool` (the default `Transport` of
+router/upstream.py). It does only what that needs: POST with a Content-Length, answers with a
+Content-Length, chunked or read to the close, keep-alive connections pooled per engine. It is an
+asyncio Protocol over httptools (the parser uvicorn serves with), so a forwarded request costs a
+write, a few parser callbacks and one wakeup. bench/upstream_clients.py weighs it against
+maintained clients (aiohttp, httpcore, pyreqwest) on the gateway's own request path.
 
-Errors: a connection that cannot be made, or that closes before the answer is complete, raises
-`UpstreamConnectionError`; a timeout raises `TimeoutError`. A request on a kept-alive connection
-that the engine closed within 0.25 s of the write, before any of the answer (its keep-alive timer
-ran out as the request went out), is sent once more on a new connection; one closed later may
-have been worked on and is an error. Requests that find every connection busy wait in line, first
-come first served. Engine-management calls (health, adapters) use aiohttp/httpx.
+When a request is sent twice. Never on a timing window: only when the connection provably carried
+none of it. A kept-alive connection is checked before it is reused (a poll of its socket): one
+the engine has closed (its keep-alive timer ran out) is dropped before anything is written. A
+request whose write had not completed when the connection closed (bytes of it still in the
+pool's buffer, so the engine cannot have the whole request) is sent once more on a new
+connection. A connection that closes after the whole request went out, before any byte of the
+answer, may have been worked on: `UpstreamDisconnectedError`, never a second send.
+
+Errors (all `UpstreamConnectionError`, or `TimeoutError`):
+    UpstreamConnectionError         cannot connect, or closed before the request was sent
+     +-- UpstreamDisconnectedError  closed after the request was sent (before or during the answer)
+     +-- UpstreamProtocolError      not HTTP/1.1, or a protocol upgrade (101)
+     |    +-- AnswerTooLargeError   a whole-body read went over `max_answer_bytes`
+     +-- PoolClosedError            the gateway is shutting down: nothing is wrong with the engine
+
+Connections: at most `limit` per engine; requests that find every one busy wait in line, first
+come first served; idle ones are closed after `idle_s` (below uvicorn's 5 s keep-alive, which
+vLLM serves with) by a timer, and `forget(base)` drops an engine that left the fleet. Writes
+respect the socket's backpressure; a stream's reading pauses above 1 MiB unread.
 """
 
 from __future__ import annotations
@@ -20,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import select
 import ssl
 import time
 from collections.abc import AsyncIterator
@@ -28,12 +42,26 @@ from urllib.parse import urlsplit
 
 import httptools
 
-_MAX_BUFFERED = 1 << 20  # bytes of an answer held before the engine's socket is paused
-_STALE_WITHIN_S = 0.25  # a connection closed unanswered this soon after the request was written
+_MAX_BUFFERED = 1 << 20  # bytes of a stream held unread before the engine's socket is paused
+_WRITE_PIECE = 1 << 16  # a large body is written this much at a time, waiting while the socket is full
+DEFAULT_MAX_ANSWER_BYTES = 64 << 20
+_READABLE = select.POLLIN | select.POLLRDHUP | select.POLLPRI
 
 
 class UpstreamConnectionError(ConnectionError):
     """The connection to the engine failed, or closed before the answer was complete."""
+
+
+class UpstreamDisconnectedError(UpstreamConnectionError):
+    """The engine closed the connection after the whole request was sent: it may have worked on it."""
+
+
+class UpstreamProtocolError(UpstreamConnectionError):
+    """The engine's answer is not one this client reads: not HTTP/1.1, or an upgrade."""
+
+
+class AnswerTooLargeError(UpstreamProtocolError):
+    """A whole answer was larger than the pool reads into memory."""
 
 
 class PoolClosedError(UpstreamConnectionError):
@@ -43,11 +71,21 @@ class PoolClosedError(UpstreamConnectionError):
 @dataclass(frozen=True)
 class Timeouts:
     """pool: the longest wait in line for a free connection (a re-send included); connect: making
-    one; read: the longest gap between two arrivals of the answer's bytes (headers included)."""
+    one; read: the longest gap between two arrivals of the answer's bytes (headers included), and
+    the longest wait for the socket to take more of the request."""
 
     pool_s: float
     connect_s: float
     read_s: float
+
+
+@dataclass(frozen=True)
+class PoolStats:
+    """One engine's connections: open (in use or idle), idle, and requests waiting in line."""
+
+    open: int = 0
+    idle: int = 0
+    waiting: int = 0
 
 
 class _Origin:
@@ -69,24 +107,35 @@ class _Origin:
         self.idle: collections.deque[tuple[_Connection, float]] = collections.deque()
         self.open = 0
         self.waiters: collections.deque[asyncio.Future[_Connection | None]] = collections.deque()
+        self.sweep: asyncio.TimerHandle | None = None
+        self.gone = False  # forgotten: its connections close when their answers are done
 
 
 class Http1Pool:
-    """Keep-alive connections to each engine, at most `limit` per engine; idle ones are closed
-    after `idle_s` (below uvicorn's 5 s keep-alive, which vLLM serves with)."""
+    """Keep-alive connections to each engine, at most `limit` per engine."""
 
-    def __init__(self, limit: int, idle_s: float = 4.0) -> None:
+    def __init__(
+        self, limit: int, idle_s: float = 4.0, max_answer_bytes: int = DEFAULT_MAX_ANSWER_BYTES
+    ) -> None:
         self.limit = limit
         self.idle_s = idle_s
+        self.max_answer_bytes = max_answer_bytes
         self._origins: dict[str, _Origin] = {}
         self._ssl: ssl.SSLContext | None = None
         self._closed = False
+        self._poller = select.poll()
 
     def _origin(self, base: str) -> _Origin:
         origin = self._origins.get(base)
         if origin is None:
             origin = self._origins[base] = _Origin(base, self.limit)
         return origin
+
+    def stats(self, base: str) -> PoolStats:
+        origin = self._origins.get(base)
+        if origin is None:
+            return PoolStats()
+        return PoolStats(open=origin.open, idle=len(origin.idle), waiting=len(origin.waiters))
 
     async def post(
         self, base: str, path: str, body: bytes, headers: dict[str, str], timeouts: Timeouts
@@ -97,49 +146,45 @@ class Http1Pool:
         head = _request_head(origin, path, body, headers)
         loop = asyncio.get_running_loop()
         in_line_until = loop.time() + timeouts.pool_s
-        fresh = False
+        resent = False
         while True:
-            conn, reused = await self._acquire(origin, timeouts, in_line_until, fresh)
-            response = Http1Response(conn, timeouts.read_s)
+            conn = await self._acquire(origin, timeouts, in_line_until)
+            response = Http1Response(conn, timeouts.read_s, self.max_answer_bytes)
             conn.start(response)
-            conn.transport.writelines((head, body))  # type: ignore[union-attr]
-            sent = loop.time()
             try:
+                await conn.send(head, body, timeouts.read_s)
                 await response._wait_head()
-            except _StaleConnection:
-                # Sent again only where the engine cannot have started on it: a kept-alive
-                # connection that closed right away (its keep-alive timer ran out as we wrote).
-                if reused and not fresh and loop.time() - sent < _STALE_WITHIN_S:
-                    fresh = True
+            except _NotSent:
+                if not resent:  # the engine cannot hold the whole request: sending it again is safe
+                    resent = True
                     continue
-                raise UpstreamConnectionError("the engine closed the connection before answering") from None
+                raise UpstreamConnectionError(
+                    "the engine closed the connection twice before the request was sent"
+                ) from None
             except BaseException:
                 conn.close()
                 raise
             return response
 
-    async def _acquire(
-        self, origin: _Origin, timeouts: Timeouts, in_line_until: float, fresh: bool
-    ) -> tuple[_Connection, bool]:
-        """An idle connection (True), unless `fresh`, or a new one (False); waiting in line until
+    async def _acquire(self, origin: _Origin, timeouts: Timeouts, in_line_until: float) -> _Connection:
+        """An idle connection the engine has not closed, or a new one; waiting in line until
         `in_line_until` (the loop's clock) at most, then `timeouts.connect_s` to connect.
 
-        Requests that find none wait in line: a connection given back, or the slot of one that
-        closed, goes to the first in line, never to a request that came later.
+        A connection given back, or the slot of one that closed, goes to the first in line, never
+        to a request that came later.
         """
         if self._closed:
             raise PoolClosedError("the connection pool is closed")
         if not origin.waiters:
-            if not fresh:
-                now = time.monotonic()
-                while origin.idle:
-                    conn, since = origin.idle.pop()
-                    if conn.reusable() and now - since < self.idle_s:
-                        return conn, True
-                    conn.close()
+            now = time.monotonic()
+            while origin.idle:
+                conn, since = origin.idle.pop()
+                if now - since < self.idle_s and not conn.peer_closed():
+                    return conn
+                conn.close()
             if origin.open < origin.limit:
                 origin.open += 1
-                return await self._connect(origin, timeouts.connect_s), False
+                return await self._connect(origin, timeouts.connect_s)
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[_Connection | None] = loop.create_future()
         origin.waiters.append(waiter)
@@ -158,8 +203,11 @@ class Http1Pool:
                 ) from None
             raise
         if given is None:  # a slot, counted in origin.open for this request
-            return await self._connect(origin, timeouts.connect_s), False
-        return given, True
+            return await self._connect(origin, timeouts.connect_s)
+        if given.peer_closed():  # closed while handed over: its slot is passed on when it is lost
+            given.close()
+            return await self._acquire(origin, timeouts, in_line_until)
+        return given
 
     async def _connect(self, origin: _Origin, timeout_s: float) -> _Connection:
         """A new connection in a slot already counted in `origin.open`, until it is lost."""
@@ -186,7 +234,7 @@ class Http1Pool:
 
     def _give_back(self, origin: _Origin, conn: _Connection) -> None:
         """A connection whose answer was read whole: to the first in line, else idle."""
-        if self._closed or not conn.reusable():
+        if self._closed or origin.gone or not conn.reusable():
             conn.close()  # its slot is passed on when it is lost
             return
         while origin.waiters:
@@ -195,6 +243,24 @@ class Http1Pool:
                 waiter.set_result(conn)
                 return
         origin.idle.append((conn, time.monotonic()))
+        if origin.sweep is None:
+            origin.sweep = asyncio.get_running_loop().call_later(self.idle_s, self._sweep, origin)
+
+    def _sweep(self, origin: _Origin) -> None:
+        """Close the connections idle for `idle_s`; drop an engine with none left open."""
+        origin.sweep = None
+        now = time.monotonic()
+        while origin.idle and now - origin.idle[0][1] >= self.idle_s:
+            origin.idle.popleft()[0].close()
+        if origin.idle:
+            wait = self.idle_s - (now - origin.idle[0][1])
+            origin.sweep = asyncio.get_running_loop().call_later(wait, self._sweep, origin)
+
+    def _lost_idle(self, origin: _Origin, conn: _Connection) -> None:
+        for i, (idle, _) in enumerate(origin.idle):
+            if idle is conn:
+                del origin.idle[i]
+                return
 
     def _closed_one(self, origin: _Origin) -> None:
         """A connection was lost (or never made): its slot goes to the first in line, if any."""
@@ -211,9 +277,24 @@ class Http1Pool:
         else:
             self._give_back(origin, given)
 
+    def forget(self, base: str) -> None:
+        """An engine left the fleet: close its idle connections and drop it; requests in flight
+        finish on theirs, which then close."""
+        origin = self._origins.pop(base, None)
+        if origin is None:
+            return
+        origin.gone = True
+        if origin.sweep is not None:
+            origin.sweep.cancel()
+            origin.sweep = None
+        while origin.idle:
+            origin.idle.pop()[0].close()
+
     async def close(self) -> None:
         self._closed = True
         for origin in self._origins.values():
+            if origin.sweep is not None:
+                origin.sweep.cancel()
             while origin.idle:
                 origin.idle.pop()[0].close()
             while origin.waiters:
@@ -240,8 +321,8 @@ def _request_head(origin: _Origin, path: str, body: bytes, headers: dict[str, st
     return b"".join(lines)
 
 
-class _StaleConnection(Exception):
-    """A reused connection closed before any byte of the answer: safe to send again."""
+class _NotSent(Exception):
+    """The connection closed while part of the request was still in the pool's buffer."""
 
 
 class _Connection(asyncio.Protocol):
@@ -255,10 +336,18 @@ class _Connection(asyncio.Protocol):
         self._counted = True  # counted in origin.open until connection_lost
         self._read_to_close = False
         self._interim = False
+        self._fd = -1  # the socket's, to poll it while idle (plain TCP only)
+        self._sent = True  # the current request left the pool's buffer whole
+        self._drained: asyncio.Future[None] | None = None
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        # pause_writing/resume_writing then say exactly whether bytes wait in the pool's buffer.
+        self.transport.set_write_buffer_limits(high=0)  # type: ignore[union-attr]
+        sock = transport.get_extra_info("socket")
+        if sock is not None and not self.origin.ssl:
+            self._fd = sock.fileno()
 
     def data_received(self, data: bytes) -> None:
         response = self.response
@@ -268,29 +357,49 @@ class _Connection(asyncio.Protocol):
         response._received = True
         try:
             self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self.usable = False
+            response._fail(
+                UpstreamProtocolError("the engine answered with a protocol upgrade (101 Switching Protocols)")
+            )
+            self.close()
         except httptools.HttpParserError as exc:
             self.usable = False
-            response._fail(UpstreamConnectionError(f"the engine's answer is not valid HTTP: {exc}"))
+            response._fail(UpstreamProtocolError(f"the engine's answer is not valid HTTP: {exc}"))
             self.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        idle = self.response is None and self.usable
         self.forget()
+        self._fd = -1
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)  # the writer sees the loss in `_sent` and the response
+        if idle:
+            self.pool._lost_idle(self.origin, self)
         response = self.response
         if response is None or response._complete:
             return
         if response.status and self._read_to_close and exc is None:
             response._finish()
+        elif not response._received and not self._sent:
+            response._fail(_NotSent())
         elif not response._received:
-            response._fail(_StaleConnection())
+            response._fail(
+                UpstreamDisconnectedError(
+                    "the engine closed the connection after the request was sent, before answering"
+                )
+            )
         else:
             detail = f": {exc}" if exc else ""
-            response._fail(UpstreamConnectionError(f"the engine closed the connection mid-answer{detail}"))
+            response._fail(UpstreamDisconnectedError(f"the engine closed the connection mid-answer{detail}"))
 
-    def pause_writing(self) -> None:  # the request is written once; nothing to pause
-        pass
+    def pause_writing(self) -> None:
+        self._sent = False
 
     def resume_writing(self) -> None:
-        pass
+        self._sent = True
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
 
     # httptools callbacks
     def on_message_begin(self) -> None:
@@ -301,13 +410,21 @@ class _Connection(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         response = self.response
         if response is not None and not response._complete:
-            response.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+            key = name.decode("latin-1").lower()
+            text = value.decode("latin-1")
+            seen = response.headers.get(key)
+            # Repeated fields combine into one, comma-separated (RFC 9110, 5.3).
+            response.headers[key] = text if seen is None else f"{seen}, {text}"
 
     def on_headers_complete(self) -> None:
         response = self.response
         if response is None or response._complete:
             return
         status = self.parser.get_status_code()
+        if status == 101:
+            self.usable = False
+            response._fail(UpstreamProtocolError("the engine answered 101 Switching Protocols"))
+            return
         if 100 <= status < 200:  # an interim answer (103 Early Hints, ...): the real one follows
             response.headers = {}
             self._interim = True
@@ -335,6 +452,56 @@ class _Connection(asyncio.Protocol):
             response._finish()
 
     # ours
+    async def send(self, head: bytes, body: bytes, timeout_s: float) -> None:
+        """Write the request; wait while the socket is full. Raises _NotSent if the connection
+        closes before the last byte left the pool's buffer."""
+        transport = self.transport
+        assert transport is not None
+        self._sent = True
+        if len(body) <= _WRITE_PIECE:
+            transport.writelines((head, body))
+        else:
+            transport.write(head)
+            view = memoryview(body)
+            for start in range(0, len(view), _WRITE_PIECE):
+                if not self._sent:
+                    await self._drain(timeout_s)
+                if transport.is_closing():
+                    break
+                transport.write(view[start : start + _WRITE_PIECE])
+        if not self._sent:
+            await self._drain(timeout_s)
+        if transport.is_closing() and not self._sent:
+            raise _NotSent
+
+    async def _drain(self, timeout_s: float) -> None:
+        self._drained = asyncio.get_running_loop().create_future()
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self._drained
+        except TimeoutError:
+            raise TimeoutError(f"the engine took no part of the request for {timeout_s:g} s") from None
+        finally:
+            self._drained = None
+        if self.transport is None or (self.transport.is_closing() and not self._sent):
+            raise _NotSent
+
+    def peer_closed(self) -> bool:
+        """The engine closed this idle connection (or sent bytes nobody asked for), as its socket
+        says now: also when the loop has not run the event yet. Nothing is read."""
+        if not self.reusable():
+            return True
+        if self._fd < 0:
+            return False
+        # One poll(2) with no wait: an idle connection has nothing to read, unless the engine
+        # closed it (or wrote what nobody asked for).
+        poller = self.pool._poller
+        poller.register(self._fd, _READABLE)
+        try:
+            return bool(poller.poll(0))
+        finally:
+            poller.unregister(self._fd)
+
     def forget(self) -> None:
         """Closed or never made: no longer one of the origin's open connections (once)."""
         self.usable = False
@@ -362,9 +529,10 @@ class _Connection(asyncio.Protocol):
 class Http1Response:
     """An engine's answer: `status`, `headers` (lower-case names), then `read()` or `iter_any()`."""
 
-    def __init__(self, conn: _Connection, read_s: float) -> None:
+    def __init__(self, conn: _Connection, read_s: float, max_answer_bytes: int) -> None:
         self._conn: _Connection | None = conn
         self._read_s = read_s
+        self._max_bytes = max_answer_bytes
         self.status = 0
         self.headers: dict[str, str] = {}
         self._chunks: collections.deque[bytes] = collections.deque()
@@ -383,7 +551,12 @@ class Http1Response:
     def _feed(self, data: bytes) -> None:
         self._chunks.append(data)
         self._buffered += len(data)
-        if self._buffered > _MAX_BUFFERED and not (self._paused or self._whole) and self._conn is not None:
+        if self._whole:
+            if self._buffered > self._max_bytes and self._error is None:
+                self._fail(AnswerTooLargeError(f"the engine's answer is over {self._max_bytes} bytes"))
+                if self._conn is not None:
+                    self._conn.close()
+        elif self._buffered > _MAX_BUFFERED and not self._paused and self._conn is not None:
             self._paused = True
             self._conn.transport.pause_reading()  # type: ignore[union-attr]
         self._wake()
@@ -420,14 +593,18 @@ class Http1Response:
 
     # for the caller
     async def read(self) -> bytes:
-        """The whole body."""
+        """The whole body (AnswerTooLargeError above the pool's `max_answer_bytes`)."""
         self._whole = True
+        if self._buffered > self._max_bytes:
+            raise AnswerTooLargeError(f"the engine's answer is over {self._max_bytes} bytes")
         if self._paused and self._conn is not None:
             self._paused = False
             self._conn.transport.resume_reading()  # type: ignore[union-attr]
-        while not self._complete:
+        while True:
             if self._error is not None:
                 raise self._error
+            if self._complete:
+                break
             await self._wait()
         data = b"".join(self._chunks)
         self._chunks.clear()

@@ -12,7 +12,14 @@ from contextlib import asynccontextmanager
 
 import pytest
 
-from router.http1 import Http1Pool, Timeouts, UpstreamConnectionError
+from router.http1 import (
+    AnswerTooLargeError,
+    Http1Pool,
+    Timeouts,
+    UpstreamConnectionError,
+    UpstreamDisconnectedError,
+    UpstreamProtocolError,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -182,7 +189,7 @@ async def test_a_refused_connection_is_an_upstream_connection_error() -> None:
         pool = Http1Pool(limit=4)
         with pytest.raises(UpstreamConnectionError, match=f"cannot connect to 127.0.0.1:{port}"):
             await pool.post(f"http://127.0.0.1:{port}", "/x", b"{}", {}, FAST)
-        assert pool._origins[f"http://127.0.0.1:{port}"].open == 0
+        assert pool.stats(f"http://127.0.0.1:{port}").open == 0
 
 
 async def test_an_engine_that_says_nothing_times_out_and_its_connection_is_closed() -> None:
@@ -195,7 +202,7 @@ async def test_an_engine_that_says_nothing_times_out_and_its_connection_is_close
         with pytest.raises(TimeoutError, match=r"sent nothing for 0\.2 s"):
             await pool.post(url, "/x", b"{}", {}, Timeouts(pool_s=2.0, connect_s=2.0, read_s=0.2))
         await asyncio.sleep(0.05)
-        assert pool._origins[url].open == 0
+        assert pool.stats(url).open == 0
 
 
 async def test_a_stream_that_stalls_times_out_between_chunks() -> None:
@@ -215,7 +222,7 @@ async def test_a_stream_that_stalls_times_out_between_chunks() -> None:
         assert got == [b"a"]
         response.release()
         await asyncio.sleep(0.05)
-        assert pool._origins[url].open == 0
+        assert pool.stats(url).open == 0
 
 
 async def test_an_answer_cut_off_mid_body_is_an_error_and_its_connection_is_not_reused() -> None:
@@ -230,41 +237,184 @@ async def test_an_answer_cut_off_mid_body_is_an_error_and_its_connection_is_not_
         with pytest.raises(UpstreamConnectionError, match="closed the connection mid-answer"):
             await response.read()
         response.release()
-        assert not pool._origins[url].idle
+        assert pool.stats(url).idle == 0
 
 
 async def test_a_kept_alive_connection_the_engine_closed_is_replaced_without_an_error() -> None:
-    """uvicorn closes a connection idle for its keep-alive time; a request sent on it just then
-    gets no answer at all. It is sent again on a new connection."""
-    answered: set[int] = set()
+    """uvicorn closes a connection idle for its keep-alive time. The pool sees it closed before it
+    writes, and sends the next request on a new connection: each request reaches the engine once."""
+    bodies: list[bytes] = []
 
-    async def first_only(_r: asyncio.StreamReader, w: asyncio.StreamWriter, _h: bytes, body: bytes) -> bool:
-        if id(w) in answered:
-            return False  # a later request on the connection: closed unanswered
-        answered.add(id(w))
+    async def answer_then_close(
+        _r: asyncio.StreamReader, w: asyncio.StreamWriter, _h: bytes, body: bytes
+    ) -> bool:
+        bodies.append(body)
         w.write(answer(body))
         await w.drain()
-        return True
+        await asyncio.sleep(0.05)  # the engine's keep-alive timer, after the answer was read
+        return False
 
-    async with serving(first_only) as (server, url):
+    async with serving(answer_then_close) as (server, url):
         pool = Http1Pool(limit=4)
         for i in range(3):
             response = await pool.post(url, "/x", f"[{i}]".encode(), {}, FAST)
             assert await response.read() == f"[{i}]".encode()
             response.release()
+            await asyncio.sleep(0.1)  # the close arrives; the loop need not have run it yet
         await pool.close()
     assert server.connections == 3
+    assert bodies == [b"[0]", b"[1]", b"[2]"]
 
 
-async def test_a_new_connection_closed_unanswered_is_an_error() -> None:
-    async def close(_r: asyncio.StreamReader, _w: asyncio.StreamWriter, _h: bytes, _b: bytes) -> bool:
+async def test_a_connection_closed_after_the_request_was_sent_is_an_error_not_a_second_send() -> None:
+    """The engine read the whole request, then closed without a byte of answer (it crashed): it
+    may have worked on it, so the request is never sent again, on a new connection or a reused one."""
+    bodies: list[bytes] = []
+
+    async def read_then_close(
+        _r: asyncio.StreamReader, _w: asyncio.StreamWriter, _h: bytes, body: bytes
+    ) -> bool:
+        bodies.append(body)
         return False
 
-    async with serving(close) as (server, url):
+    async with serving(read_then_close) as (server, url):
         pool = Http1Pool(limit=4)
-        with pytest.raises(UpstreamConnectionError, match="closed the connection before answering"):
+        with pytest.raises(UpstreamDisconnectedError, match="after the request was sent, before answering"):
             await pool.post(url, "/x", b"{}", {}, FAST)
     assert server.connections == 1
+    assert bodies == [b"{}"]
+
+
+async def test_a_request_whose_write_did_not_complete_is_sent_again_on_a_new_connection() -> None:
+    """The engine reset the connection while most of a large body was still in the pool's buffer:
+    it cannot have the request, so it is sent again, once, and answered."""
+    big = b"x" * (8 << 20)
+    seen: list[int] = []
+
+    async def reset_first(reader: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        seen.append(len(head))
+        if len(seen) == 1:
+            sock = w.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            w.transport.abort()  # RST with the body unread
+            return
+        length = next(
+            int(line.split(b":", 1)[1])
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-length")
+        )
+        body = await reader.readexactly(length)
+        w.write(answer(str(len(body)).encode()))
+        await w.drain()
+        w.close()
+
+    server = await asyncio.start_server(reset_first, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    try:
+        pool = Http1Pool(limit=4)
+        response = await pool.post(url, "/x", big, {}, FAST)
+        assert await response.read() == str(len(big)).encode()
+        response.release()
+        await pool.close()
+    finally:
+        server.close()
+    assert len(seen) == 2
+
+
+async def test_a_large_body_is_written_as_fast_as_the_engine_reads_it() -> None:
+    """Backpressure: an engine reading slowly gets the whole body, in order."""
+
+    async def slow_reader(reader: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = next(
+            int(line.split(b":", 1)[1])
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-length")
+        )
+        got = bytearray()
+        while len(got) < length:
+            got += await reader.read(1 << 16)
+            await asyncio.sleep(0.001)
+        w.write(answer(str(sum(got) % 1000).encode()))
+        await w.drain()
+        w.close()
+
+    body = bytes(range(256)) * (16 << 10)  # 4 MiB
+    server = await asyncio.start_server(slow_reader, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    try:
+        pool = Http1Pool(limit=4)
+        response = await pool.post(url, "/x", body, {}, FAST)
+        assert await response.read() == str(sum(body) % 1000).encode()
+        response.release()
+        await pool.close()
+    finally:
+        server.close()
+
+
+async def test_idle_connections_are_closed_after_idle_s_and_a_forgotten_engine_is_dropped() -> None:
+    async with serving(echo) as (server, url):
+        pool = Http1Pool(limit=4, idle_s=0.1)
+        response = await pool.post(url, "/x", b"[1]", {}, FAST)
+        await response.read()
+        response.release()
+        assert pool.stats(url).idle == 1
+        await asyncio.sleep(0.3)
+        assert pool.stats(url).open == 0 and server.open == 0  # closed by the pool's timer
+        response = await pool.post(url, "/x", b"[2]", {}, FAST)
+        await response.read()
+        response.release()
+        pool.forget(url)
+        await asyncio.sleep(0.05)
+        assert pool.stats(url).open == 0 and server.open == 0
+        await pool.close()
+
+
+async def test_an_upgrade_answer_is_an_error() -> None:
+    async def upgrade(_r: asyncio.StreamReader, w: asyncio.StreamWriter, _h: bytes, _b: bytes) -> bool:
+        w.write(b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n")
+        await w.drain()
+        await asyncio.sleep(1)
+        return False
+
+    async with serving(upgrade) as (_, url):
+        pool = Http1Pool(limit=4)
+        with pytest.raises(UpstreamProtocolError, match="101"):
+            await pool.post(url, "/x", b"{}", {}, FAST)
+        await pool.close()
+
+
+async def test_repeated_headers_are_combined() -> None:
+    async def repeated(_r: asyncio.StreamReader, w: asyncio.StreamWriter, _h: bytes, _b: bytes) -> bool:
+        w.write(answer(b"ok", b"vary: accept\r\nVary: origin\r\n"))
+        await w.drain()
+        return True
+
+    async with serving(repeated) as (_, url):
+        pool = Http1Pool(limit=4)
+        response = await pool.post(url, "/x", b"{}", {}, FAST)
+        assert response.headers["vary"] == "accept, origin"
+        assert await response.read() == b"ok"
+        response.release()
+        await pool.close()
+
+
+async def test_a_whole_body_read_is_bounded() -> None:
+    async def huge(_r: asyncio.StreamReader, w: asyncio.StreamWriter, _h: bytes, _b: bytes) -> bool:
+        w.write(answer(b"y" * 300_000))
+        await w.drain()
+        return True
+
+    async with serving(huge) as (_, url):
+        pool = Http1Pool(limit=4, max_answer_bytes=100_000)
+        response = await pool.post(url, "/x", b"{}", {}, FAST)
+        with pytest.raises(AnswerTooLargeError, match="over 100000 bytes"):
+            await response.read()
+        response.release()
+        await asyncio.sleep(0.05)
+        assert pool.stats(url).open == 0
+        await pool.close()
 
 
 async def test_connection_close_and_read_to_the_end() -> None:
@@ -318,7 +468,7 @@ async def test_waiting_for_a_connection_times_out_within_connect_s() -> None:
         with pytest.raises(asyncio.CancelledError):
             await held
         await asyncio.sleep(0.05)
-        assert pool._origins[url].open == 0  # the cancelled request's connection was closed
+        assert pool.stats(url).open == 0  # the cancelled request's connection was closed
 
 
 async def test_an_answer_released_unread_closes_its_connection() -> None:
@@ -343,7 +493,7 @@ async def test_not_http_is_an_upstream_connection_error() -> None:
 
     async with serving(garbage) as (_, url):
         pool = Http1Pool(limit=4)
-        with pytest.raises(UpstreamConnectionError, match="not valid HTTP"):
+        with pytest.raises(UpstreamProtocolError, match="not valid HTTP"):
             await pool.post(url, "/x", b"{}", {}, FAST)
 
 
@@ -392,7 +542,7 @@ async def test_a_request_the_engine_may_have_started_is_not_sent_again() -> None
         first = await pool.post(url, "/x", b"[1]", {}, FAST)
         await first.read()
         first.release()
-        with pytest.raises(UpstreamConnectionError, match="closed the connection before answering"):
+        with pytest.raises(UpstreamDisconnectedError, match="before answering"):
             await pool.post(url, "/x", b"[2]", {}, FAST)  # on the kept-alive connection
     assert requests == [b"[1]", b"[2]"]
 
@@ -454,7 +604,7 @@ async def test_connecting_takes_at_most_connect_s() -> None:
                     {},
                     Timeouts(pool_s=5.0, connect_s=0.3, read_s=5.0),
                 )
-            assert pool._origins[f"http://127.0.0.1:{port}"].open == 0
+            assert pool.stats(f"http://127.0.0.1:{port}").open == 0
         finally:
             for s in fillers:
                 s.close()
