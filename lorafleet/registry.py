@@ -16,6 +16,8 @@ and monitor read them without importing torch.
 
 Writes are atomic: a version is built in .staging and renamed to its name, so a reader sees it whole
 or not at all. Two concurrent registrations of one task claim different N because mkdir is atomic.
+`Registry.register(task, NewVersion(...))` writes a whole version (adapter, card, version.json,
+reference statistics, evaluation report, extra files); `new_version` is the draft it fills.
 """
 
 from __future__ import annotations
@@ -30,8 +32,8 @@ import re
 import shutil
 import stat
 import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -141,6 +143,9 @@ class VersionInfo(BaseModel):
     base_model: str = Field(description="The base model's name or local folder.")
     adapter_sha256: str = Field(description="SHA-256 over the adapter folder's files, in name order.")
     lora_rank: int
+    labels: list[str] | None = Field(
+        default=None, description="The label set of a classification task; None for other tasks."
+    )
     dataset_sha256: dict[str, str] = Field(default_factory=dict)
     tags: dict[str, str] = Field(default_factory=dict)
 
@@ -190,6 +195,26 @@ class Draft:
         target = self.path / name
         target.write_text(data + "\n")
         return target
+
+
+@dataclass(frozen=True)
+class NewVersion:
+    """What `Registry.register` writes as a version: the adapter and everything known about it."""
+
+    adapter_dir: Path  # a PEFT folder: adapter_config.json and the weights
+    base_model: str
+    labels: list[str] | None = None
+    reference: ReferenceStats | None = None
+    eval_report: Mapping[str, Any] | None = None
+    datasets: Sequence[str] = ()
+    dataset_sha256: Mapping[str, str] = field(default_factory=dict)
+    hyperparameters: Mapping[str, Any] = field(default_factory=dict)
+    metrics: Mapping[str, Any] = field(default_factory=dict)  # model -> SplitMetrics (or its fields)
+    verdict: str = ""
+    notes: str = ""
+    tags: Mapping[str, str] = field(default_factory=dict)
+    adapter_files: Sequence[str] | None = None  # the files of adapter_dir to copy; None: all of them
+    files: Mapping[str, Path] = field(default_factory=dict)  # name in the version folder -> file
 
 
 def adapter_digest(folder: Path) -> str:
@@ -391,6 +416,62 @@ class Registry:
         except BaseException:
             _remove_tree(staging)
             raise
+
+    def register(self, task: str, new: NewVersion, now: dt.datetime | None = None) -> Version:
+        """Write `new` as the next version of `task`, atomically; return it."""
+        from lorafleet.modelcard import ModelCard, SplitMetrics
+
+        now = now or dt.datetime.now(dt.UTC)
+        config_file = new.adapter_dir / "adapter_config.json"
+        try:
+            rank = int(json.loads(config_file.read_text())["r"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise RegistryError(
+                f"{config_file} is not a PEFT adapter config with a rank 'r': {exc}"
+            ) from None
+        with self.new_version(task, now.date()) as draft:
+            draft.adapter_path.mkdir()
+            names = new.adapter_files or sorted(
+                p.name for p in new.adapter_dir.iterdir() if p.is_file() and p.name != CARD_FILE
+            )
+            for name in names:
+                shutil.copy2(new.adapter_dir / name, draft.adapter_path / name)
+            for name, source in new.files.items():
+                shutil.copy2(source, draft.path / name)
+            if new.eval_report is not None:
+                draft.write_json(EVAL_FILE, dict(new.eval_report))
+            if new.reference is not None:
+                draft.write_json(REFERENCE_FILE, new.reference)
+            card = ModelCard(
+                version=str(draft.ref),
+                task=task,
+                created_at=now,
+                base_model=new.base_model,
+                datasets=list(new.datasets),
+                dataset_sha256=dict(new.dataset_sha256),
+                hyperparameters=dict(new.hyperparameters),
+                metrics={k: SplitMetrics.model_validate(v) for k, v in new.metrics.items()},
+                labels=new.labels,
+                verdict=new.verdict,
+                notes=new.notes,
+            )
+            (draft.path / CARD_FILE).write_text(card.render())
+            draft.write_json(
+                INFO_FILE,
+                VersionInfo(
+                    name=str(draft.ref),
+                    task=task,
+                    number=draft.ref.number,
+                    created_at=now,
+                    base_model=new.base_model,
+                    adapter_sha256=adapter_digest(draft.adapter_path),
+                    lora_rank=rank,
+                    labels=new.labels,
+                    dataset_sha256=dict(new.dataset_sha256),
+                    tags=dict(new.tags),
+                ),
+            )
+        return self.get(str(draft.ref))
 
     def clean_staging(self) -> list[Path]:
         """Remove drafts left behind by killed registrations; return what was removed."""

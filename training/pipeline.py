@@ -18,10 +18,8 @@ LORAFLEET_DEBUG=1 lets errors that are not lorafleet's surface as they are, with
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import math
 import os
-import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -31,17 +29,7 @@ from pathlib import Path
 
 from lorafleet import basemodel
 from lorafleet.errors import LorafleetError
-from lorafleet.modelcard import ModelCard, SplitMetrics
-from lorafleet.registry import (
-    CARD_FILE,
-    EVAL_FILE,
-    INFO_FILE,
-    REFERENCE_FILE,
-    Registry,
-    VersionInfo,
-    adapter_digest,
-    validate_task,
-)
+from lorafleet.registry import NewVersion, Registry, validate_task
 from lorafleet.textstats import reference_stats
 from training.config import TRAIN_CONFIG_FILE, TrainConfig
 from training.errors import StageFailedError, describe_exception
@@ -222,55 +210,33 @@ def finetune(
                 entropies=[x for x in tuned.entropies or [] if x is not None],
                 system_prompt=systems.pop() if len(systems) == 1 else None,
             )
-            now = dt.datetime.now(dt.UTC)
-            with registry.new_version(task) as draft:
-                draft.adapter_path.mkdir()
-                for name in ADAPTER_FILES:
-                    shutil.copy2(adapter_dir / name, draft.adapter_path / name)
-                for name in (TRAIN_CONFIG_FILE, HISTORY_FILE):
-                    shutil.copy2(adapter_dir / name, draft.path / name)
-                for kind, path in written.items():
-                    if kind != "report":
-                        shutil.copy2(path, draft.path / path.name)
-                shutil.copy2(split_dir / "manifest.json", draft.path / SPLIT_MANIFEST_FILE)
-                hashes = {"source": manifest.source_sha256, **manifest.sha256}
-                draft.write_json(EVAL_FILE, report.model_dump(mode="json"))
-                draft.write_json(REFERENCE_FILE, reference)
-                card = ModelCard(
-                    version=str(draft.ref),
-                    task=task,
-                    created_at=now,
+            hashes = {"source": manifest.source_sha256, **manifest.sha256}
+            extra = {name: adapter_dir / name for name in (TRAIN_CONFIG_FILE, HISTORY_FILE)}
+            extra |= {path.name: path for kind, path in written.items() if kind != "report"}
+            extra[SPLIT_MANIFEST_FILE] = split_dir / "manifest.json"
+            version = registry.register(
+                task,
+                NewVersion(
+                    adapter_dir=adapter_dir,
+                    adapter_files=ADAPTER_FILES,
                     base_model=str(base_dir),
+                    labels=report.labels,
+                    reference=reference,
+                    eval_report=report.model_dump(mode="json"),
                     datasets=[data.name],
                     dataset_sha256=hashes,
                     hyperparameters=config.model_dump(
                         mode="json", exclude={"base_model", "device", "threads"}
                     ),
-                    metrics={
-                        name: SplitMetrics.model_validate(r.scores.headline())
-                        for name, r in report.models.items()
-                    },
-                    labels=report.labels,
+                    metrics={name: r.scores.headline() for name, r in report.models.items()},
                     verdict=report.verdict,
                     notes=f"Trained on {manifest.counts['train']} examples, tested on {manifest.counts['test']} "
                     f"held-out examples (split seed {seed}).",
-                )
-                (draft.path / CARD_FILE).write_text(card.render())
-                draft.write_json(
-                    INFO_FILE,
-                    VersionInfo(
-                        name=str(draft.ref),
-                        task=task,
-                        number=draft.ref.number,
-                        created_at=now,
-                        base_model=str(base_dir),
-                        adapter_sha256=adapter_digest(draft.adapter_path),
-                        lora_rank=config.rank,
-                        dataset_sha256=hashes,
-                        tags={"data": data.name, "seed": str(seed)},
-                    ),
-                )
-                name = str(draft.ref)
+                    tags={"data": data.name, "seed": str(seed)},
+                    files=extra,
+                ),
+            )
+            name = version.name
             log(f"[register] {name} in {registry.root}")
     seconds["total"] = round(time.perf_counter() - started, 1)
     return FinetuneResult(name, registry.root / name, report, seconds)
