@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, Field
 
+from monitor.gate import MAX_DRIFT_PSI, MAX_ENTROPY_SHIFT_NATS, MAX_ERROR_RATIO, MIN_REQUESTS
 from monitor.signals import CLIENT_ERROR_REASONS_RE
 
 RULES_FILE = Path(__file__).resolve().parent / "rules" / "lorafleet-alerts.yml"
@@ -32,20 +33,22 @@ DEFAULT_RUNBOOK = "docs/monitoring.md"
 
 class AlertThresholds(BaseModel):
     max_error_ratio: float = Field(
-        default=0.05, gt=0, lt=1, description="Errors / requests of a version over 5m."
+        default=MAX_ERROR_RATIO, gt=0, lt=1, description="Errors / requests of a version over 5m."
     )
     min_requests: int = Field(
-        default=20, ge=1, description="Requests a version needs in 5m before its error ratio can alert."
+        default=MIN_REQUESTS,
+        ge=1,
+        description="Requests a version needs in 5m before its error ratio can alert.",
     )
     max_p95_latency_s: float = Field(
         default=10.0, gt=0, description="p95 request duration of a version over 5m."
     )
     max_entropy_shift_nats: float = Field(
-        default=0.3,
+        default=MAX_ENTROPY_SHIFT_NATS,
         gt=0,
         description="Change of a version's mean token entropy (vs 1h ago, or canary vs stable).",
     )
-    max_drift_psi: float = Field(default=0.2, gt=0, description="PSI of any drift feature.")
+    max_drift_psi: float = Field(default=MAX_DRIFT_PSI, gt=0, description="PSI of any drift feature.")
     min_accuracy_ratio: float = Field(
         default=0.8,
         gt=0,

@@ -34,7 +34,15 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field
 
 from monitor.accuracy import two_proportion_z_test
+from monitor.drift import PSI_SIGNIFICANT
 from monitor.metrics import DriftFeature, GateResult
+
+# Defaults shared by the canary gate, the alert rules (monitor/alerts.py) and the canary steps
+# `route canary --steps` builds (router/policy.py), so that a default means one thing everywhere.
+MAX_ERROR_RATIO = 0.05
+MAX_ENTROPY_SHIFT_NATS = 0.3
+MAX_DRIFT_PSI = PSI_SIGNIFICANT
+MIN_REQUESTS = 20
 
 
 class VersionSignals(BaseModel):
@@ -67,21 +75,25 @@ class VersionSignals(BaseModel):
 
 class GateThresholds(BaseModel):
     max_error_ratio: float = Field(
-        default=0.05, gt=0, lt=1, description="Largest tolerated canary error ratio."
+        default=MAX_ERROR_RATIO, gt=0, lt=1, description="Largest tolerated canary error ratio."
     )
     max_p95_latency_ratio: float = Field(
         default=1.5, gt=0, description="Largest tolerated canary p95 latency as a multiple of the stable one."
     )
     max_entropy_shift_nats: float = Field(
-        default=0.3, gt=0, description="Largest tolerated |canary - stable| mean token entropy."
+        default=MAX_ENTROPY_SHIFT_NATS,
+        gt=0,
+        description="Largest tolerated |canary - stable| mean token entropy.",
     )
     max_drift_psi: float = Field(
-        default=0.2,
+        default=MAX_DRIFT_PSI,
         gt=0,
         description="The canary fails when a feature's PSI is this much above stable's, or reaches it "
         "where stable has no score.",
     )
-    min_requests: int = Field(default=20, ge=1, description="Fewer canary requests than this: inconclusive.")
+    min_requests: int = Field(
+        default=MIN_REQUESTS, ge=1, description="Fewer canary requests than this: inconclusive."
+    )
     accuracy_alpha: float = Field(
         default=0.05,
         gt=0,

@@ -33,7 +33,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from lorafleet.errors import InvalidVersionNameError
 from lorafleet.registry import TASK_PATTERN, AdapterRef
-from monitor.gate import GateThresholds
+from monitor.gate import MIN_REQUESTS, GateThresholds
+from monitor.metrics import VersionState
 
 BASE_FALLBACK = "base"
 _ROUTE_RE = re.compile(rf"^{TASK_PATTERN}$")
@@ -100,7 +101,7 @@ def _expand_step(raw: Any) -> Any:
     return {"kind": kind, **(value or {})}
 
 
-def default_steps(weights: list[int], duration_s: float = 60, min_requests: int = 20) -> list[Step]:
+def default_steps(weights: list[int], duration_s: float = 60, min_requests: int = MIN_REQUESTS) -> list[Step]:
     """set_weight, pause, analysis for each weight: the plan `route canary --steps 5,25,50` builds.
 
     `min_requests` is asked of the pause and of the analysis' gate alike, so that
@@ -217,12 +218,12 @@ class Route(_Model):
             )
         return self
 
-    def serving(self) -> dict[str, str]:
+    def serving(self) -> dict[str, VersionState]:
         """Versions that take the route's traffic -> their state (stable, canary, weighted)."""
-        states = {self.stable: "stable"}
-        states.update(dict.fromkeys(self.weights, "weighted"))
+        states = {self.stable: VersionState.STABLE}
+        states.update(dict.fromkeys(self.weights, VersionState.WEIGHTED))
         if self.canary:
-            states[self.canary.version] = "canary"
+            states[self.canary.version] = VersionState.CANARY
         return states
 
     def named(self) -> set[str]:
@@ -230,16 +231,16 @@ class Route(_Model):
         expired yet; `previous` aside, as it only records history."""
         return set(self.live(_BEFORE_EVERY_EXPIRY))
 
-    def live(self, now: dt.datetime) -> dict[str, str]:
+    def live(self, now: dt.datetime) -> dict[str, VersionState]:
         """Every version this route needs loaded -> its state; retiring ones until their time is up."""
-        states: dict[str, str] = dict.fromkeys(self.pinned, "pinned")
+        states: dict[str, VersionState] = dict.fromkeys(self.pinned, VersionState.PINNED)
         for name, until in self.retiring.items():
             if until > now:
-                states[name] = "retiring"
+                states[name] = VersionState.RETIRING
         if self.fallback and self.fallback != BASE_FALLBACK:
-            states[self.fallback] = "fallback"
+            states[self.fallback] = VersionState.FALLBACK
         if self.shadow:
-            states[self.shadow.version] = "shadow"
+            states[self.shadow.version] = VersionState.SHADOW
         states.update(self.serving())
         return states
 
@@ -283,9 +284,9 @@ class RoutesFile(_Model):
                     )
         return self
 
-    def live_versions(self, now: dt.datetime) -> dict[str, tuple[str, str]]:
+    def live_versions(self, now: dt.datetime) -> dict[str, tuple[str, VersionState]]:
         """Every live version -> (route, state)."""
-        out: dict[str, tuple[str, str]] = {}
+        out: dict[str, tuple[str, VersionState]] = {}
         for route_name, route in self.routes.items():
             for version, state in route.live(now).items():
                 out.setdefault(version, (route_name, state))

@@ -9,6 +9,7 @@ import typer
 from lorafleet.cli._admin import AdminAPIError, AdminClient, GatewayOpt, TokenFileOpt
 from lorafleet.cli._options import JsonOpt
 from lorafleet.cli._output import info, print_json, print_table
+from monitor.gate import MIN_REQUESTS
 
 app = typer.Typer(
     help="Routes: status, weights, canary, promote, rollback, shadow, pin, retire (Argo Rollouts' words).",
@@ -216,7 +217,7 @@ def canary(
         "10,50", "--steps", help="Canary weights in percent, e.g. 5,25,50 (then promote)."
     ),
     step_duration_s: float = typer.Option(60.0, "--step-duration-s", help="Minimum seconds per step."),
-    min_requests: int = typer.Option(20, "--min-requests", help="Canary requests needed per step."),
+    min_requests: int = typer.Option(MIN_REQUESTS, "--min-requests", help="Canary requests needed per step."),
     reason: str = ReasonOpt,
     revision: int | None = RevisionOpt,
     gateway: GatewayOpt = None,
