@@ -88,6 +88,7 @@ class UpstreamConfig:
     itl_s: float = 0.001
     prompt_tokens: int = 40
     end_after_done_s: float = 0.0  # fault injection: a stream's body ends this long after `[DONE]`
+    die_after_read: bool = False  # fault injection: read a completion request, close unanswered
 
 
 class FakeOpenAIUpstream:
@@ -248,6 +249,10 @@ class FakeOpenAIUpstream:
         rid = self.next_id()
         label_index = self.requests % len(self.labels)
         c = self.config
+        if c.die_after_read:  # as an engine that crashed while working on the request
+            if conn.transport is not None:
+                conn.transport.close()
+            return
         if not req.get("stream"):
             body = self.completion_body(model, label_index, top).replace(b"@ID@", rid, 1)
             conn.respond_later(c.service_s, 200, body)
@@ -1098,54 +1103,31 @@ def register_versions(
 ) -> list[str]:
     """Register `count` versions of `task`: a dummy adapter folder (or a copy of `adapter_dir`),
     version.json, a card and reference statistics of the demo task, so drift windows are live."""
-    from lorafleet.modelcard import ModelCard
-    from lorafleet.registry import REFERENCE_FILE, Registry, VersionInfo, adapter_digest
+    import tempfile
+
+    from lorafleet.registry import NewVersion, Registry
     from lorafleet.textstats import reference_stats
 
     with DEMO_CSV.open(newline="") as fh:
         rows = [(row["text"], row["label"]) for row in csv.DictReader(fh)]
     labels = demo_labels()
     registry = Registry(root)
-    names = []
-    for _ in range(count):
-        with registry.new_version(task) as draft:
-            if adapter_dir is not None:
-                shutil.copytree(adapter_dir, draft.adapter_path)
-            else:
-                draft.adapter_path.mkdir(parents=True)
-                config = {
-                    "peft_type": "LORA",
-                    "r": 8,
-                    "lora_alpha": 16,
-                    "task_type": "CAUSAL_LM",
-                    "target_modules": ["q_proj", "v_proj"],
-                    "base_model_name_or_path": BASE_NAME,
-                }
-                (draft.adapter_path / "adapter_config.json").write_text(json.dumps(config))
-                (draft.adapter_path / "adapter_model.safetensors").write_bytes(b"")
-            rank = json.loads((draft.adapter_path / "adapter_config.json").read_text())["r"]
-            now = dt.datetime.now(dt.UTC)
-            draft.write_json(
-                "version.json",
-                VersionInfo(
-                    name=str(draft.ref),
-                    task=task,
-                    number=draft.ref.number,
-                    created_at=now,
-                    base_model=BASE_NAME,
-                    adapter_sha256=adapter_digest(draft.adapter_path),
-                    lora_rank=rank,
-                ),
-            )
-            card = ModelCard(
-                version=str(draft.ref), task=task, created_at=now, base_model=BASE_NAME, labels=labels
-            )
-            (draft.path / "README.md").write_text(card.render())
-            draft.write_json(
-                REFERENCE_FILE, reference_stats([t for t, _ in rows], [lab for _, lab in rows], labels)
-            )
-        names.append(str(draft.ref))
-    return names
+    reference = reference_stats([t for t, _ in rows], [lab for _, lab in rows], labels)
+    with tempfile.TemporaryDirectory() as scratch:
+        if adapter_dir is None:  # a dummy adapter: the fake engine never reads its weights
+            adapter_dir = Path(scratch)
+            config = {
+                "peft_type": "LORA",
+                "r": 8,
+                "lora_alpha": 16,
+                "task_type": "CAUSAL_LM",
+                "target_modules": ["q_proj", "v_proj"],
+                "base_model_name_or_path": BASE_NAME,
+            }
+            (adapter_dir / "adapter_config.json").write_text(json.dumps(config))
+            (adapter_dir / "adapter_model.safetensors").write_bytes(b"")
+        new = NewVersion(adapter_dir=adapter_dir, base_model=BASE_NAME, labels=labels, reference=reference)
+        return [registry.register(task, new).name for _ in range(count)]
 
 
 def routes_yaml(
@@ -1176,14 +1158,23 @@ def start_gateway(
     log: Path,
     env: dict[str, str] | None = None,
     log_level: str = "warning",
+    source: Path | None = None,
 ) -> tuple[Server, str]:
-    """`lorafleet gateway` as a user runs it (uvicorn, one worker), with LORAFLEET_ROUTER_* overrides."""
+    """`lorafleet gateway` as a user runs it (uvicorn, one worker), with LORAFLEET_ROUTER_* overrides.
+
+    `source`: run the lorafleet of that source tree instead (an earlier commit checked out with
+    `git worktree`: the same run measures the code before and after a change)."""
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "routes.yaml").write_text(routes)
     port = free_port()
-    exe = Path(sys.executable).parent / "lorafleet"
+    env = {"LORAFLEET_HOME": str(workdir), **(env or {})}
+    if source is None:
+        command = [str(Path(sys.executable).parent / "lorafleet")]
+    else:
+        command = [sys.executable, "-c", "from lorafleet.cli import main; main()"]
+        env["PYTHONPATH"] = str(source)  # before the editable install's path
     argv = [
-        str(exe),
+        *command,
         "gateway",
         "--routes",
         str(workdir / "routes.yaml"),
@@ -1196,11 +1187,90 @@ def start_gateway(
         "--log-level",
         log_level,
     ]
-    server = Server(
-        "lorafleet gateway", argv, core, env={"LORAFLEET_HOME": str(workdir), **(env or {})}, log=log
-    )
+    server = Server("lorafleet gateway", argv, core, env=env, log=log)
     url = f"http://127.0.0.1:{port}"
     server.wait_http(url + "/health", ok=lambda b: json.loads(b).get("engines_healthy", 0) > 0)
+    if core is not None:
+        server.pin_all(core)
+    return server, url
+
+
+def worktree(ref: str, into: Path) -> Path:
+    """The project at git `ref`, checked out (detached) into `into`; remove it with remove_worktree."""
+    subprocess.run(
+        ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(into), ref],
+        check=True,
+        capture_output=True,
+    )
+    return into
+
+
+def remove_worktree(path: Path) -> None:
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(path)], capture_output=True)
+
+
+def ensure_litellm(venv: Path = BENCH / ".venv-litellm") -> Path | None:
+    """LiteLLM's proxy (`litellm[proxy]`) in its own venv under bench/ (git-ignored; never a project
+    dependency): its `litellm` command, or None when it cannot be installed here."""
+    exe = venv / "bin" / "litellm"
+    if exe.exists():
+        return exe
+    try:
+        if not (venv / "bin" / "python").exists():
+            subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, capture_output=True)
+        subprocess.run(
+            [str(venv / "bin" / "pip"), "install", "-q", "litellm[proxy]"], check=True, capture_output=True
+        )
+    except subprocess.CalledProcessError as exc:
+        print(
+            f"litellm could not be installed: {exc.stderr.decode(errors='replace')[-300:]}", file=sys.stderr
+        )
+        return None
+    return exe if exe.exists() else None
+
+
+def start_litellm(exe: Path, core: int | None, upstream: str, log: Path, model: str) -> tuple[Server, str]:
+    """LiteLLM's proxy, one worker, routing `model` to the fake upstream as an OpenAI-compatible API."""
+    port = free_port()
+    config = log.with_suffix(".yaml")
+    config.write_text(
+        json.dumps(
+            {
+                "model_list": [
+                    {
+                        "model_name": model,
+                        "litellm_params": {
+                            "model": f"openai/{model}",
+                            "api_base": f"{upstream}/v1",
+                            "api_key": "x",
+                        },
+                    }
+                ],
+                "litellm_settings": {"drop_params": True, "telemetry": False},
+            }
+        )
+    )
+    env = {
+        "LITELLM_LOG": "ERROR",
+        "LITELLM_TELEMETRY": "False",
+        "DISABLE_SCHEMA_UPDATE": "True",
+        # No key, as the gateway runs in this benchmark: no authentication on either.
+        "LITELLM_DANGEROUSLY_PERMIT_WEAK_OR_UNSET_MASTER_KEY": "true",
+    }
+    argv = [
+        str(exe),
+        "--config",
+        str(config),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--num_workers",
+        "1",
+    ]
+    server = Server("litellm proxy", argv, core, env=env, log=log)
+    url = f"http://127.0.0.1:{port}"
+    server.wait_http(url + "/health/liveliness", timeout_s=180)
     if core is not None:
         server.pin_all(core)
     return server, url

@@ -1,4 +1,5 @@
-"""Issue 5: what the gateway adds to a request, against a direct call, a minimal proxy and vllm-router.
+"""Issues 5 and 15: what the gateway adds to a request, against a direct call, a minimal proxy,
+LiteLLM's proxy and vllm-router, and (with --baseline REF) against its own code at an earlier commit.
 
     python bench/gateway_overhead.py                 the fake upstream, about 3-4 minutes
     python bench/gateway_overhead.py --real-engine   direct vs gateway against a real vLLM engine, once
@@ -20,6 +21,10 @@ at concurrency 1 and 64, JSON and SSE streaming, each system under test pinned a
     gateway-noentropy  the same with LORAFLEET_ROUTER_ENTROPY_TOP_K=0: no logprobs asked, no entropy
                   (issue 7's monitoring cost taken out of issue 5's routing cost)
     vllm-router   the Rust router from PyPI (own venv under bench/), round_robin over the one worker
+    litellm       LiteLLM's proxy (`litellm[proxy]`, own venv under bench/), one worker, the model
+                  routed to the fake upstream as an OpenAI-compatible API: the Python peer users pick
+    gateway-before  with --baseline REF: `lorafleet gateway` of that commit (a git worktree), same
+                  settings: a change's cost or gain, measured in the same run
 
 Reported per cell: p50/p99 latency, p50/p99 time to first token (streams), requests/s, and the
 CPU time the system under test spent per request (psutil; robust against other load on the core).
@@ -163,16 +168,39 @@ def run_fake(args: argparse.Namespace, out: fakes.Tee) -> None:
         servers.append(fproxy)
         targets.append(Target("proxy-fastapi", fproxy_url, names[0], fproxy))
         routes = fakes.routes_yaml(names[0], weighted=names[1])
-        for name, env in (
-            ("gateway", {}),
-            ("gateway-everyentropy", {"LORAFLEET_ROUTER_ENTROPY_MAX_PER_S": "0"}),
-            ("gateway-noentropy", {"LORAFLEET_ROUTER_ENTROPY_TOP_K": "0"}),
-        ):
+        gateways: list[tuple[str, dict[str, str], Path | None]] = [
+            ("gateway", {}, None),
+            ("gateway-everyentropy", {"LORAFLEET_ROUTER_ENTROPY_MAX_PER_S": "0"}, None),
+            ("gateway-noentropy", {"LORAFLEET_ROUTER_ENTROPY_TOP_K": "0"}, None),
+        ]
+        if args.baseline:
+            before = fakes.worktree(args.baseline, work / "before")
+            gateways.append(("gateway-before", {}, before))
+            out(f"gateway-before: `lorafleet gateway` of {args.baseline} (a git worktree), same settings")
+        for name, env, source in gateways:
             gw, gw_url = fakes.start_gateway(
-                layout.sut, work / name, work / "registry", up_url, routes, work / f"{name}.log", env=env
+                layout.sut,
+                work / name,
+                work / "registry",
+                up_url,
+                routes,
+                work / f"{name}.log",
+                env=env,
+                source=source,
             )
             servers.append(gw)
             targets.append(Target(name, gw_url, "bench", gw))
+        if args.litellm:
+            exe = fakes.ensure_litellm()
+            if exe is not None:
+                try:
+                    ll, ll_url = fakes.start_litellm(exe, layout.sut, up_url, work / "litellm.log", names[0])
+                    servers.append(ll)
+                    targets.append(Target("litellm", ll_url, names[0], ll))
+                except RuntimeError as exc:
+                    out(f"litellm skipped: it did not start ({exc})")
+        else:
+            out("litellm skipped (--no-litellm)")
         if args.vllm_router:
             exe = fakes.ensure_vllm_router()
             if exe is not None:
@@ -207,6 +235,8 @@ def run_fake(args: argparse.Namespace, out: fakes.Tee) -> None:
         lg.close()
         for s in reversed(servers):
             s.stop()
+        if args.baseline:
+            fakes.remove_worktree(work / "before")
     saved = os.sched_getaffinity(0)
     os.sched_setaffinity(0, {layout.sut})
     try:
@@ -253,10 +283,17 @@ def report(
         out(
             f"  {name:<21} json p50 +{f(added, 3)} ms   stream TTFT p50 +{f(ttft, 3)} ms   stream total p50 +{f(added_s, 3)} ms"
         )
+    if "litellm" in by_name:
+        added_gw = stats[(c1j, "gateway")]["p50"] - stats[(c1j, "direct")]["p50"]
+        added_ll = stats[(c1j, "litellm")]["p50"] - stats[(c1j, "direct")]["p50"]
+        out(
+            f"  added p50 at concurrency 1, JSON: gateway / litellm = {f(added_gw / added_ll, 3)} "
+            "(goal: under a fifth, 0.2)"
+        )
     out()
     out(f"throughput at concurrency {args.concurrency} (per-round ratios: median [min-max]):")
     pairs = [
-        ("gateway", "proxy", "target >= 0.8"),
+        ("gateway", "proxy", "target >= 1.1 (issue 15)"),
         ("gateway-everyentropy", "proxy", "entropy on every request: entropy_max_per_s=0"),
         ("gateway-noentropy", "proxy", "routing and metrics on, no logprobs asked: entropy_top_k=0"),
         ("proxy-lean", "proxy", "the gateway's stack alone, no lorafleet logic"),
@@ -266,6 +303,10 @@ def report(
     ]
     if "vllm-router" in by_name:
         pairs.append(("vllm-router", "proxy", "the Rust peer over the Python proxy"))
+    if "gateway-before" in by_name:
+        pairs.append(("gateway", "gateway-before", f"this code against {args.baseline}"))
+    if "litellm" in by_name:
+        pairs.append(("gateway", "litellm", "the Python peer users would pick (goal >= 3)"))
     for a, b, note in pairs:
         for key in (cnj, cns):
             med, lo, hi = paired(by_name[a].cells[key], by_name[b].cells[key], "rps")
@@ -302,14 +343,16 @@ def cost_breakdown(work: Path) -> list[tuple[str, str, float]]:
     from prometheus_client import CollectorRegistry
 
     from lorafleet.registry import Registry
-    from monitor.entropy import EntropyAccumulator, with_logprobs
+    from monitor.entropy import EntropyAccumulator
     from monitor.feedback import FeedbackStore
     from monitor.metrics import Arm, build_metrics
-    from router.answer import read_answer, without_logprobs
-    from router.gateway import CHAT, _StreamWatch, new_request_id, validate_body
+    from router.answer import read_answer, with_logprobs, without_logprobs
+    from router.ids import new_request_id
     from router.observe import Observer, Outcome
+    from router.relay import SSEBuffer, StreamWatch
+    from router.requests import CHAT, decode_request
     from router.settings import GatewaySettings
-    from router.upstream import SSEBuffer, forward_timeout
+    from router.upstream import forward_timeout
 
     names = fakes.register_versions(work / "registry")
     upstream = fakes.FakeOpenAIUpstream()
@@ -347,17 +390,21 @@ def cost_breakdown(work: Path) -> list[tuple[str, str, float]]:
 
     def entropy() -> float | None:
         acc = EntropyAccumulator()
-        acc.add(choice.token_logprobs())
+        acc.add(choice.tokens())
         return acc.value()
 
     def relay_events() -> bytes:
-        watch = _StreamWatch(chat=True, start=0.0, rewrite=True, keep_top=None, asked_usage=False)
+        watch = StreamWatch(chat=True, start=0.0, rewrite=True, keep_top=None, asked_usage=False)
         return b"".join(watch.relay(SSEBuffer().feed(e)) for e in events)
 
     settings = GatewaySettings()
     rows = [
         ("openai_api.read_json", "orjson.loads of the request", _time_us(lambda: orjson.loads(raw_request))),
-        ("gateway.complete", "validate_body", _time_us(lambda: validate_body(CHAT, body, settings))),
+        (
+            "gateway.complete",
+            "decode_request: typed decode and checks of the request",
+            _time_us(lambda: decode_request(CHAT, raw_request, settings)),
+        ),
         ("gateway.complete", "request id (new_request_id)", _time_us(new_request_id)),
         (
             "gateway.complete",
@@ -365,14 +412,14 @@ def cost_breakdown(work: Path) -> list[tuple[str, str, float]]:
             _time_us(lambda: with_logprobs(body, chat=True, top_k=5)),
         ),
         (
-            "gateway._send",
+            "forward.send",
             "orjson.dumps of the forwarded body",
             _time_us(lambda: orjson.dumps({**upstream_body, "model": names[0]})),
         ),
         (
-            "gateway._send",
+            "forward.send",
             "the deadline-capped Timeouts",
-            _time_us(lambda: forward_timeout(settings, 100.0)),
+            _time_us(lambda: forward_timeout(settings, 100.0, 1.0)),
         ),
         (
             "gateway.complete",
@@ -391,12 +438,12 @@ def cost_breakdown(work: Path) -> list[tuple[str, str, float]]:
             _time_us(lambda: without_logprobs(raw_answer, answer)),
         ),
         (
-            "gateway._relay",
+            "relay.relay",
             f"SSEBuffer.feed over one stream ({len(events)} events)",
             _time_us(lambda: [SSEBuffer().feed(e) for e in events], 500),
         ),
         (
-            "gateway._relay",
+            "relay.relay",
             "per stream: SSEBuffer + _StreamWatch.relay (decode, entropy, cut logprobs: each event)",
             _time_us(relay_events, 500),
         ),
@@ -508,6 +555,12 @@ def main() -> None:
         "--ttft-ms", type=float, default=5.0, help="The fake's time to first token (prefill)."
     )
     parser.add_argument("--no-vllm-router", dest="vllm_router", action="store_false")
+    parser.add_argument(
+        "--no-litellm", dest="litellm", action="store_false", help="Leave LiteLLM's proxy out."
+    )
+    parser.add_argument(
+        "--baseline", metavar="REF", help="Also run the gateway of this git commit (before a change)."
+    )
     parser.add_argument(
         "--real-engine", action="store_true", help="Direct vs gateway against a real vLLM engine."
     )

@@ -224,7 +224,7 @@ def monitoring_costs(out: fakes.Tee, work: Path, layout: fakes.Layout, cpu_on: f
 
         def score(a: Any = answer) -> float | None:
             acc = EntropyAccumulator()
-            acc.add(a.choices[0].token_logprobs())
+            acc.add(a.choices[0].tokens())
             return acc.value()
 
         ent = _time_us(score, 300)

@@ -4,7 +4,7 @@ What other packages may import; everything else is internal. The `monitor` packa
 torch, vLLM nor transformers: it runs inside the gateway.
 
     metrics     build_metrics, Metrics, declared_names, the label enums
-    entropy     with_logprobs, response_entropy, EntropyAccumulator, strip_logprobs
+    entropy     EntropyAccumulator, EntropySampler (router/answer.py reads logprobs from answers)
     drift       psi, js_distance, DriftWindow, DriftScore, DriftLevel
     accuracy    wilson_interval, two_proportion_z_test, RollingAccuracy, publish_live_accuracy,
                 restore_live_accuracy
@@ -25,7 +25,7 @@ from monitor.accuracy import (
 )
 from monitor.alerts import AlertThresholds, rule_groups
 from monitor.drift import DriftLevel, DriftScore, DriftWindow, js_distance, psi
-from monitor.entropy import EntropyAccumulator, response_entropy, strip_logprobs, with_logprobs
+from monitor.entropy import EntropyAccumulator, EntropySampler
 from monitor.errors import (
     FeedbackConflictError,
     FeedbackError,
@@ -70,6 +70,7 @@ __all__ = [
     "DriftScore",
     "DriftWindow",
     "EntropyAccumulator",
+    "EntropySampler",
     "ErrorReason",
     "FeedbackConflictError",
     "FeedbackError",
@@ -99,11 +100,8 @@ __all__ = [
     "js_distance",
     "psi",
     "publish_live_accuracy",
-    "response_entropy",
     "restore_live_accuracy",
     "rule_groups",
-    "strip_logprobs",
     "two_proportion_z_test",
     "wilson_interval",
-    "with_logprobs",
 ]

@@ -22,6 +22,7 @@ the actor comes from the X-Lorafleet-Actor header.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -31,13 +32,16 @@ from starlette.responses import JSONResponse
 
 from lorafleet.errors import describe_validation_error
 from monitor.accuracy import wilson_interval
+from monitor.gate import MIN_REQUESTS
+from monitor.metrics import VersionState
 from monitor.signals import LocalSignals, Snapshot
 from router.auth import require_admin
+from router.controller import Controller
 from router.errors import BadRequestError, ConflictError
 from router.gateway import Gateway
 from router.openai_api import read_json
 from router.policy import RoutesFile, Step, default_steps
-from router.rollout import Controller, Rollouts
+from router.rollout import Rollouts
 from router.settings import ControllerMode
 
 router = APIRouter(prefix="/admin", dependencies=[Depends(require_admin)])
@@ -67,7 +71,7 @@ class CanaryBody(_Write):
         default=None, description="Shorthand: set_weight/pause/analysis per weight."
     )
     step_duration_s: float = Field(default=60.0, ge=0)
-    min_requests: int = Field(default=20, ge=0)
+    min_requests: int = Field(default=MIN_REQUESTS, ge=0)
 
 
 class PromoteBody(_Write):
@@ -102,20 +106,29 @@ def _actor(request: Request) -> str:
     return (request.headers.get(ACTOR_HEADER) or "admin")[:100]
 
 
-async def _write(request: Request, change: Callable[[], RoutesFile]) -> JSONResponse:
+def _check_writer(request: Request) -> Gateway:
     gateway, _, _ = _state(request)
     if gateway.settings.controller is ControllerMode.EXTERNAL and not getattr(
         request.app.state, "is_controller", False
     ):
         raise ConflictError("this gateway only reads the routes; send changes to the rollout controller")
-    routes = await asyncio.to_thread(change)
-    gateway.apply(routes)
-    return JSONResponse({"revision": routes.revision, "status": status(request)})
+    return gateway
 
 
-def status(request: Request) -> dict[str, Any]:
+async def _written(request: Request, gateway: Gateway, routes: RoutesFile) -> JSONResponse:
+    gateway.apply(routes)  # on the loop, where requests read the routes
+    return JSONResponse({"revision": routes.revision, "status": await status(request)})
+
+
+async def _write(request: Request, change: Callable[[], RoutesFile]) -> JSONResponse:
+    """Make a change of the routes (blocking store I/O, in a thread) and apply it here."""
+    gateway = _check_writer(request)
+    return await _written(request, gateway, await asyncio.to_thread(change))
+
+
+async def status(request: Request) -> dict[str, Any]:
     gateway, rollouts, _ = _state(request)
-    state = rollouts.store.load_state()
+    state = await asyncio.to_thread(rollouts.store.load_state)
     now = gateway.clock()
     routes: dict[str, Any] = {}
     for name, route in gateway.routes.routes.items():
@@ -133,14 +146,14 @@ def status(request: Request) -> dict[str, Any]:
             }
             if version in gateway.missing_versions:
                 entry["registry_error"] = gateway.missing_versions[version]
-            if s == "retiring":
+            if s is VersionState.RETIRING:
                 entry["until"] = route.retiring[version].isoformat()
-            if s in ("stable", "canary", "weighted"):
+            if s in (VersionState.STABLE, VersionState.CANARY, VersionState.WEIGHTED):
                 entry["weight"] = (
                     route.weights.get(version)
-                    if s == "weighted"
+                    if s is VersionState.WEIGHTED
                     else route.canary.weight
-                    if s == "canary" and route.canary
+                    if s is VersionState.CANARY and route.canary
                     else 100 - sum(route.weights.values()) - (route.canary.weight if route.canary else 0)
                 )
             versions.append(entry)
@@ -165,13 +178,16 @@ def status(request: Request) -> dict[str, Any]:
         "reload_error": gateway.reload_error,
         "now": now.isoformat(),
         "routes": routes,
-        "engines": gateway.fleet.status(),
+        "engines": [
+            {**engine, "connections": dataclasses.asdict(gateway.transport.stats(str(engine["url"])))}
+            for engine in gateway.fleet.status()
+        ],
     }
 
 
 @router.get("/status")
 async def get_status(request: Request) -> JSONResponse:
-    return JSONResponse(status(request))
+    return JSONResponse(await status(request))
 
 
 @router.get("/routes")
@@ -190,7 +206,7 @@ async def get_history(request: Request, route: str | None = None, limit: int = 5
 @router.post("/reload")
 async def reload(request: Request) -> JSONResponse:
     gateway, _, _ = _state(request)
-    gateway.reload(force=True)
+    await gateway.reload(force=True)
     return JSONResponse({"revision": gateway.routes.revision, "reload_error": gateway.reload_error})
 
 
@@ -237,7 +253,8 @@ async def promote(request: Request, route: str) -> JSONResponse:
     if body.step:
         if controller is None:
             raise ConflictError("this process runs no rollout controller; send --step to the controller")
-        return await _write(request, lambda: controller.resume(route, _actor(request)))
+        gateway = _check_writer(request)
+        return await _written(request, gateway, await controller.resume(route, _actor(request)))
     return await _write(
         request, lambda: rollouts.promote(route, _actor(request), body.version, body.reason, body.revision)
     )

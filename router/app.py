@@ -1,13 +1,14 @@
 """The gateway application: `create_app(settings)` builds everything and the lifespan runs it.
 
-    lifespan:  the request path's Http1Pool; one aiohttp session for everything else (the Fleet's
-               httpx client runs over it)
+    lifespan:  the request path's Transport (router/http1.py's Http1Pool unless one is given);
+               one httpx client for everything else (engine health and adapters, Prometheus, peers)
                -> Fleet (engines) -> Gateway (routes, forwarding)
                -> Observer (metrics, drift, feedback) -> Rollouts (+ Controller when this process
                is the one writer)
     background tasks: routes-file reload, adapter reconcile, drift publishing, the controller
 
-Pass `clock` to move time in tests (retention), `metrics_registry` for a fresh Prometheus registry.
+Pass `clock` to move time in tests (retention), `metrics_registry` for a fresh Prometheus registry,
+`transport` to forward through another client (fault injection).
 """
 
 from __future__ import annotations
@@ -35,15 +36,17 @@ from monitor.metrics import PendingUpdates, build_metrics
 from monitor.signals import LocalSignals
 from router import admin, openai_api
 from router.auth import AuthMiddleware
+from router.controller import Controller, GateSource, LeaderLock, LocalGateSource, PrometheusGateSource
 from router.errors import RouterError
-from router.gateway import Gateway, new_request_id
+from router.gateway import Gateway
+from router.ids import new_request_id
 from router.observe import Observer
 from router.openai_api import CompletionsFastPath
 from router.responses import REQUEST_ID_HEADER, error_response, internal_error, openai_error
-from router.rollout import Controller, LeaderLock, LocalGateSource, PrometheusGateSource, Rollouts, utcnow
+from router.rollout import Rollouts, utcnow
 from router.settings import ControllerMode, GatewaySettings
 from router.store import FileStore, RouteStore, check_routes
-from router.upstream import build_client, build_pool, build_session
+from router.upstream import Transport, build_client, build_transport
 from serve.fleet import Fleet
 
 log = logging.getLogger("lorafleet.router")
@@ -126,6 +129,7 @@ def create_app(
     clock: Callable[[], dt.datetime] = utcnow,
     metrics_registry: CollectorRegistry | None = None,
     run_controller: bool | None = None,
+    transport: Transport | None = None,
 ) -> FastAPI:
     registry_metrics = metrics_registry or CollectorRegistry()
     metrics = build_metrics(registry_metrics)
@@ -138,10 +142,14 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        pool = build_pool(settings)
-        session = build_session(settings)
-        http = build_client(settings, session)
+        forwarding = transport or build_transport(settings)
+        http = build_client(settings)
         feedback = FeedbackStore(settings.resolved_state_dir / "feedback.sqlite3")
+
+        def engine_left(url: str) -> None:
+            metrics.engine_up.remove(url)
+            forwarding.forget(url)
+
         fleet = Fleet(
             settings.engines,
             http,
@@ -149,7 +157,7 @@ def create_app(
                 version, engine
             ).inc(),
             on_health=lambda engine, up: metrics.engine_up.labels(engine).set(1 if up else 0),
-            on_removed=metrics.engine_up.remove,
+            on_removed=engine_left,
         )
         observer = Observer(
             metrics,
@@ -159,11 +167,12 @@ def create_app(
             drift_min_samples=settings.drift_min_samples,
             accuracy_window=settings.accuracy_window,
         )
-        gateway = Gateway(settings, route_store, registry, fleet, pool, session, observer, clock=clock)
+        gateway = Gateway(settings, route_store, registry, fleet, forwarding, observer, clock=clock)
         check_routes(route_store)  # an invalid routes file stops the start-up, naming the field
-        gateway.reload(force=True)
-        rollouts = Rollouts(route_store, registry, metrics, clock=clock, on_change=gateway.apply)
+        gateway.reload_now()
+        rollouts = Rollouts(route_store, registry, metrics, clock=clock)
         app.state.gateway = gateway
+        app.state.http = http
         app.state.rollouts = rollouts
         app.state.metrics = metrics
         app.state.metrics_registry = registry_metrics
@@ -174,7 +183,7 @@ def create_app(
         )
         is_controller = wants_controller and leader.acquire()
         tasks = [
-            asyncio.create_task(_every(settings.reload_interval_s, "routes reload", gateway.reload_async)),
+            asyncio.create_task(_every(settings.reload_interval_s, "routes reload", gateway.reload)),
             asyncio.create_task(
                 fleet.run(gateway.desired_adapters, settings.reconcile_interval_s, unload=is_controller)
             ),
@@ -185,12 +194,12 @@ def create_app(
             ),
         ]
         if is_controller:
-            source: LocalGateSource | PrometheusGateSource
+            source: GateSource
             if settings.prometheus_url:
                 source = PrometheusGateSource(settings.prometheus_url, http, clock)
             else:
                 source = LocalGateSource(LocalSignals(exposition()))
-            controller = Controller(rollouts, source, metrics)
+            controller = Controller(rollouts, source, metrics, on_change=gateway.apply)
             app.state.controller = controller
             app.state.is_controller = True
             tasks.append(asyncio.create_task(controller.run(settings.controller_interval_s)))
@@ -212,12 +221,11 @@ def create_app(
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
-            await gateway.drain()
+            await gateway.shadows.drain()
             metrics.pending.flush()
             leader.release()
-            await pool.close()
+            await forwarding.close()
             await http.aclose()
-            await session.close()
             feedback.close()
 
     # No /openapi.json or /docs: they would describe the admin API to anyone, without a token.

@@ -15,12 +15,14 @@ pool's buffer, so the engine cannot have the whole request) is sent once more on
 connection. A connection that closes after the whole request went out, before any byte of the
 answer, may have been worked on: `UpstreamDisconnectedError`, never a second send.
 
-Errors (all `UpstreamConnectionError`, or `TimeoutError`):
+Errors:
     UpstreamConnectionError         cannot connect, or closed before the request was sent
      +-- UpstreamDisconnectedError  closed after the request was sent (before or during the answer)
      +-- UpstreamProtocolError      not HTTP/1.1, or a protocol upgrade (101)
      |    +-- AnswerTooLargeError   a whole-body read went over `max_answer_bytes`
      +-- PoolClosedError            the gateway is shutting down: nothing is wrong with the engine
+    TimeoutError                    connecting, waiting in line, or a silence of `read_s`
+     +-- DeadlineExceededError      the request's deadline (Timeouts.until) passed mid-answer
 
 Connections: at most `limit` per engine; requests that find every one busy wait in line, first
 come first served; idle ones are closed after `idle_s` (below uvicorn's 5 s keep-alive, which
@@ -64,6 +66,10 @@ class AnswerTooLargeError(UpstreamProtocolError):
     """A whole answer was larger than the pool reads into memory."""
 
 
+class DeadlineExceededError(TimeoutError):
+    """The request's deadline (Timeouts.until) passed before the answer was complete."""
+
+
 class PoolClosedError(UpstreamConnectionError):
     """The gateway is shutting down: nothing is wrong with the engine."""
 
@@ -72,11 +78,13 @@ class PoolClosedError(UpstreamConnectionError):
 class Timeouts:
     """pool: the longest wait in line for a free connection (a re-send included); connect: making
     one; read: the longest gap between two arrivals of the answer's bytes (headers included), and
-    the longest wait for the socket to take more of the request."""
+    the longest wait for the socket to take more of the request; until: the request's deadline on
+    time.monotonic()'s clock, which no read of its answer outlives (DeadlineExceededError)."""
 
     pool_s: float
     connect_s: float
     read_s: float
+    until: float | None = None
 
 
 @dataclass(frozen=True)
@@ -149,7 +157,7 @@ class Http1Pool:
         resent = False
         while True:
             conn = await self._acquire(origin, timeouts, in_line_until)
-            response = Http1Response(conn, timeouts.read_s, self.max_answer_bytes)
+            response = Http1Response(conn, timeouts.read_s, self.max_answer_bytes, timeouts.until)
             conn.start(response)
             try:
                 await conn.send(head, body, timeouts.read_s)
@@ -529,9 +537,12 @@ class _Connection(asyncio.Protocol):
 class Http1Response:
     """An engine's answer: `status`, `headers` (lower-case names), then `read()` or `iter_any()`."""
 
-    def __init__(self, conn: _Connection, read_s: float, max_answer_bytes: int) -> None:
+    def __init__(
+        self, conn: _Connection, read_s: float, max_answer_bytes: int, until: float | None = None
+    ) -> None:
         self._conn: _Connection | None = conn
         self._read_s = read_s
+        self._until = until
         self._max_bytes = max_answer_bytes
         self.status = 0
         self.headers: dict[str, str] = {}
@@ -575,10 +586,15 @@ class Http1Response:
             waiter.set_result(None)
 
     async def _wait(self) -> None:
-        """Until the connection says something, or `read_s` passes."""
+        """Until the connection says something, or `read_s` passes, or the deadline."""
         loop = asyncio.get_running_loop()
         waiter = self._waiter = loop.create_future()
-        timer = loop.call_later(self._read_s, _expire, waiter, self._read_s)
+        delay = self._read_s
+        if self._until is not None and self._until - time.monotonic() < delay:
+            delay = max(0.0, self._until - time.monotonic())
+            timer = loop.call_later(delay, _deadline, waiter)
+        else:
+            timer = loop.call_later(delay, _expire, waiter, delay)
         try:
             await waiter
         finally:
@@ -643,3 +659,8 @@ class Http1Response:
 def _expire(waiter: asyncio.Future[None], read_s: float) -> None:
     if not waiter.done():
         waiter.set_exception(TimeoutError(f"the engine sent nothing for {read_s:g} s"))
+
+
+def _deadline(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_exception(DeadlineExceededError("the request's deadline passed"))

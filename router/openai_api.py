@@ -35,8 +35,10 @@ from router.errors import (
     RouterError,
     UpstreamError,
 )
-from router.gateway import CHAT, COMPLETIONS, Gateway, new_request_id
+from router.gateway import Gateway
+from router.ids import new_request_id
 from router.peers import FORWARDED_HEADER, ask_peers
+from router.requests import CHAT, COMPLETIONS
 from router.responses import REQUEST_ID_HEADER, error_response, internal_error
 
 
@@ -45,7 +47,15 @@ async def read_json(request: Request, limit: int, empty: Any = None) -> Any:
 
     A request without a body gets `empty`, or a 400 when `empty` is None.
     """
-    return await _read_json(request.stream(), request.headers.get("content-length"), limit, empty)
+    body = await _read_body(request.stream(), request.headers.get("content-length"), limit)
+    if not body.strip() and empty is not None:
+        return empty
+    if not body:
+        raise BadRequestError("the request has no body; send a JSON object")
+    try:
+        return orjson.loads(body)
+    except (orjson.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BadRequestError(f"the request body is not valid JSON: {exc}") from None
 
 
 async def _body_chunks(receive: Receive) -> AsyncIterator[bytes]:
@@ -58,26 +68,21 @@ async def _body_chunks(receive: Receive) -> AsyncIterator[bytes]:
             return
 
 
-async def _read_json(chunks: AsyncIterator[bytes], declared: str | None, limit: int, empty: Any) -> Any:
+async def _read_body(chunks: AsyncIterator[bytes], declared: str | None, limit: int) -> bytes:
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLargeError(
             f"the request body is {declared} bytes; this gateway accepts at most {limit}"
         )
-    body = bytearray()
+    parts: list[bytes] = []
+    size = 0
     async for chunk in chunks:
-        body += chunk
-        if len(body) > limit:
+        parts.append(chunk)
+        size += len(chunk)
+        if size > limit:
             raise PayloadTooLargeError(
                 f"the request body is over {limit} bytes, the most this gateway accepts"
             )
-    if not body.strip() and empty is not None:
-        return empty
-    if not body:
-        raise BadRequestError("the request has no body; send a JSON object")
-    try:
-        return orjson.loads(body)
-    except (orjson.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BadRequestError(f"the request body is not valid JSON: {exc}") from None
+    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 def _gateway(request: Request) -> Gateway:
@@ -85,16 +90,20 @@ def _gateway(request: Request) -> Gateway:
     return gateway
 
 
-async def chat_completions(request: Request) -> Response:
+async def _complete(request: Request, endpoint: str) -> Response:
     gateway = _gateway(request)
-    body = await read_json(request, gateway.settings.max_body_bytes)
-    return await gateway.complete(CHAT, body, request.headers)
+    raw = await _read_body(
+        request.stream(), request.headers.get("content-length"), gateway.settings.max_body_bytes
+    )
+    return await gateway.complete(endpoint, raw, request.headers)
+
+
+async def chat_completions(request: Request) -> Response:
+    return await _complete(request, CHAT)
 
 
 async def completions(request: Request) -> Response:
-    gateway = _gateway(request)
-    body = await read_json(request, gateway.settings.max_body_bytes)
-    return await gateway.complete(COMPLETIONS, body, request.headers)
+    return await _complete(request, COMPLETIONS)
 
 
 async def list_models(request: Request) -> JSONResponse:
@@ -156,7 +165,9 @@ async def _feedback_from_peers(
     gateway: Gateway, body: dict[str, Any], request: Request, unknown: UnknownCompletionError
 ) -> Response:
     """The answer of the peer replica that served the completion (router/peers.py)."""
-    found = await ask_peers(gateway.session, gateway.settings.peers, orjson.dumps(body), request.headers)
+    found = await ask_peers(
+        request.app.state.http, gateway.settings.peers, orjson.dumps(body), request.headers
+    )
     if found.status is not None:
         return Response(found.body, status_code=found.status, media_type="application/json")
     if found.unreachable:
@@ -207,10 +218,10 @@ class CompletionsFastPath:
         headers[REQUEST_ID_HEADER] = request_id
         response: Response
         try:
-            body = await _read_json(
-                _body_chunks(receive), headers.get("content-length"), gateway.settings.max_body_bytes, None
+            raw = await _read_body(
+                _body_chunks(receive), headers.get("content-length"), gateway.settings.max_body_bytes
             )
-            response = await gateway.complete(endpoint, body, headers)
+            response = await gateway.complete(endpoint, raw, headers)
         except RouterError as exc:
             exc.headers = {**(exc.headers or {}), REQUEST_ID_HEADER: request_id}
             response = error_response(exc)

@@ -15,14 +15,14 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-import aiohttp
+import httpx
 
 from lorafleet.discovery import resolve_urls
 
 log = logging.getLogger("lorafleet.router")
 
 FORWARDED_HEADER = "x-lorafleet-forwarded"
-PEER_TIMEOUT = aiohttp.ClientTimeout(total=5.0)
+PEER_TIMEOUT = httpx.Timeout(5.0)
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,7 @@ class PeerAnswer:
 
 
 async def ask_peers(
-    session: aiohttp.ClientSession, peers: Sequence[str], body: bytes, headers: Mapping[str, str]
+    http: httpx.AsyncClient, peers: Sequence[str], body: bytes, headers: Mapping[str, str]
 ) -> PeerAnswer:
     """POST `body` to /v1/feedback of each peer until one does not answer 404."""
     urls = [url for target in peers for url in await resolve_urls(target)]
@@ -46,13 +46,10 @@ async def ask_peers(
     unreachable = 0
     for url in urls:
         try:
-            async with session.post(
-                f"{url}/v1/feedback", data=body, headers=forward, timeout=PEER_TIMEOUT
-            ) as resp:
-                answer = await resp.read()
-                if resp.status != 404:
-                    return PeerAnswer(resp.status, answer, len(urls), unreachable)
-        except (aiohttp.ClientError, TimeoutError) as exc:
+            resp = await http.post(f"{url}/v1/feedback", content=body, headers=forward, timeout=PEER_TIMEOUT)
+            if resp.status_code != 404:
+                return PeerAnswer(resp.status_code, resp.content, len(urls), unreachable)
+        except httpx.HTTPError as exc:
             unreachable += 1
             log.warning("gateway peer %s did not answer a feedback look-up: %s", url, exc)
     return PeerAnswer(asked=len(urls), unreachable=unreachable)

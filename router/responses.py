@@ -133,7 +133,13 @@ def internal_error(exc: Exception, request_id: str | None) -> JSONResponse:
     """The answer of last resort to an unexpected exception: logged, a 500 in OpenAI's shape."""
     log.error("unexpected error in request %s", request_id, exc_info=exc)
     headers = {REQUEST_ID_HEADER: request_id} if request_id else None
-    return openai_error(500, "server_error", f"internal error: {type(exc).__name__}", headers=headers)
+    # The exception itself stays in the log: its text may hold paths, addresses or data.
+    return openai_error(
+        500,
+        "server_error",
+        f"internal error (request {request_id}); the gateway's log has the detail",
+        headers=headers,
+    )
 
 
 def error_response(exc: RouterError) -> JSONResponse:

@@ -29,7 +29,10 @@ class Timeouts(BaseModel):
     )
     pool_s: float = Field(default=5.0, gt=0, description="Longest wait for a free upstream connection.")
     request_s: float = Field(
-        default=300.0, gt=0, description="Deadline of a whole request, fallback included."
+        default=300.0,
+        gt=0,
+        description="Deadline of a whole request, stream and fallback included; a client's own timeout "
+        "(X-Request-Timeout, or the openai SDKs' X-Stainless-Timeout / X-Stainless-Read-Timeout) shortens it.",
     )
 
 
@@ -76,6 +79,9 @@ class GatewaySettings(BaseSettings):
         default=4096,
         gt=0,
         description="Largest max_tokens a request may ask for; a request without one gets it, unless the engine's context is smaller (the engine then caps the answer).",
+    )
+    max_answer_bytes: int = Field(
+        default=64 << 20, gt=0, description="Largest JSON answer read from an engine (503 above)."
     )
     max_n: int = Field(
         default=8, ge=1, description="Largest n (answers per request) and best_of a request may ask for."

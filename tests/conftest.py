@@ -10,11 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import csv
-import datetime as dt
-import json
 import os
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -25,25 +22,18 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 import yaml
 
 from lorafleet import basemodel
-from lorafleet.modelcard import ModelCard
-from lorafleet.registry import REFERENCE_FILE, Registry, VersionInfo, adapter_digest
+from lorafleet.registry import NewVersion, Registry
 from lorafleet.textstats import reference_stats
+from tests.support import InThreadServer, free_port
 from training.csvimport import labels_system_prompt
 from training.dataset import Example
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_CSV = ROOT / "data" / "banking77" / "demo.csv"
 SHIFTED_CSV = ROOT / "data" / "banking77" / "shifted.csv"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def read_demo(path: Path = DEMO_CSV) -> list[tuple[str, str]]:
@@ -80,34 +70,13 @@ def tiny_task() -> TinyTask:
 
 
 def register(registry: Registry, task: str, adapter_dir: Path, tiny: TinyTask, base: Path) -> str:
-    """Register a trained adapter folder as a new version (adapter, card, info, reference stats)."""
-    with registry.new_version(task) as draft:
-        shutil.copytree(adapter_dir, draft.adapter_path)
-        now = dt.datetime.now(dt.UTC)
-        draft.write_json(
-            "version.json",
-            VersionInfo(
-                name=str(draft.ref),
-                task=task,
-                number=draft.ref.number,
-                created_at=now,
-                base_model=str(base),
-                adapter_sha256=adapter_digest(draft.adapter_path),
-                lora_rank=json.loads((adapter_dir / "adapter_config.json").read_text())["r"],
-            ),
-        )
-        card = ModelCard(
-            version=str(draft.ref), task=task, created_at=now, base_model=str(base), labels=tiny.labels
-        )
-        (draft.path / "README.md").write_text(card.render())
-        rows = read_demo()
-        draft.write_json(
-            REFERENCE_FILE,
-            reference_stats(
-                [t for t, _ in rows], [lab for _, lab in rows], tiny.labels, system_prompt=tiny.system
-            ),
-        )
-    return str(draft.ref)
+    """Register a trained adapter folder as a new version, with the demo's reference statistics."""
+    rows = read_demo()
+    reference = reference_stats(
+        [t for t, _ in rows], [lab for _, lab in rows], tiny.labels, system_prompt=tiny.system
+    )
+    new = NewVersion(adapter_dir=adapter_dir, base_model=str(base), labels=tiny.labels, reference=reference)
+    return registry.register(task, new).name
 
 
 @pytest.fixture(scope="session")
@@ -204,31 +173,6 @@ def engine(base_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> It
     )
     yield eng
     eng.stop()
-
-
-class GatewayThread:
-    """A gateway app served by uvicorn in a thread, on a free port."""
-
-    def __init__(self, app: Any) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on")
-        self.server = uvicorn.Server(config)
-        self.app = app
-        self.thread = threading.Thread(target=self.server.run, name="gateway", daemon=True)
-
-    def start(self) -> GatewayThread:
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("gateway did not start")
-            time.sleep(0.05)
-        return self
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
 
 
 class FaultProxy:
@@ -337,12 +281,12 @@ ADMIN_TOKEN = "test-admin-token"
 
 
 @pytest.fixture
-def start_gateway(tmp_path: Path) -> Iterator[Callable[..., GatewayThread]]:
+def start_gateway(tmp_path: Path) -> Iterator[Callable[..., InThreadServer]]:
     """Start a gateway: start_gateway(routes_yaml, registry=..., engines=[...], **settings)."""
     from router.app import create_app
     from router.settings import GatewaySettings
 
-    started: list[GatewayThread] = []
+    started: list[InThreadServer] = []
 
     def start(
         routes_yaml: str,
@@ -350,7 +294,7 @@ def start_gateway(tmp_path: Path) -> Iterator[Callable[..., GatewayThread]]:
         engines: list[str],
         app_kwargs: dict[str, Any] | None = None,
         **kwargs: Any,
-    ) -> GatewayThread:
+    ) -> InThreadServer:
         routes_file = tmp_path / f"routes-{len(started)}.yaml"
         routes_file.write_text(routes_yaml)
         settings = GatewaySettings(
@@ -361,7 +305,7 @@ def start_gateway(tmp_path: Path) -> Iterator[Callable[..., GatewayThread]]:
             reload_interval_s=0.2,
             **{"reconcile_interval_s": 1.0, **kwargs},
         )
-        gw = GatewayThread(create_app(settings, **(app_kwargs or {}))).start()
+        gw = InThreadServer(create_app(settings, **(app_kwargs or {})))
         started.append(gw)
         return gw
 

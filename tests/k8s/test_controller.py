@@ -19,7 +19,6 @@ import contextlib
 import datetime as dt
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -40,6 +39,7 @@ from router.errors import RoutesFileError, StaleRevisionError
 from router.k8s_store import HISTORY_KEY, ROUTES_KEY, STATE_KEY, ConfigMapStore
 from router.policy import Route, RoutesFile
 from router.store import FileStore, HistoryEvent, Progress, RolloutState, dump_routes
+from tests.support import free_port
 
 TOKEN = "fake-apiserver-token"
 LIMIT = 1024 * 1024
@@ -297,12 +297,6 @@ def test_an_unreachable_api_server(apiserver: FakeApiServer, tmp_path: Path) -> 
 # --- `lorafleet controller`, as a process --------------------------------------------------------
 
 ADMIN_TOKEN = "controller-admin-token"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def make_registry(root: Path) -> Path:

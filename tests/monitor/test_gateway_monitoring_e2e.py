@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from lorafleet.registry import Registry
+from tests.support import free_port
 
 pytestmark = pytest.mark.engine
 
@@ -240,14 +241,6 @@ def test_shifted_traffic_raises_input_drift_and_in_distribution_traffic_does_not
     _wait(lambda: (psi("input_vocabulary") or 0) >= 0.2, timeout_s=15, what="the drift signal")
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _spawn_gateway(
     port: int, routes: Path, registry: Registry, engine_url: str, log: Path, *extra: str
 ) -> subprocess.Popen[bytes]:
@@ -301,7 +294,7 @@ def test_two_gateway_processes_one_prometheus_one_controller(
         "        - analysis: {min_requests: 8, max_p95_latency_ratio: 100, max_entropy_shift_nats: 5, interval_s: 1, inconclusive_limit: 0}\n"
     )
     engine.wait_healthy()  # the supervisor may be restarting it
-    port_a, port_b = _free_port(), _free_port()
+    port_a, port_b = free_port(), free_port()
     a_url, b_url = f"http://127.0.0.1:{port_a}", f"http://127.0.0.1:{port_b}"
     prom = prometheus([f"127.0.0.1:{port_a}", f"127.0.0.1:{port_b}"])
     procs = [

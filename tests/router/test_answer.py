@@ -10,9 +10,9 @@ import httpx
 import orjson
 import pytest
 
-from monitor.entropy import EntropyAccumulator, response_entropy, strip_logprobs
-from router.answer import read_answer, without_logprobs
-from router.upstream import SSEBuffer
+from monitor.entropy import EntropyAccumulator
+from router.answer import read_answer, response_tokens, strip_logprobs, without_logprobs
+from router.relay import SSEBuffer
 
 TOKEN = {
     "token": "card",
@@ -142,9 +142,10 @@ def test_the_cut_applies_to_the_real_engines_answers(engine: Any, endpoint: str,
         assert answer is not None
         first = answer.first()
         assert first is not None and first.has_logprobs
-        acc = EntropyAccumulator()
-        acc.add(first.token_logprobs())
-        assert acc.value() == pytest.approx(response_entropy(orjson.loads(raw)))
+        acc, whole = EntropyAccumulator(), EntropyAccumulator()
+        acc.add(first.tokens())
+        whole.add(response_tokens(orjson.loads(raw)))
+        assert acc.value() == pytest.approx(whole.value())
 
 
 def _random_answer(rng: random.Random) -> dict[str, Any]:

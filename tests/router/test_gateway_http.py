@@ -21,9 +21,10 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.fakes import UpstreamConfig, free_port
+from bench.fakes import UpstreamConfig
 from lorafleet.registry import Registry
 from router.gateway import VERSION_HEADER
+from tests.support import free_port
 
 TOKEN = "test-admin-token"  # the admin token of the `gateway` fixture
 AUTH = {"authorization": f"Bearer {TOKEN}"}
@@ -271,7 +272,9 @@ def test_a_slow_engine_times_out_with_504_and_stays_up(
     assert r.status_code == 504, r.text
     error = r.json()["error"]
     assert error["code"] == "upstream_timeout" and "timeout" in error["message"]
-    assert "sent nothing for 0.3 s" in error["message"]  # the read timeout, not the request's deadline
+    # the read timeout, not the request's deadline; and no engine address in what the client reads
+    assert "timeouts.read_s" in error["message"] and "deadline" not in error["message"]
+    assert slow.url.removeprefix("http://") not in error["message"]
     assert _engine_up(gw.url, slow) == 1.0
 
 
@@ -546,8 +549,8 @@ def test_clients_that_leave_at_any_point_leave_nothing_held(
     state = gw.app.state.gateway
     engine = state.fleet.engines[slow.url]
     deadline = time.monotonic() + 10
-    while engine.in_flight != 0 or _busy_connections(state.pool) != 0:
-        assert time.monotonic() < deadline, (engine.in_flight, _busy_connections(state.pool))
+    while engine.in_flight != 0 or _busy_connections(gw.url, slow.url) != 0:
+        assert time.monotonic() < deadline, (engine.in_flight, _busy_connections(gw.url, slow.url))
         time.sleep(0.1)
     answered = httpx.post(
         f"{gw.url}/v1/chat/completions", json={"model": "banking", "messages": MESSAGES}, timeout=10
@@ -555,6 +558,104 @@ def test_clients_that_leave_at_any_point_leave_nothing_held(
     assert answered.status_code == 200
 
 
-def _busy_connections(pool: Any) -> int:
-    """Connections of the gateway's pool that are open but not idle."""
-    return sum(o.open - sum(1 for c, _ in o.idle if c.reusable()) for o in pool._origins.values())
+def _busy_connections(gateway_url: str, engine_url: str) -> int:
+    """Connections of the gateway to the engine that are open but not idle (/admin/status)."""
+    engines = httpx.get(f"{gateway_url}/admin/status", headers=AUTH).json()["engines"]
+    connections = next(e["connections"] for e in engines if e["url"] == engine_url)
+    return int(connections["open"] - connections["idle"])
+
+
+# --- the request's deadline and faults through the injected transport ----------------------------
+
+
+class CountingTransport:
+    """The default transport (Http1Pool), counting the requests sent to each engine: a test seam
+    given to create_app(transport=...), not a fake of the pool."""
+
+    def __init__(self) -> None:
+        from router.http1 import Http1Pool
+
+        self.pool = Http1Pool(8)
+        self.sent: dict[str, int] = {}
+
+    async def post(self, base: str, path: str, body: bytes, headers: dict[str, str], timeouts: Any) -> Any:
+        self.sent[base] = self.sent.get(base, 0) + 1
+        return await self.pool.post(base, path, body, headers, timeouts)
+
+    def stats(self, base: str) -> Any:
+        return self.pool.stats(base)
+
+    def forget(self, base: str) -> None:
+        self.pool.forget(base)
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+
+def test_an_engine_that_dies_after_reading_a_request_is_never_sent_it_twice(
+    gateway: Callable[..., Any],
+    fake_engines: Callable[..., Any],
+    versions: tuple[Registry, list[str]],
+) -> None:
+    _, (v1, _) = versions
+    dying = fake_engines(UpstreamConfig(die_after_read=True))
+    transport = CountingTransport()
+    gw = gateway(_routes(v1), [dying.url], app_kwargs={"transport": transport})
+    body = {"model": "banking", "messages": MESSAGES, "max_tokens": 4}
+    r = httpx.post(
+        f"{gw.url}/v1/chat/completions", json=body, headers={"x-request-id": "req-dies"}, timeout=30
+    )
+    assert r.status_code == 503, r.text
+    message = r.json()["error"]["message"]
+    assert v1 in message and "req-dies" in message and "closed the connection" in message
+    assert dying.url.removeprefix("http://") not in message and "Error" not in message
+    assert transport.sent[dying.url] == 1
+    assert dying.upstream.requests == 1  # the engine read it once, and only once
+
+
+def test_an_engine_that_never_answers_is_abandoned_at_the_sdk_timeout_fallback_included(
+    gateway: Callable[..., Any],
+    fake_engines: Callable[..., Any],
+    versions: tuple[Registry, list[str]],
+) -> None:
+    """The openai SDK with timeout=3 sends its timeout; the gateway answers 504 before the SDK
+    gives up (an APITimeoutError would mean it did not), though the route has a fallback."""
+    _, (v1, v2) = versions
+    hung = fake_engines(UpstreamConfig(service_s=60.0))
+    gw = gateway(_routes(v1, fallback=v2), [hung.url])
+    client = openai.OpenAI(base_url=f"{gw.url}/v1", api_key="x", timeout=3.0, max_retries=0)
+    with pytest.raises(openai.APIStatusError) as answered:
+        client.chat.completions.create(model="banking", messages=MESSAGES, max_tokens=4)
+    assert answered.value.status_code == 504
+    assert "deadline" in answered.value.message and v1 in answered.value.message
+
+
+def test_a_stream_past_its_deadline_ends_with_an_error_event(
+    gateway: Callable[..., Any],
+    fake_engines: Callable[..., Any],
+    versions: tuple[Registry, list[str]],
+) -> None:
+    _, (v1, _) = versions
+    slow = fake_engines(UpstreamConfig(chunks=40, itl_s=0.1))
+    gw = gateway(_routes(v1), [slow.url])
+    body = {"model": "banking", "messages": MESSAGES, "stream": True}
+    with httpx.stream(
+        "POST", f"{gw.url}/v1/chat/completions", json=body, headers={"x-request-timeout": "1.5"}, timeout=30
+    ) as r:
+        assert r.status_code == 200
+        events = [line for line in r.iter_lines() if line.startswith("data: ")]
+    assert events[-1] == "data: [DONE]"
+    error = json.loads(events[-2].removeprefix("data: "))["error"]
+    assert error["code"] == "deadline_exceeded" and v1 in error["message"]
+    contents = [e for e in events[:-2] if '"content"' in e]
+    assert 0 < len(contents) < 40  # some of the answer came, not all of it
+
+
+def test_a_client_timeout_header_that_is_not_a_number_is_a_400(
+    gateway: Callable[..., Any], versions: tuple[Registry, list[str]]
+) -> None:
+    _, (v1, _) = versions
+    gw = gateway(_routes(v1))
+    body = {"model": "banking", "messages": MESSAGES}
+    r = httpx.post(f"{gw.url}/v1/chat/completions", json=body, headers={"x-request-timeout": "soon"})
+    assert r.status_code == 400 and "x-request-timeout" in r.json()["error"]["message"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import MutableMapping
 from typing import Any
 
-from router.upstream import SSEBuffer
+from router.relay import SSEBuffer
 
 
 def test_events_split_across_chunks_and_several_in_one_chunk() -> None:
@@ -28,7 +28,7 @@ def test_comments_and_other_fields_are_skipped_and_a_last_event_without_blank_li
 def test_request_ids_are_unique_and_a_forked_worker_gets_its_own_prefix() -> None:
     import os
 
-    from router.gateway import new_request_id
+    from router.ids import new_request_id
 
     ids = [new_request_id() for _ in range(1000)]
     assert len(set(ids)) == 1000 and all(i.startswith("req-") for i in ids)

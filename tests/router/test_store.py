@@ -108,7 +108,8 @@ def test_the_controller_logs_an_invalid_routes_file_once_and_resumes(
 
     from lorafleet.registry import Registry
     from monitor.signals import LocalSignals
-    from router.rollout import Controller, LocalGateSource, Rollouts
+    from router.controller import Controller, LocalGateSource
+    from router.rollout import Rollouts
 
     routes = tmp_path / "routes.yaml"
     routes.write_text("routes: [")

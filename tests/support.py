@@ -1,0 +1,103 @@
+"""What the tests share beside fixtures: a free port, an ASGI app served in a thread, a fake engine.
+
+free_port()          a loopback port nothing listens on (yet)
+InThreadServer(app)  the app served by uvicorn in a thread on a free port (lifespan on):
+                     .url, .port, .app, .stop()
+FakeEngine(config)   fault injection, named as such: the benchmarks' FAKE OpenAI upstream
+                     (bench/fakes.py) in a thread; `refuse()` turns it into an engine that
+                     refuses connections. What lorafleet promises is tested against the real
+                     engine (tests/conftest.py's `engine` fixture).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from typing import Any
+
+import uvicorn
+
+from bench.fakes import FakeOpenAIUpstream, UpstreamConfig, _UpstreamConnection
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class InThreadServer:
+    """An ASGI app served by uvicorn in a thread, on a free port (optionally under a root path)."""
+
+    def __init__(self, app: Any, root_path: str = "", port: int | None = None) -> None:
+        self.app = app
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(
+            app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on", root_path=root_path
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, name="in-thread-server", daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError(f"the server on port {self.port} did not start")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+
+class FakeEngine:
+    """Fault injection, named as such: the benchmarks' FAKE OpenAI upstream, in a thread, which
+    `refuse()` turns into an engine that refuses connections (listener and open connections closed)."""
+
+    def __init__(self, config: UpstreamConfig | None = None) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.upstream = FakeOpenAIUpstream(config)
+        self.connections: list[_UpstreamConnection] = []
+        self.loop = asyncio.new_event_loop()
+        ready = threading.Event()
+
+        def run() -> None:
+            asyncio.set_event_loop(self.loop)
+            self.server = self.loop.run_until_complete(
+                self.loop.create_server(self._connection, "127.0.0.1", self.port)
+            )
+            ready.set()
+            self.loop.run_forever()
+
+        self.thread = threading.Thread(target=run, name="fake-engine", daemon=True)
+        self.thread.start()
+        ready.wait(10)
+
+    def _connection(self) -> _UpstreamConnection:
+        conn = _UpstreamConnection(self.upstream)
+        self.connections.append(conn)
+        return conn
+
+    def refuse(self) -> None:
+        def close() -> None:
+            self.server.close()
+            for conn in self.connections:
+                if conn.transport is not None:
+                    conn.transport.close()
+
+        self.loop.call_soon_threadsafe(close)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+            except OSError:
+                return
+            time.sleep(0.05)
+        raise AssertionError("the fake engine still accepts connections")
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=10)
