@@ -6,9 +6,10 @@
     Target                     where a request was resolved to: route, version, arm, fallback, shadow
     Attempt                    one forwarded request: the engine, its answer (status and headers in)
     Forwarder.send             one engine holding the version; EngineFailure for what a retry may fix
-    Forwarder.forward          send; then each other engine holding the version; then the route's
-                               fallback; each only while the deadline allows. UpstreamError (a
-                               503/504 naming the version and the request id) when none answered.
+    Forwarder.after_failure    after a first `send` failed: each other engine holding the version,
+                               then the route's fallback; each only while the deadline allows.
+                               UpstreamError (a 503/504 naming the version and the request id)
+                               when none answered.
     Forwarder.pass_error       an engine's 4xx, the client's own error, in OpenAI's shape
 
 What a client is told never names an engine's address or an exception; the log has the detail.
@@ -135,6 +136,9 @@ class Forwarder:
         self.fleet = fleet
         self.transport = transport
         self.observer = observer
+        self._timeout = forward_timeout(settings)
+        t = settings.timeouts
+        self._longest = max(t.pool_s, t.connect_s, t.read_s)
 
     def upstream_model(self, version: str) -> str | None:
         """The `model` an engine serves `version` under (`base`: the engines' base model)."""
@@ -160,10 +164,12 @@ class Forwarder:
             raise EngineFailure(
                 NO_ENGINE, FailureReason.NOT_LOADED, f"no {other}healthy engine holds {version}"
             )
-        now = time.monotonic()
-        if deadline - now < _MIN_LEFT_S:
+        remaining = deadline - time.monotonic()
+        if remaining < _MIN_LEFT_S:
             raise EngineFailure(engine.url, FailureReason.DEADLINE, "the request's deadline passed")
-        timeout = forward_timeout(self.settings, deadline, now)
+        timeout = self._timeout
+        if remaining < self._longest:
+            timeout = forward_timeout(self.settings, remaining)
         fields = {**body, "model": upstream_model}
         if _uncapped(body, engine, self.settings.max_tokens_limit):
             fields["max_tokens"] = self.settings.max_tokens_limit
@@ -177,6 +183,7 @@ class Forwarder:
                 payload,
                 {"Content-Type": "application/json", REQUEST_ID_HEADER: request_id},
                 timeout,
+                deadline,
             )
         except BaseException as exc:  # an engine failure, or cancelled: the client left
             engine.in_flight -= 1
@@ -225,7 +232,7 @@ class Forwarder:
             except EngineFailure as exc:
                 failure = exc
 
-    async def forward(
+    async def after_failure(
         self,
         endpoint: str,
         body: dict[str, Any],
@@ -233,17 +240,15 @@ class Forwarder:
         request_id: str,
         deadline: float,
         start: float,
+        failure: EngineFailure,
     ) -> Attempt:
-        """An answer's head from the target's version, another engine of it, or its fallback.
+        """After `failure` of the first `send`: an answer's head from another engine of the target's
+        version, or its fallback.
 
         A request the fallback takes counts for the target's version too, as one of its requests
         that failed: all of a version's traffic falling back (an adapter that failed to load) must
         show in its error ratio, its alerts and its canary gate, not as a version with no traffic.
         """
-        try:
-            return await self.send(endpoint, body, target.version, target.arm, request_id, deadline)
-        except EngineFailure as first_failure:
-            failure = first_failure
         try:
             return await self._send_to_others(
                 endpoint, body, target.version, target.arm, request_id, deadline, failure

@@ -53,11 +53,15 @@ from router.selector import choose, mirror
 from router.settings import GatewaySettings
 from router.shadow import Shadows
 from router.store import RouteStore
-from router.upstream import UPSTREAM_ERRORS, Transport
+from router.upstream import UPSTREAM_ERRORS, EngineFailure, Transport
 from serve.fleet import Fleet
 
 log = logging.getLogger("lorafleet.router")
 
+# Request fields by which a client asks for its own structured output: enforce_labels leaves them be.
+_STRUCTURED = frozenset(
+    {"structured_outputs", "response_format", "guided_choice", "guided_json", "guided_regex"}
+)
 ROUTE_HEADER = "x-lorafleet-route"
 VERSION_HEADER = "x-lorafleet-version"
 ARM_HEADER = "x-lorafleet-arm"
@@ -286,7 +290,15 @@ class Gateway:
             upstream = {**upstream, "stream_options": {**options, "include_usage": True}}
         start = time.perf_counter()
         try:
-            attempt = await self.forwarder.forward(endpoint, upstream, target, request_id, deadline, start)
+            # The first attempt straight from here: each await level is walked again on every resume.
+            try:
+                attempt = await self.forwarder.send(
+                    endpoint, upstream, target.version, target.arm, request_id, deadline
+                )
+            except EngineFailure as failure:
+                attempt = await self.forwarder.after_failure(
+                    endpoint, upstream, target, request_id, deadline, start, failure
+                )
         except UpstreamError as exc:
             self.observer.record(
                 Outcome(target.route, target.version, target.arm, exc.status, time.perf_counter() - start)

@@ -22,7 +22,7 @@ Errors:
      |    +-- AnswerTooLargeError   a whole-body read went over `max_answer_bytes`
      +-- PoolClosedError            the gateway is shutting down: nothing is wrong with the engine
     TimeoutError                    connecting, waiting in line, or a silence of `read_s`
-     +-- DeadlineExceededError      the request's deadline (Timeouts.until) passed mid-answer
+     +-- DeadlineExceededError      the request's deadline passed mid-answer
 
 Connections: at most `limit` per engine; requests that find every one busy wait in line, first
 come first served; idle ones are closed after `idle_s` (below uvicorn's 5 s keep-alive, which
@@ -67,7 +67,7 @@ class AnswerTooLargeError(UpstreamProtocolError):
 
 
 class DeadlineExceededError(TimeoutError):
-    """The request's deadline (Timeouts.until) passed before the answer was complete."""
+    """The request's deadline passed before the answer was complete."""
 
 
 class PoolClosedError(UpstreamConnectionError):
@@ -78,13 +78,11 @@ class PoolClosedError(UpstreamConnectionError):
 class Timeouts:
     """pool: the longest wait in line for a free connection (a re-send included); connect: making
     one; read: the longest gap between two arrivals of the answer's bytes (headers included), and
-    the longest wait for the socket to take more of the request; until: the request's deadline on
-    time.monotonic()'s clock, which no read of its answer outlives (DeadlineExceededError)."""
+    the longest wait for the socket to take more of the request."""
 
     pool_s: float
     connect_s: float
     read_s: float
-    until: float | None = None
 
 
 @dataclass(frozen=True)
@@ -131,7 +129,6 @@ class Http1Pool:
         self._origins: dict[str, _Origin] = {}
         self._ssl: ssl.SSLContext | None = None
         self._closed = False
-        self._poller = select.poll()
 
     def _origin(self, base: str) -> _Origin:
         origin = self._origins.get(base)
@@ -146,10 +143,18 @@ class Http1Pool:
         return PoolStats(open=origin.open, idle=len(origin.idle), waiting=len(origin.waiters))
 
     async def post(
-        self, base: str, path: str, body: bytes, headers: dict[str, str], timeouts: Timeouts
+        self,
+        base: str,
+        path: str,
+        body: bytes,
+        headers: dict[str, str],
+        timeouts: Timeouts,
+        deadline: float | None = None,
     ) -> Http1Response:
         """POST `body` to `base` + `path`; the answer's status and headers have arrived when this
-        returns. Call `release()` on it when done (after reading it, or to abandon it)."""
+        returns. Call `release()` on it when done (after reading it, or to abandon it).
+
+        `deadline` (time.monotonic()'s clock): no read of the answer outlives it (DeadlineExceededError)."""
         origin = self._origin(base)
         head = _request_head(origin, path, body, headers)
         loop = asyncio.get_running_loop()
@@ -157,10 +162,11 @@ class Http1Pool:
         resent = False
         while True:
             conn = await self._acquire(origin, timeouts, in_line_until)
-            response = Http1Response(conn, timeouts.read_s, self.max_answer_bytes, timeouts.until)
+            response = Http1Response(conn, timeouts.read_s, self.max_answer_bytes, deadline)
             conn.start(response)
             try:
-                await conn.send(head, body, timeouts.read_s)
+                if not conn.write(head, body):
+                    await conn.send_rest(body, timeouts.read_s)
                 await response._wait_head()
             except _NotSent:
                 if not resent:  # the engine cannot hold the whole request: sending it again is safe
@@ -344,7 +350,7 @@ class _Connection(asyncio.Protocol):
         self._counted = True  # counted in origin.open until connection_lost
         self._read_to_close = False
         self._interim = False
-        self._fd = -1  # the socket's, to poll it while idle (plain TCP only)
+        self._poller: select.poll | None = None  # the socket, to poll it while idle (plain TCP only)
         self._sent = True  # the current request left the pool's buffer whole
         self._drained: asyncio.Future[None] | None = None
 
@@ -355,7 +361,8 @@ class _Connection(asyncio.Protocol):
         self.transport.set_write_buffer_limits(high=0)  # type: ignore[union-attr]
         sock = transport.get_extra_info("socket")
         if sock is not None and not self.origin.ssl:
-            self._fd = sock.fileno()
+            self._poller = select.poll()
+            self._poller.register(sock.fileno(), _READABLE)
 
     def data_received(self, data: bytes) -> None:
         response = self.response
@@ -379,7 +386,7 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         idle = self.response is None and self.usable
         self.forget()
-        self._fd = -1
+        self._poller = None
         if self._drained is not None and not self._drained.done():
             self._drained.set_result(None)  # the writer sees the loss in `_sent` and the response
         if idle:
@@ -460,16 +467,24 @@ class _Connection(asyncio.Protocol):
             response._finish()
 
     # ours
-    async def send(self, head: bytes, body: bytes, timeout_s: float) -> None:
-        """Write the request; wait while the socket is full. Raises _NotSent if the connection
-        closes before the last byte left the pool's buffer."""
+    def write(self, head: bytes, body: bytes) -> bool:
+        """Write the request's head and (a small) body; True when all of it left the pool's buffer.
+        Otherwise `send_rest` writes what is left, waiting while the socket is full."""
         transport = self.transport
         assert transport is not None
         self._sent = True
-        if len(body) <= _WRITE_PIECE:
-            transport.writelines((head, body))
-        else:
+        if len(body) > _WRITE_PIECE:
             transport.write(head)
+            return False
+        transport.writelines((head, body))
+        return self._sent
+
+    async def send_rest(self, body: bytes, timeout_s: float) -> None:
+        """After `write`: the rest of the request, respecting the socket's backpressure. Raises
+        _NotSent if the connection closes before the last byte left the pool's buffer."""
+        transport = self.transport
+        assert transport is not None
+        if len(body) > _WRITE_PIECE:
             view = memoryview(body)
             for start in range(0, len(view), _WRITE_PIECE):
                 if not self._sent:
@@ -499,16 +514,9 @@ class _Connection(asyncio.Protocol):
         says now: also when the loop has not run the event yet. Nothing is read."""
         if not self.reusable():
             return True
-        if self._fd < 0:
-            return False
         # One poll(2) with no wait: an idle connection has nothing to read, unless the engine
         # closed it (or wrote what nobody asked for).
-        poller = self.pool._poller
-        poller.register(self._fd, _READABLE)
-        try:
-            return bool(poller.poll(0))
-        finally:
-            poller.unregister(self._fd)
+        return self._poller is not None and bool(self._poller.poll(0))
 
     def forget(self) -> None:
         """Closed or never made: no longer one of the origin's open connections (once)."""

@@ -156,7 +156,7 @@ async def relay(
     error: ErrorReason | None = None
     status = 200
     try:
-        # The transport's reads stop at the deadline (Timeouts.until): no timer of our own per chunk.
+        # The transport's reads stop at the request's deadline: no timer of our own per chunk.
         async for raw in attempt.response.iter_any():
             out = watch.relay(events.feed(raw))
             if out:

@@ -71,7 +71,7 @@ _WHERE = re.compile(r" - at `\$\.?(?P<path>[^`]*)`$")
 _MISSING = re.compile(r"^Object missing required field `(?P<field>[^`]+)`")
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class CompletionRequest:
     """A checked request: its typed fields and its body as sent (`stream: null` dropped)."""
 

@@ -55,7 +55,13 @@ class Transport(Protocol):
     """How the gateway sends a completion request to an engine (`base`: the engine's URL)."""
 
     async def post(
-        self, base: str, path: str, body: bytes, headers: dict[str, str], timeouts: Timeouts
+        self,
+        base: str,
+        path: str,
+        body: bytes,
+        headers: dict[str, str],
+        timeouts: Timeouts,
+        deadline: float | None = None,
     ) -> UpstreamResponse: ...
     def stats(self, base: str) -> PoolStats: ...
     def forget(self, base: str) -> None: ...
@@ -75,17 +81,11 @@ def build_client(settings: GatewaySettings) -> httpx.AsyncClient:
     return httpx.AsyncClient(timeout=timeout, limits=limits, trust_env=False)
 
 
-def forward_timeout(settings: GatewaySettings, deadline: float, now: float) -> Timeouts:
-    """Timeouts of one forwarded request, none longer than what is left before its `deadline`
-    (both on time.monotonic()'s clock)."""
+def forward_timeout(settings: GatewaySettings, remaining_s: float | None = None) -> Timeouts:
+    """Timeouts of one forwarded request, none longer than the `remaining_s` of its deadline."""
     t = settings.timeouts
-    left = deadline - now
-    return Timeouts(
-        pool_s=min(t.pool_s, left),
-        connect_s=min(t.connect_s, left),
-        read_s=min(t.read_s, left),
-        until=deadline,
-    )
+    cap = remaining_s if remaining_s is not None else float("inf")
+    return Timeouts(pool_s=min(t.pool_s, cap), connect_s=min(t.connect_s, cap), read_s=min(t.read_s, cap))
 
 
 class FailureReason(enum.StrEnum):

@@ -578,9 +578,11 @@ class CountingTransport:
         self.pool = Http1Pool(8)
         self.sent: dict[str, int] = {}
 
-    async def post(self, base: str, path: str, body: bytes, headers: dict[str, str], timeouts: Any) -> Any:
+    async def post(
+        self, base: str, path: str, body: bytes, headers: dict[str, str], timeouts: Any, deadline: Any = None
+    ) -> Any:
         self.sent[base] = self.sent.get(base, 0) + 1
-        return await self.pool.post(base, path, body, headers, timeouts)
+        return await self.pool.post(base, path, body, headers, timeouts, deadline)
 
     def stats(self, base: str) -> Any:
         return self.pool.stats(base)
