@@ -14,6 +14,7 @@
     POST /admin/routes/{route}/shadow       mirror traffic      {version | null, percent?}
     POST /admin/routes/{route}/pin          keep a version live for pinned requests {version}
     POST /admin/routes/{route}/retire       unload a retiring/pinned/weighted version now {version}
+    POST /admin/routes/{route}/labels       answers restricted to the version's labels {enforce}
 
 Writes take an optional `revision` (the one the caller read; a stale one gives 409) and `reason`;
 the actor comes from the X-Lorafleet-Actor header.
@@ -46,6 +47,16 @@ from router.settings import ControllerMode
 
 router = APIRouter(prefix="/admin", dependencies=[Depends(require_admin)])
 
+# What the label-based live signals do, per kind of version (docs/monitoring.md, "Tasks without labels").
+LABEL_SIGNALS = (
+    "answers matched to the version's labels: predicted-label drift, answers outside the label set, "
+    "live accuracy as the named label against the feedback's label"
+)
+TEXT_SIGNALS = (
+    "not a label task (no label set in its reference statistics): no predicted-label drift and no "
+    "outside-the-label-set count; live accuracy compares the feedback's label with the whole normalised answer"
+)
+
 ACTOR_HEADER = "x-lorafleet-actor"
 _B = TypeVar("_B", bound=BaseModel)
 
@@ -55,16 +66,25 @@ class _Write(BaseModel):
     reason: str = ""
 
 
-class CreateBody(_Write):
+class _Forcing(_Write):
+    force: bool = Field(default=False, description="Serve a version whose verdict is 'did not help'.")
+
+
+class CreateBody(_Forcing):
     stable: str
     fallback: str | None = None
+    enforce_labels: bool = False
+
+
+class LabelsBody(_Write):
+    enforce: bool
 
 
 class WeightsBody(_Write):
     weights: dict[str, int]
 
 
-class CanaryBody(_Write):
+class CanaryBody(_Forcing):
     version: str
     steps: list[Step] | None = None
     weights: list[int] | None = Field(
@@ -74,7 +94,7 @@ class CanaryBody(_Write):
     min_requests: int = Field(default=MIN_REQUESTS, ge=0)
 
 
-class PromoteBody(_Write):
+class PromoteBody(_Forcing):
     version: str | None = None
     step: bool = Field(default=False, description="Only end the current pause and go on to the next step.")
 
@@ -171,6 +191,7 @@ async def status(request: Request) -> dict[str, Any]:
                 "progress": None if progress is None else progress.model_dump(mode="json"),
             },
             "shadow": None if route.shadow is None else route.shadow.model_dump(),
+            "enforce_labels": route.enforce_labels,
             "versions": versions,
         }
     return {
@@ -215,7 +236,10 @@ async def create_route(request: Request, route: str) -> JSONResponse:
     body = await _parse(request, CreateBody)
     _, rollouts, _ = _state(request)
     return await _write(
-        request, lambda: rollouts.create(route, body.stable, body.fallback, _actor(request), body.revision)
+        request,
+        lambda: rollouts.create(
+            route, body.stable, body.fallback, _actor(request), body.revision, body.enforce_labels, body.force
+        ),
     )
 
 
@@ -241,7 +265,7 @@ async def start_canary(request: Request, route: str) -> JSONResponse:
     return await _write(
         request,
         lambda: rollouts.start_canary(
-            route, body.version, steps, _actor(request), body.reason, body.revision
+            route, body.version, steps, _actor(request), body.reason, body.revision, body.force
         ),
     )
 
@@ -256,7 +280,20 @@ async def promote(request: Request, route: str) -> JSONResponse:
         gateway = _check_writer(request)
         return await _written(request, gateway, await controller.resume(route, _actor(request)))
     return await _write(
-        request, lambda: rollouts.promote(route, _actor(request), body.version, body.reason, body.revision)
+        request,
+        lambda: rollouts.promote(
+            route, _actor(request), body.version, body.reason, body.revision, body.force
+        ),
+    )
+
+
+@router.post("/routes/{route}/labels")
+async def enforce_labels(request: Request, route: str) -> JSONResponse:
+    body = await _parse(request, LabelsBody)
+    _, rollouts, _ = _state(request)
+    return await _write(
+        request,
+        lambda: rollouts.set_enforce_labels(route, body.enforce, _actor(request), body.reason, body.revision),
     )
 
 
@@ -317,11 +354,14 @@ async def monitor_status(request: Request) -> JSONResponse:
         s = signals.since(Snapshot(route, version, 0, 0, (), 0, 0, 0, 0))
         correct, total = await gateway.observer.refresh_accuracy(route, version)
         low, high = wilson_interval(correct, total) if total else (None, None)
+        labelled = gateway.observer.label_set(version) is not None
         versions.append(
             {
                 "route": route,
                 "version": version,
                 "state": state,
+                "task": "labels" if labelled else "text",
+                "label_signals": LABEL_SIGNALS if labelled else TEXT_SIGNALS,
                 "requests": s.requests,
                 "errors": s.errors,
                 "error_ratio": s.error_ratio,

@@ -88,6 +88,7 @@ class Target:
     arm: Arm
     fallback: str | None
     shadow: str | None = None
+    enforce_labels: bool = False
 
 
 @dataclass

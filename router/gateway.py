@@ -253,12 +253,13 @@ class Gateway:
             if pin:
                 if self.live.get(pin, ("", ""))[0] != model:
                     raise ModelNotFoundError(pin)
-                return Target(model, pin, Arm.PINNED, route.fallback, shadow)
+                return Target(model, pin, Arm.PINNED, route.fallback, shadow, route.enforce_labels)
             choice = choose(model, route, key, self.rng)
-            return Target(model, choice.version, choice.arm, route.fallback, shadow)
+            return Target(model, choice.version, choice.arm, route.fallback, shadow, route.enforce_labels)
         if model in self.live:
             route_name = self.live[model][0]
-            return Target(route_name, model, Arm.PINNED, self.routes.routes[route_name].fallback)
+            owner = self.routes.routes[route_name]
+            return Target(route_name, model, Arm.PINNED, owner.fallback, enforce_labels=owner.enforce_labels)
         raise ModelNotFoundError(model)
 
     # --- answering ----------------------------------------------------------------------
@@ -285,6 +286,10 @@ class Gateway:
         if self.settings.entropy_top_k and self.entropy_sampler.sample(target.version):
             upstream, keep_top = with_logprobs(upstream, chat=chat, top_k=self.settings.entropy_top_k)
             strip = True
+        if target.enforce_labels and not _STRUCTURED.intersection(upstream):
+            labels = self.observer.label_set(target.version)
+            if labels:
+                upstream = {**upstream, "structured_outputs": {"choice": labels}}
         if request.stream:
             options = upstream.get("stream_options") or {}
             upstream = {**upstream, "stream_options": {**options, "include_usage": True}}

@@ -17,6 +17,7 @@
             - pause: {}                       # no duration: wait for `lorafleet route promote`
         shadow: {version: banking-v3-20261125, percent: 100}
         fallback: base                        # a version, or `base` (the engines' base model)
+        enforce_labels: true                  # answers are one of the version's labels
         retiring: {banking-v0-20261101: 2026-12-08T10:00:00Z}
         pinned: [banking-v0-20261020]         # live for pinned requests only
 
@@ -168,6 +169,11 @@ class Route(_Model):
     )
     pinned: list[str] = Field(
         default_factory=list, description="Versions kept live for pinned requests only."
+    )
+    enforce_labels: bool = Field(
+        default=False,
+        description="Versions of a label task answer with one of their labels: the gateway asks the engine "
+        "for it (vLLM structured outputs `choice`), unless the request sets its own structured output.",
     )
 
     @field_validator("stable", "previous")

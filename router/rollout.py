@@ -46,7 +46,13 @@ def _route_view(route: Route | None) -> dict[str, Any]:
         view["pinned"] = sorted(route.pinned)
     if route.retiring:
         view["retiring"] = {v: until.isoformat() for v, until in sorted(route.retiring.items())}
+    if route.enforce_labels:
+        view["enforce_labels"] = True
     return view
+
+
+def _joined(*parts: str) -> str:
+    return "; ".join(p for p in parts if p)
 
 
 class Rollouts:
@@ -70,6 +76,24 @@ class Rollouts:
             self.registry.get(version)
         except LorafleetError as exc:
             raise BadRequestError(f"{exc.message}", param=param, code="version_not_found") from None
+
+    def _check_helped(self, version: str, force: bool, param: str = "version") -> str:
+        """Refuse a version whose evaluation said fine-tuning did not help, unless `force`; what
+        the history records about it ("" when there is nothing to say)."""
+        try:
+            info = self.registry.get(version).info()
+        except (LorafleetError, OSError, ValueError) as exc:
+            raise BadRequestError(f"{version}: its version.json cannot be read: {exc}", param=param) from None
+        if info.helped is not False:
+            return ""
+        if not force:
+            raise BadRequestError(
+                f"{version} did not help: {info.verdict or 'its evaluation found no real gain over the baseline'}; "
+                "serve it anyway with --force (the route's history records it)",
+                param=param,
+                code="did_not_help",
+            )
+        return f"forced past its verdict: {version} did not help"
 
     def _route(self, routes: RoutesFile, name: str) -> Route:
         route = routes.routes.get(name)
@@ -141,7 +165,14 @@ class Rollouts:
     # --- operator actions ---------------------------------------------------------------
 
     def create(
-        self, name: str, stable: str, fallback: str | None, actor: str, expected_revision: int | None = None
+        self,
+        name: str,
+        stable: str,
+        fallback: str | None,
+        actor: str,
+        expected_revision: int | None = None,
+        enforce_labels: bool = False,
+        force: bool = False,
     ) -> RoutesFile:
         try:
             check_route_name(name)
@@ -151,11 +182,20 @@ class Rollouts:
         if name in routes.routes:
             raise ConflictError(f"route '{name}' exists already")
         self._check_version(stable, "stable")
+        forced = self._check_helped(stable, force, "stable")
         if fallback and fallback != BASE_FALLBACK:
             self._check_version(fallback, "fallback")
-        return self._commit(
-            routes, name, Route(stable=stable, fallback=fallback), "create", actor, "", expected_revision
-        )
+        route = Route(stable=stable, fallback=fallback, enforce_labels=enforce_labels)
+        return self._commit(routes, name, route, "create", actor, forced, expected_revision)
+
+    def set_enforce_labels(
+        self, name: str, enforce: bool, actor: str, reason: str = "", expected_revision: int | None = None
+    ) -> RoutesFile:
+        """Make the route's label-task versions answer with one of their labels (or stop)."""
+        routes = self.store.load()
+        route = self._route(routes, name)
+        new = route.model_copy(update={"enforce_labels": enforce})
+        return self._commit(routes, name, new, "enforce_labels", actor, reason, expected_revision)
 
     def set_weights(
         self,
@@ -192,10 +232,12 @@ class Rollouts:
         actor: str,
         reason: str = "",
         expected_revision: int | None = None,
+        force: bool = False,
     ) -> RoutesFile:
         routes = self.store.load()
         route = self._route(routes, name)
         self._check_version(version)
+        reason = _joined(reason, self._check_helped(version, force))
         if route.canary is not None:
             raise ConflictError(
                 f"route '{name}' already has a canary ({route.canary.version}); promote or abort it first"
@@ -222,6 +264,7 @@ class Rollouts:
         version: str | None = None,
         reason: str = "",
         expected_revision: int | None = None,
+        force: bool = False,
     ) -> RoutesFile:
         """The canary (or `version`) becomes stable in one change; the old stable retires."""
         routes = self.store.load()
@@ -232,6 +275,7 @@ class Rollouts:
         if target == route.stable:
             raise ConflictError(f"{target} is already the stable version of '{name}'")
         self._check_version(target)
+        reason = _joined(reason, self._check_helped(target, force))
         retiring = self._retire(route, route.stable, routes)
         retiring.pop(target, None)
         new = route.model_copy(

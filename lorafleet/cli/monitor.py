@@ -8,7 +8,7 @@ import typer
 
 from lorafleet.cli._admin import AdminClient, GatewayOpt, TokenFileOpt
 from lorafleet.cli._options import JsonOpt
-from lorafleet.cli._output import print_json, print_table
+from lorafleet.cli._output import info, print_json, print_table
 
 app = typer.Typer(
     help="Monitoring: per-version traffic, errors, latency, entropy, drift, live accuracy.",
@@ -48,7 +48,7 @@ def status(gateway: GatewayOpt = None, token_file: TokenFileOpt = None, json: Js
                 _fmt(v["error_ratio"], ".1%"),
                 _fmt(v["p95_latency_s"], ".3f"),
                 _fmt(v["mean_entropy_nats"], ".3f"),
-                _fmt(v["other_label_ratio"], ".1%"),
+                _fmt(v["other_label_ratio"], ".1%") if v.get("task", "labels") == "labels" else "n/a: text",
                 _drift(v),
                 ""
                 if acc is None
@@ -70,3 +70,6 @@ def status(gateway: GatewayOpt = None, token_file: TokenFileOpt = None, json: Js
         ],
         rows,
     )
+    for v in data["versions"]:
+        if v.get("task") == "text":
+            info(f"{v['version']}: {v['label_signals']}")

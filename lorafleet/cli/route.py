@@ -174,15 +174,46 @@ def create(
     route: str = typer.Argument(..., help="The route name clients send as `model`."),
     stable: str = typer.Option(..., "--stable", help="The version that serves it."),
     fallback: str | None = typer.Option(None, "--fallback", help="A version, or 'base'."),
+    enforce_labels: bool = typer.Option(
+        False, "--enforce-labels", help="Answers are one of the version's labels (vLLM structured outputs)."
+    ),
+    force: bool = typer.Option(
+        False, "--force", help="Serve a version whose evaluation said fine-tuning did not help."
+    ),
     gateway: GatewayOpt = None,
     token_file: TokenFileOpt = None,
     json: JsonOpt = False,
 ) -> None:
     """Create a route."""
     data = AdminClient(gateway, token_file).call(
-        "POST", f"/admin/routes/{route}", {"stable": stable, "fallback": fallback}
+        "POST",
+        f"/admin/routes/{route}",
+        {"stable": stable, "fallback": fallback, "enforce_labels": enforce_labels, "force": force},
     )
     _done(data, json, f"route {route} serves {stable}")
+
+
+@app.command("labels")
+def labels(
+    route: str = typer.Argument(...),
+    enforce: bool = typer.Option(
+        ..., "--enforce/--no-enforce", help="Restrict answers to the version's labels, or stop."
+    ),
+    reason: str = ReasonOpt,
+    revision: int | None = RevisionOpt,
+    gateway: GatewayOpt = None,
+    token_file: TokenFileOpt = None,
+    json: JsonOpt = False,
+) -> None:
+    """Make a route's label-task versions answer only with one of their labels (or stop)."""
+    data = AdminClient(gateway, token_file).call(
+        "POST", f"/admin/routes/{route}/labels", {"enforce": enforce, "reason": reason, "revision": revision}
+    )
+    _done(
+        data,
+        json,
+        f"route {route}: answers {'restricted to' if enforce else 'no longer restricted to'} the labels",
+    )
 
 
 @app.command()
@@ -218,6 +249,9 @@ def canary(
     ),
     step_duration_s: float = typer.Option(60.0, "--step-duration-s", help="Minimum seconds per step."),
     min_requests: int = typer.Option(MIN_REQUESTS, "--min-requests", help="Canary requests needed per step."),
+    force: bool = typer.Option(
+        False, "--force", help="Serve a version whose evaluation said fine-tuning did not help."
+    ),
     reason: str = ReasonOpt,
     revision: int | None = RevisionOpt,
     gateway: GatewayOpt = None,
@@ -238,6 +272,7 @@ def canary(
         "min_requests": min_requests,
         "reason": reason,
         "revision": revision,
+        "force": force,
     }
     data = AdminClient(gateway, token_file).call("POST", f"/admin/routes/{route}/canary", body)
     _done(data, json, f"canary {version} started on {route} with steps {weights_list}")
@@ -248,6 +283,9 @@ def promote(
     route: str = typer.Argument(...),
     version: str | None = typer.Option(None, "--version", help="Promote this version instead of the canary."),
     step: bool = typer.Option(False, "--step", help="Only end the current pause and go to the next step."),
+    force: bool = typer.Option(
+        False, "--force", help="Serve a version whose evaluation said fine-tuning did not help."
+    ),
     reason: str = ReasonOpt,
     revision: int | None = RevisionOpt,
     gateway: GatewayOpt = None,
@@ -255,7 +293,7 @@ def promote(
     json: JsonOpt = False,
 ) -> None:
     """Make the canary (or --version) stable in one change; the old stable retires (kept for the retention)."""
-    body = {"version": version, "step": step, "reason": reason, "revision": revision}
+    body = {"version": version, "step": step, "reason": reason, "revision": revision, "force": force}
     data = AdminClient(gateway, token_file).call("POST", f"/admin/routes/{route}/promote", body)
     _done(data, json, f"route {route}: " + ("next step" if step else "promoted"))
 

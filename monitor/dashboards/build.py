@@ -307,6 +307,22 @@ def _quality(layout: _Layout) -> None:
         unit="reqps",
         stack="percent",
     )
+    layout.panel(
+        "Answers outside the label set",
+        "Share of each classification version's answers that name none of its labels. Near 0 on a route "
+        "with enforce_labels (the engine may only answer a label); rising elsewhere: the version's answers "
+        "drift from its label set.",
+        [
+            (
+                f'sum by (version) (rate(lorafleet_predictions_total{{{SEL}, label="other"}}[{RATE}])) '
+                f"/ sum by (version) (rate(lorafleet_predictions_total{{{SEL}}}[{RATE}]))",
+                "{{version}}",
+            )
+        ],
+        unit="percentunit",
+        min_=0,
+        max_=1,
+    )
 
 
 def _rollout(layout: _Layout) -> None:

@@ -661,3 +661,42 @@ def test_a_client_timeout_header_that_is_not_a_number_is_a_400(
     body = {"model": "banking", "messages": MESSAGES}
     r = httpx.post(f"{gw.url}/v1/chat/completions", json=body, headers={"x-request-timeout": "soon"})
     assert r.status_code == 400 and "x-request-timeout" in r.json()["error"]["message"]
+
+
+# --- versions that did not help -----------------------------------------------------------------
+
+
+def test_a_version_that_did_not_help_is_refused_unless_forced_and_the_history_says_so(
+    gateway: Callable[..., Any], versions: tuple[Registry, list[str]], tmp_path: Path
+) -> None:
+    from lorafleet.registry import NewVersion
+
+    registry, (v1, _) = versions
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text('{"peft_type": "LORA", "r": 8}')
+    verdict = "fine-tuning did not help (under the 5-point bar): tuned accuracy 0.810 against 0.800"
+    weak = registry.register(
+        "banking", NewVersion(adapter_dir=adapter, base_model="base", helped=False, verdict=verdict)
+    ).name
+    gw = gateway(_routes(v1))
+    for path, body in (
+        ("/admin/routes/cards", {"stable": weak}),
+        ("/admin/routes/banking/canary", {"version": weak, "weights": [10]}),
+        ("/admin/routes/banking/promote", {"version": weak}),
+    ):
+        refused = httpx.post(f"{gw.url}{path}", headers=AUTH, json=body)
+        assert refused.status_code == 400, refused.text
+        error = refused.json()["error"]
+        assert (
+            error["code"] == "did_not_help" and verdict in error["message"] and "--force" in error["message"]
+        )
+    forced = httpx.post(
+        f"{gw.url}/admin/routes/banking/promote", headers=AUTH, json={"version": weak, "force": True}
+    )
+    assert forced.status_code == 200, forced.text
+    events = httpx.get(f"{gw.url}/admin/history", headers=AUTH, params={"route": "banking"}).json()["events"]
+    assert (
+        events[-1]["action"] == "promote"
+        and f"forced past its verdict: {weak} did not help" in events[-1]["reason"]
+    )
