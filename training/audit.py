@@ -26,6 +26,7 @@ import statistics
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, Field
 
@@ -37,6 +38,9 @@ from training.split import NEAR_THRESHOLD, input_key, similar_across, similar_pa
 from training.tokens import count_tokens_batch, load_tokenizer, model_context
 
 IMBALANCE_THRESHOLD = 3.0
+# Many labels, few examples each: where a list of the labels in the prompt becomes a real choice.
+MANY_LABELS = 30
+FEW_PER_LABEL = 20
 REVIEW_SIZE = 50
 # Training throughput measured on the project's reference machine (2 CPU cores, AMX-bf16; SmolLM2-135M,
 # LoRA r=8, frozen base in bf16), 2026-11-25. A GPU is far faster: measure yours and pass it.
@@ -88,6 +92,16 @@ class ClassBalance(BaseModel):
     threshold: float
 
 
+class LabelPrompt(BaseModel):
+    """Many labels, few examples each: what listing the labels in the system prompt costs."""
+
+    labels: int
+    examples_per_label: float
+    listed: bool = Field(description="Every example's system prompt already names every label.")
+    prompt_tokens: int = Field(description="Tokens a system prompt listing the labels adds to each example.")
+    training_tokens: int = Field(description="prompt_tokens x examples x epochs.")
+
+
 class TokenStats(BaseModel):
     tokenizer: str = Field(description="The model folder whose tokenizer and chat template counted.")
     min: int
@@ -128,6 +142,9 @@ class AuditReport(BaseModel):
     conflicts: list[Conflict]
     leakage: list[Leakage]
     labels: ClassBalance | None = Field(description="None when the answers are free text.")
+    label_prompt: LabelPrompt | None = Field(
+        default=None, description=f"Set when labels are many (>= {MANY_LABELS}) and examples per label few."
+    )
     tokens: TokenStats
     cost: CostEstimate
     review: ReviewSample
@@ -175,6 +192,24 @@ class AuditReport(BaseModel):
             width = max(len(lab) for lab in self.labels.counts)
             out.extend(f"  {lab.ljust(width)}  {n}" for lab, n in self.labels.counts.items())
             out.append(f"  imbalance ratio (max/min): {self.labels.imbalance_ratio:.2f}")
+        if self.label_prompt is not None:
+            lp = self.label_prompt
+            section(
+                f"many labels, few examples: {lp.labels} labels, {lp.examples_per_label:.1f} examples each"
+            )
+            if lp.listed:
+                out.append(
+                    f"  the system prompt lists the labels: {lp.prompt_tokens} tokens on every example and request"
+                )
+            else:
+                out.append(
+                    f"  listing them in the system prompt (finetune --list-labels): +{lp.prompt_tokens} tokens on every "
+                    f"example and every request, {lp.training_tokens} more training tokens"
+                )
+            out.append(
+                "  without a list, the model learns the names from the examples: serve with "
+                "`route create --enforce-labels` so that every answer is a label"
+            )
         t = self.tokens
         section(f"tokens per conversation (chat template of {t.tokenizer})")
         out.append(f"  min {t.min}, median {t.median:g}, p95 {t.p95}, max {t.max}; total {t.total}")
@@ -287,6 +322,26 @@ def _review(examples: Sequence[Example], size: int, seed: int, out: Path | None)
     return ReviewSample(path=str(out) if out else None, seed=seed, lines=[e.line for e in sample])
 
 
+def _label_prompt(
+    tokenizer: Any, examples: Sequence[Example], labels: Sequence[str], epochs: int
+) -> LabelPrompt:
+    from training.csvimport import labels_system_prompt
+
+    listed = all(e.system is not None and all(lab in e.system for lab in labels) for e in examples)
+    listing = len(tokenizer(labels_system_prompt(labels), add_special_tokens=False).input_ids)
+    plain = statistics.median(
+        len(tokenizer(e.system or "", add_special_tokens=False).input_ids) for e in examples[:200]
+    )
+    extra = listing if listed else max(0, listing - int(plain))
+    return LabelPrompt(
+        labels=len(labels),
+        examples_per_label=round(len(examples) / len(labels), 2),
+        listed=listed,
+        prompt_tokens=extra,
+        training_tokens=extra * len(examples) * epochs,
+    )
+
+
 def audit_file(
     path: Path,
     against: Sequence[Path] = (),
@@ -394,7 +449,17 @@ def audit_file(
 
     model_dir = basemodel.resolve(tokenizer_dir)
     limit = max_tokens if max_tokens is not None else model_context(model_dir)
-    counts_tok = count_tokens_batch(load_tokenizer(model_dir), examples)
+    tokenizer = load_tokenizer(model_dir)
+    counts_tok = count_tokens_batch(tokenizer, examples)
+    label_prompt = None
+    if labels is not None and len(labels) >= MANY_LABELS and len(examples) / len(labels) <= FEW_PER_LABEL:
+        label_prompt = _label_prompt(tokenizer, examples, labels, epochs)
+        if not label_prompt.listed:
+            warnings.append(
+                f"{len(labels)} labels with {label_prompt.examples_per_label:.1f} examples each: the defaults train "
+                "longer for it; listing the labels in the prompt costs "
+                f"{label_prompt.prompt_tokens} tokens a request (see 'many labels, few examples')"
+            )
     ordered_tok = sorted(counts_tok)
     tokens = TokenStats(
         tokenizer=str(model_dir),
@@ -436,6 +501,7 @@ def audit_file(
         conflicts=conflicts,
         leakage=leakage,
         labels=balance,
+        label_prompt=label_prompt,
         tokens=tokens,
         cost=cost,
         review=_review(examples, review_size, seed, review_out),

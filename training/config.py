@@ -28,6 +28,14 @@ class Balance(StrEnum):
     UPSAMPLE = "upsample"  # repeat examples of rare labels until every label is as frequent as the most
 
 
+class TooLong(StrEnum):
+    """What training does with an example longer than `max_length` (check and audit name them first)."""
+
+    ERROR = "error"  # stop before training, naming each one (file:line)
+    CUT = "cut"  # keep its answer and the end of its prompt: the start of the prompt is cut
+    DROP = "drop"  # leave it out
+
+
 class Precision(StrEnum):
     """Dtype of the frozen base weights; LoRA weights and the loss are always fp32."""
 
@@ -44,20 +52,44 @@ class TrainConfig(BaseModel):
     base_model: str | None = Field(
         default=None, description="A local model folder; None: the embedded SmolLM2-135M-Instruct."
     )
-    rank: int = Field(default=8, ge=1, le=256, description="LoRA rank r.")
-    alpha: float = Field(default=32.0, gt=0, description="LoRA alpha (the update is scaled by alpha/r).")
-    dropout: float = Field(default=0.05, ge=0, lt=1, description="Dropout on the LoRA input.")
-    target_modules: list[str] = Field(
-        default_factory=lambda: ["q_proj", "v_proj"],
-        min_length=1,
-        description="Names of the linear layers that get LoRA weights.",
+    rank: int | None = Field(
+        default=None, ge=1, le=256, description="LoRA rank r; None: chosen from the data."
     )
-    epochs: float = Field(default=3.0, gt=0, le=100, description="Passes over the training data.")
-    learning_rate: float = Field(default=2e-4, gt=0, lt=1)
+    alpha: float | None = Field(
+        default=None, gt=0, description="LoRA alpha (the update is scaled by alpha/r); None: twice the rank."
+    )
+    dropout: float = Field(default=0.05, ge=0, lt=1, description="Dropout on the LoRA input.")
+    target_modules: list[str] | None = Field(
+        default=None,
+        min_length=1,
+        description="Names of the linear layers that get LoRA weights; None: every attention and MLP projection.",
+    )
+    epochs: float | None = Field(
+        default=None,
+        gt=0,
+        le=100,
+        description="Passes over the training data (at most, with early stopping); None: chosen from the data.",
+    )
+    learning_rate: float | None = Field(default=None, gt=0, lt=1, description="None: chosen from the data.")
+    early_stopping_patience: int = Field(
+        default=2,
+        ge=0,
+        description="Epochs without a better validation loss before training stops (the best epoch is "
+        "kept); 0: train every epoch.",
+    )
     weight_decay: float = Field(default=0.0, ge=0)
     warmup_ratio: float = Field(default=0.05, ge=0, lt=1, description="Share of steps with linear warm-up.")
     batch_size: int = Field(default=8, ge=1, le=1024, description="Examples per optimiser step.")
-    max_length: int = Field(default=1024, ge=8, description="Longer examples are cut from the left.")
+    max_length: int | None = Field(
+        default=None,
+        ge=8,
+        description="Longest example in tokens (through the chat template); None: the base model's context, "
+        "at most 2048 (what `data check` and the serving engine use).",
+    )
+    too_long: TooLong = Field(
+        default=TooLong.ERROR,
+        description="An example over max_length: error (stop, naming each), cut (the prompt's start), or drop.",
+    )
     balance: Balance = Balance.NONE
     seed: int = 0
     precision: Precision = Precision.AUTO
@@ -76,7 +108,9 @@ class TrainConfig(BaseModel):
 
     @field_validator("target_modules")
     @classmethod
-    def _names(cls, value: list[str]) -> list[str]:
+    def _names(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
         bad = [v for v in value if not v or not v.replace("_", "").replace(".", "").isalnum()]
         if bad:
             raise ValueError(f"target module names must be layer names such as q_proj, got {bad}")
@@ -92,8 +126,8 @@ class TrainConfig(BaseModel):
 
     @field_validator("learning_rate", "alpha", "epochs")
     @classmethod
-    def _finite(cls, value: float) -> float:
-        if not math.isfinite(value):
+    def _finite(cls, value: float | None) -> float | None:
+        if value is not None and not math.isfinite(value):
             raise ValueError(f"must be a finite number, got {value}")
         return value
 

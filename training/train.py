@@ -36,10 +36,12 @@ from pydantic import BaseModel, Field
 
 from lorafleet import basemodel
 from training.check import read_valid
-from training.config import Balance, Precision, TrainConfig
+from training.config import Balance, Precision, TooLong, TrainConfig
 from training.dataset import Example, label_set
 from training.errors import OutputExistsError, TrainingError
 from training.outputs import check_output_dir
+from training.stopping import best_epoch, should_stop, still_falling
+from training.tokens import model_context
 
 HISTORY_FILE = "loss_history.json"
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
@@ -64,6 +66,15 @@ class LossHistory(BaseModel):
     tokens: int = Field(default=0, description="Example tokens (prompt + answer, no padding) trained on.")
     seconds: float = 0.0
     tokens_per_s: float = 0.0
+    best_epoch: float | None = Field(
+        default=None, description="The epoch of the lowest validation loss: the adapter kept."
+    )
+    stopped_at_epoch: float | None = Field(
+        default=None, description="Where early stopping ended training, if it did."
+    )
+    notes: list[str] = Field(
+        default_factory=list, description="Defaults chosen from the data, and warnings about the run."
+    )
 
 
 @dataclass(frozen=True)
@@ -81,11 +92,15 @@ class Encoded:
 @dataclass
 class TrainResult:
     out_dir: Path
-    config: TrainConfig
+    config: TrainConfig  # as run: every field chosen
     history: LossHistory
     base_model: Path
     examples: int
     labels: list[str] | None
+
+    @property
+    def notes(self) -> list[str]:
+        return self.history.notes
 
 
 def pick_device(config: TrainConfig) -> Any:
@@ -116,26 +131,46 @@ def pick_device(config: TrainConfig) -> Any:
     return device
 
 
-def check_target_modules(base_dir: Path, targets: Sequence[str]) -> None:
-    """Raise TrainingError naming every target that is not a layer LoRA can adapt in the base model.
+def linear_layers(base_dir: Path) -> list[str]:
+    """The names of the layers LoRA can adapt in the base model (each name once, its last part).
 
-    Builds the model's skeleton without weights (meta device), so it costs seconds, not a load.
-    A target matches a layer's name or a dotted tail of it, as PEFT matches them.
-    """
+    Builds the model's skeleton without weights (meta device), so it costs seconds, not a load."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(base_dir))
     names = [n for n, m in model.named_modules() if n and isinstance(m, torch.nn.Linear | torch.nn.Embedding)]
+    return list(dict.fromkeys(names))
+
+
+def check_target_modules(base_dir: Path, targets: Sequence[str] | None) -> None:
+    """Raise TrainingError naming every target that is not a layer LoRA can adapt in the base model.
+
+    A target matches a layer's name or a dotted tail of it, as PEFT matches them. None (chosen from
+    the data) is always valid."""
+    if targets is None:
+        return
+    names = linear_layers(base_dir)
     missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
     if missing:
         valid = ", ".join(dict.fromkeys(n.rsplit(".", 1)[-1] for n in names))
         raise TrainingError(
             f"--target-modules: {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not a layer of "
             f"{base_dir.name}; its layers LoRA can adapt are: {valid}",
-            hint="for example --target-modules q_proj,v_proj (the default)",
+            hint="for example --target-modules q_proj,v_proj, or leave it out (every projection)",
         )
+
+
+def resolve_config(
+    config: TrainConfig, base_dir: Path, examples: int, labels: Sequence[str] | None
+) -> tuple[TrainConfig, list[str]]:
+    """`config` with every field the user left unset chosen from the data (training/defaults.py)."""
+    from training.defaults import DataShape, choose
+
+    layers = [n.rsplit(".", 1)[-1] for n in linear_layers(base_dir)] if config.target_modules is None else []
+    shape = DataShape(examples=examples, labels=len(labels) if labels else None, batch_size=config.batch_size)
+    return choose(config, shape, layers)
 
 
 def cpu_threads(requested: int | None = None, own: int = 0) -> int:
@@ -209,24 +244,68 @@ def prompt_text(tokenizer: Any, messages: Sequence[dict[str, str]]) -> str:
     return str(tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False))
 
 
-def encode(tokenizer: Any, example: Example, max_length: int) -> Encoded:
-    """Token ids of the prompt and of the answer as the chat template ends it (`label<|im_end|>\\n`)."""
-    prompt = prompt_text(tokenizer, example.prompt)
+def _answer_text(tokenizer: Any, prompt_messages: Sequence[dict[str, str]], prompt: str, answer: str) -> str:
+    """The text the chat template puts after the prompt when `answer` is the assistant's turn."""
     full = str(
         tokenizer.apply_chat_template(
-            [*example.prompt, {"role": "assistant", "content": example.answer}], tokenize=False
+            [*prompt_messages, {"role": "assistant", "content": answer}], tokenize=False
         )
     )
     if not full.startswith(prompt):  # a template that rewrites earlier turns: end the answer with EOS
-        answer_text = example.answer + str(tokenizer.eos_token)
-    else:
-        answer_text = full[len(prompt) :]
+        return answer + str(tokenizer.eos_token)
+    return full[len(prompt) :]
+
+
+def answer_token_ids(tokenizer: Any, answer: str) -> list[int]:
+    """The token ids training learns for `answer` (as `encode` makes them, e.g. `label<|im_end|>\\n`)."""
+    messages = [{"role": "user", "content": "?"}]
+    prompt = prompt_text(tokenizer, messages)
+    return list(
+        tokenizer(_answer_text(tokenizer, messages, prompt, answer), add_special_tokens=False).input_ids
+    )
+
+
+def encode(tokenizer: Any, example: Example, max_length: int) -> Encoded:
+    """Token ids of the prompt and of the answer as the chat template ends it (`label<|im_end|>\\n`)."""
+    prompt = prompt_text(tokenizer, example.prompt)
+    answer_text = _answer_text(tokenizer, example.prompt, prompt, example.answer)
     p = tokenizer(prompt, add_special_tokens=False).input_ids
     a = tokenizer(answer_text, add_special_tokens=False).input_ids
     a = a[:max_length]
     if len(p) + len(a) > max_length:
         p = p[len(p) + len(a) - max_length :]
     return Encoded(list(p), list(a), example.answer.strip())
+
+
+def fit_length(
+    tokenizer: Any, examples: Sequence[Example], limit: int, too_long: TooLong, path: Path
+) -> tuple[list[Example], list[str]]:
+    """The examples within `limit` tokens, as `too_long` says; notes on what was cut or dropped.
+
+    With `too_long: error` (the default), a TrainingError names each example over the limit: the
+    same count as `lorafleet data check` makes, through the same chat template, so what passed the
+    check is never cut without a word."""
+    from training.tokens import count_tokens_batch
+
+    counts = count_tokens_batch(tokenizer, examples)
+    over = [(e, n) for e, n in zip(examples, counts, strict=True) if n > limit]
+    if not over:
+        return list(examples), []
+    where = ", ".join(f"{path}:{e.line} ({n} tokens)" for e, n in over[:10])
+    more = f" and {len(over) - 10} more" if len(over) > 10 else ""
+    if too_long is TooLong.ERROR:
+        raise TrainingError(
+            f"{len(over)} example{'s are' if len(over) > 1 else ' is'} longer than max_length {limit} tokens: "
+            f"{where}{more}",
+            hint="shorten them, raise --max-length (up to the model's context), or choose "
+            "--too-long cut (the start of the prompt is cut) or --too-long drop",
+        )
+    if too_long is TooLong.DROP:
+        kept = [e for e, n in zip(examples, counts, strict=True) if n <= limit]
+        return kept, [f"dropped {len(over)} example(s) over {limit} tokens: {where}{more}"]
+    return list(examples), [
+        f"cut the start of the prompt of {len(over)} example(s) over {limit} tokens: {where}{more}"
+    ]
 
 
 def length_grouped_batches(
@@ -391,15 +470,25 @@ def train(
     base_dir = basemodel.resolve(config.base_model)
     device = pick_device(config)
     check_target_modules(base_dir, config.target_modules)
+    labels = label_set(train_examples)
+    config, notes = resolve_config(config, base_dir, len(train_examples), labels)
+    assert config.rank and config.alpha and config.target_modules and config.epochs and config.learning_rate
     dtype = pick_dtype(config.precision, device)
     threads = cpu_threads(config.threads) if device.type == "cpu" else None
     torch.manual_seed(config.seed)
     rng = random.Random(config.seed)
 
     tokenizer = load_tokenizer(base_dir)
-    train_data = [encode(tokenizer, e, config.max_length) for e in train_examples]
-    val_data = [encode(tokenizer, e, config.max_length) for e in val_examples]
-    labels = label_set(train_examples)
+    limit = config.max_length or model_context(base_dir)
+    train_examples, cut_notes = fit_length(
+        tokenizer, train_examples, limit, config.too_long, Path(train_path)
+    )
+    val_examples, val_notes = fit_length(
+        tokenizer, val_examples, limit, config.too_long, Path(val_path or ".")
+    )
+    notes += cut_notes + val_notes
+    train_data = [encode(tokenizer, e, limit) for e in train_examples]
+    val_data = [encode(tokenizer, e, limit) for e in val_examples]
     example_labels = [d.label for d in train_data]
     weights_by_label = class_weights(example_labels) if labels and config.balance == Balance.WEIGHTS else None
     balance = config.balance if labels else Balance.NONE
@@ -430,7 +519,8 @@ def train(
     warmup = max(1, round(total_steps * config.warmup_ratio)) if config.warmup_ratio else 0
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, total_steps, warmup))
 
-    history = LossHistory()
+    history = LossHistory(notes=[f"chosen from the data: {n}" for n in notes])
+    best: dict[str, Any] | None = None  # the LoRA weights of the best epoch so far
     if val_data:
         history.val.append(LossPoint(step=0, epoch=0.0, loss=validation_loss(compute, model, val_data, 16)))
     step, tokens, seconds = 0, 0, 0.0
@@ -469,10 +559,37 @@ def train(
                 vl = validation_loss(compute, model, val_data, 16)
                 history.val.append(LossPoint(step=step, epoch=round(step / steps_per_epoch, 4), loss=vl))
                 bar.write(f"epoch {step / steps_per_epoch:.2f}: validation loss {vl:.4f}", file=sys.stderr)
+                losses = [p.loss for p in history.val]
+                if best_epoch(losses) == len(losses) - 1:
+                    best = {k: v.detach().clone() for k, v in model.named_parameters() if v.requires_grad}
+                if should_stop(losses, config.early_stopping_patience):
+                    history.stopped_at_epoch = history.val[-1].epoch
+                    bar.write(
+                        f"early stopping: no better validation loss for {config.early_stopping_patience} epochs",
+                        file=sys.stderr,
+                    )
+                    break
     finally:
         bar.close()
     history.tokens, history.seconds = tokens, round(seconds, 3)
     history.tokens_per_s = round(tokens / seconds, 1) if seconds else 0.0
+    if history.val:
+        losses = [p.loss for p in history.val]
+        kept = history.val[best_epoch(losses)]
+        history.best_epoch = kept.epoch
+        if best is not None and kept is not history.val[-1]:
+            with torch.no_grad():
+                for name, value in model.named_parameters():
+                    if name in best:
+                        value.copy_(best[name])
+            history.notes.append(
+                f"kept the adapter of epoch {kept.epoch:g} (validation loss {kept.loss:.4f}, the lowest)"
+            )
+        if still_falling(losses):
+            history.notes.append(
+                f"warning: the validation loss was still falling at the end ({losses[-2]:.4f} -> "
+                f"{losses[-1]:.4f} over the last epoch): more epochs would probably help (--epochs)"
+            )
 
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)

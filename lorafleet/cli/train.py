@@ -25,16 +25,22 @@ ConfigOpt = Annotated[
     ),
 ]
 EpochsOpt = Annotated[
-    float | None, typer.Option("--epochs", help="Passes over the data (default: 3).", rich_help_panel=_TRAIN)
+    float | None,
+    typer.Option(
+        "--epochs",
+        help="Passes over the data, at most (default: from the data's size and label count).",
+        rich_help_panel=_TRAIN,
+    ),
 ]
 LrOpt = Annotated[
-    float | None, typer.Option("--lr", help="Learning rate (default: 2e-4).", rich_help_panel=_TRAIN)
+    float | None, typer.Option("--lr", help="Learning rate (default: 5e-4).", rich_help_panel=_TRAIN)
 ]
 RankOpt = Annotated[
-    int | None, typer.Option("--rank", "-r", help="LoRA rank (default: 8).", rich_help_panel=_TRAIN)
+    int | None, typer.Option("--rank", "-r", help="LoRA rank (default: 16).", rich_help_panel=_TRAIN)
 ]
 AlphaOpt = Annotated[
-    float | None, typer.Option("--alpha", help="LoRA alpha (default: 32).", rich_help_panel=_TRAIN)
+    float | None,
+    typer.Option("--alpha", help="LoRA alpha (default: twice the rank).", rich_help_panel=_TRAIN),
 ]
 DropoutOpt = Annotated[
     float | None, typer.Option("--dropout", help="LoRA dropout (default: 0.05).", rich_help_panel=_TRAIN)
@@ -43,7 +49,7 @@ TargetsOpt = Annotated[
     str | None,
     typer.Option(
         "--target-modules",
-        help="Comma-separated layer names (default: q_proj,v_proj).",
+        help="Comma-separated layer names (default: every attention and MLP projection).",
         rich_help_panel=_TRAIN,
     ),
 ]
@@ -86,6 +92,24 @@ ThreadsOpt = Annotated[
         rich_help_panel=_TRAIN,
     ),
 ]
+MaxLengthOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--max-length",
+        min=8,
+        help="Longest example in tokens (default: the base model's context, at most 2048, as `data check`).",
+        rich_help_panel=_TRAIN,
+    ),
+]
+TooLongOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--too-long",
+        help="An example over --max-length: error (stop, naming each), cut (the prompt's start) or drop "
+        "(default: error).",
+        rich_help_panel=_TRAIN,
+    ),
+]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
 
 
@@ -104,6 +128,8 @@ def train_overrides(
     device: str | None = None,
     precision: str | None = None,
     threads: int | None = None,
+    max_length: int | None = None,
+    too_long: str | None = None,
 ) -> dict[str, Any]:
     """The TrainConfig fields the flags set (None: not given)."""
     return {
@@ -122,6 +148,8 @@ def train_overrides(
         "device": device,
         "precision": precision,
         "threads": threads,
+        "max_length": max_length,
+        "too_long": too_long,
     }
 
 
@@ -147,6 +175,8 @@ def train(
     device: DeviceOpt = None,
     precision: PrecisionOpt = None,
     threads: ThreadsOpt = None,
+    max_length: MaxLengthOpt = None,
+    too_long: TooLongOpt = None,
     quiet: QuietOpt = False,
     force: Annotated[bool, typer.Option("--force", help="Replace an adapter already in --out.")] = False,
     json: JsonOpt = False,
@@ -172,11 +202,14 @@ def train(
             device=device,
             precision=precision,
             threads=threads,
+            max_length=max_length,
+            too_long=too_long,
         ),
     )
     check_output_dir(out, "--out")
-    info(f"train: {train_file} -> {out} ({_describe(cfg)})")
+    info(f"train: {train_file} -> {out}")
     result = run_training(cfg, train_file, val_file, out, progress=not quiet, force=force)
+    info(f"trained with {_describe(result.config)}")
     h = result.history
     summary = {
         "adapter": str(result.out_dir),
@@ -188,6 +221,10 @@ def train(
         "tokens": h.tokens,
         "seconds": h.seconds,
         "tokens_per_s": h.tokens_per_s,
+        "best_epoch": h.best_epoch,
+        "stopped_at_epoch": h.stopped_at_epoch,
+        "config": result.config.model_dump(mode="json"),
+        "notes": h.notes,
     }
     if json:
         print_json(summary)
@@ -195,11 +232,14 @@ def train(
     val = ", ".join(f"{p.loss:.4f}" for p in h.val) or "no --val"
     info(f"validation loss by epoch: {val}")
     info(f"{h.tokens} tokens in {h.seconds:.0f} s ({h.tokens_per_s:.0f} tokens/s)")
+    for note in h.notes:
+        info(note)
     print(result.out_dir)
 
 
 def _describe(cfg: Any) -> str:
     return (
-        f"r={cfg.rank} alpha={cfg.alpha:g} on {','.join(cfg.target_modules)}, "
-        f"{cfg.epochs:g} epochs, lr {cfg.learning_rate:g}, batch {cfg.batch_size}, seed {cfg.seed}"
+        f"r={cfg.rank} alpha={cfg.alpha:g} on {','.join(cfg.target_modules)}, at most "
+        f"{cfg.epochs:g} epochs (early stopping after {cfg.early_stopping_patience}), lr {cfg.learning_rate:g}, "
+        f"batch {cfg.batch_size}, seed {cfg.seed}"
     )

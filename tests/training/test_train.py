@@ -37,8 +37,17 @@ def test_the_adapter_loads_in_peft_and_has_what_vllm_needs(tiny_adapter: Path) -
 
     cfg = json.loads((tiny_adapter / "adapter_config.json").read_text())
     assert cfg["peft_type"] == "LORA" and cfg["task_type"] == "CAUSAL_LM"
-    assert (cfg["r"], cfg["lora_alpha"], cfg["lora_dropout"]) == (8, 32, 0.05)
-    assert set(cfg["target_modules"]) == {"q_proj", "v_proj"}
+    # The defaults chosen from the data (training/defaults.py): rank 16 on every projection.
+    assert (cfg["r"], cfg["lora_alpha"], cfg["lora_dropout"]) == (16, 32, 0.05)
+    assert set(cfg["target_modules"]) == {
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+    }
     base = Path(cfg["base_model_name_or_path"])
     assert base == basemodel.resolve(None) and (base / "config.json").is_file()
     assert not cfg.get("modules_to_save")
@@ -52,10 +61,13 @@ def test_the_adapter_loads_in_peft_and_has_what_vllm_needs(tiny_adapter: Path) -
     model = PeftModel.from_pretrained(
         AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32), tiny_adapter
     )
-    assert sum(p.numel() for n, p in model.named_parameters() if "lora_" in n) == 460_800
+    # r x (in + out) per projection, 30 layers: q, o 576->576; k, v 576->192; gate, up 576->1536; down back.
+    per_layer = 16 * (2 * (576 + 576) + 2 * (576 + 192) + 3 * (576 + 1536))
+    assert sum(p.numel() for n, p in model.named_parameters() if "lora_" in n) == 30 * per_layer == 4_884_480
 
     saved = TrainConfig.model_validate_json((tiny_adapter / "train_config.json").read_text())
-    assert saved == TrainConfig(epochs=1)
+    projections = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    assert saved == TrainConfig(epochs=1, rank=16, alpha=32.0, learning_rate=5e-4, target_modules=projections)
     history = LossHistory.model_validate_json((tiny_adapter / "loss_history.json").read_text())
     assert len(history.train) == 3  # 24 examples, batches of 8, one epoch
     assert [p.epoch for p in history.val] == [0.0, 1.0]
@@ -144,7 +156,7 @@ def test_config_errors_name_the_field_and_the_value(tmp_path: Path) -> None:
         4,
         ["q_proj", "k_proj"],
         Balance.WEIGHTS,
-        3.0,
+        None,  # chosen from the data when training starts
     )
 
     proc = subprocess.run(
@@ -201,7 +213,15 @@ def test_eval_reports_base_few_shot_and_tuned_side_by_side(
     assert result.exit_code == 0, result.output
     report = EvalReport.model_validate_json(result.stdout)
     assert list(report.models) == ["base", "base-few-shot", "tuned"]
-    assert set(report.summary["tuned"]) == {"accuracy", "macro_f1", "exact_match", "examples"}
+    # A label task: the headline is constrained choice, free generation beside it.
+    assert set(report.summary["tuned"]) == {
+        "accuracy",
+        "macro_f1",
+        "exact_match",
+        "examples",
+        "accuracy_free",
+        "in_label_set",
+    }
     assert report.examples == 4 and report.labels == [
         "card_arrival",
         "change_pin",
@@ -210,14 +230,16 @@ def test_eval_reports_base_few_shot_and_tuned_side_by_side(
     ]
     tests = [json.loads(x) for x in tiny_data["test"].read_text().splitlines()]
     for name, r in report.models.items():
-        assert len(r.answers) == 4
+        assert len(r.answers) == 4 and r.choice is not None
+        assert set(r.choice.answers) <= set(report.labels)
         wrong = [
             t["messages"][1]["content"]
-            for t, a in zip(tests, r.answers, strict=True)
-            if a.strip().rstrip(".") != t["messages"][2]["content"]
+            for t, a in zip(tests, r.choice.answers, strict=True)
+            if a != t["messages"][2]["content"]
         ]
         assert [w.input for w in r.errors] == wrong, name
-        assert r.scores.accuracy == pytest.approx(1 - len(wrong) / 4)
+        assert r.accuracy == pytest.approx(1 - len(wrong) / 4)
+        assert report.summary[name]["accuracy_free"] == r.scores.accuracy
     assert report.models["tuned"].entropies is not None and all(
         e is not None for e in report.models["tuned"].entropies
     )
@@ -243,7 +265,7 @@ def test_eval_compares_with_an_openai_compatible_endpoint(
         app,
         [
             "eval", "--test", str(tiny_data["test"]), "--adapter", str(tiny_adapter), "--out", str(tmp_path / "e"),
-            "--endpoint", engine.url, "--endpoint-model", "base", "--endpoint-key-env", "TEST_ENDPOINT_KEY", "--json",
+            "--endpoint", f"base={engine.url},model=base,key-env=TEST_ENDPOINT_KEY", "--json",
         ],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
@@ -252,6 +274,7 @@ def test_eval_compares_with_an_openai_compatible_endpoint(
     remote = report.models["endpoint:base"]
     assert remote.kind == "endpoint" and len(remote.answers) == 4 and all(remote.answers)
     assert len(remote.errors) == round(4 * (1 - remote.scores.accuracy))
+    assert remote.usage is not None and remote.usage.prompt_tokens > 0 and remote.usage.retries == 0
     assert set(report.summary) == {"base", "endpoint:base", "tuned"}
 
 

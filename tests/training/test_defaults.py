@@ -1,0 +1,95 @@
+"""Training defaults chosen from the data, and early stopping: pure functions, checked by hand."""
+
+from __future__ import annotations
+
+import pytest
+
+from training.config import TrainConfig
+from training.defaults import DataShape, adapted_layers, choose, epochs_for, target_steps
+from training.stopping import best_epoch, should_stop, still_falling
+
+LLAMA = [
+    "embed_tokens",
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+    "gate_proj",
+    "up_proj",
+    "down_proj",
+    "lm_head",
+]
+
+
+@pytest.mark.parametrize(
+    ("shape", "epochs"),
+    [
+        # 77 intents x 10 examples, batch 8: 97 steps an epoch; 12 steps a label = 924 steps -> 10 epochs.
+        (DataShape(examples=770, labels=77, batch_size=8), 10.0),
+        # The demo's 10 intents x 48: 60 steps an epoch; the 300-step floor -> 5 epochs.
+        (DataShape(examples=480, labels=10, batch_size=8), 5.0),
+        # The full BANKING77 train split: 1,232 steps an epoch is more than 924 -> the 2-epoch floor.
+        (DataShape(examples=9849, labels=77, batch_size=8), 2.0),
+        # 300 labels x 2 examples: 75 steps an epoch; 3,000-step ceiling -> 40 epochs, capped at 20.
+        (DataShape(examples=600, labels=300, batch_size=8), 20.0),
+        # Not a label task: 3 epochs, whatever its size.
+        (DataShape(examples=200, labels=None, batch_size=8), 3.0),
+    ],
+)
+def test_epochs_follow_the_label_count_and_the_data_size(shape: DataShape, epochs: float) -> None:
+    assert epochs_for(shape) == epochs
+
+
+def test_steps_per_label_within_bounds() -> None:
+    assert [target_steps(n) for n in (2, 25, 77, 250, 1000)] == [300, 300, 924, 3000, 3000]
+
+
+def test_every_projection_is_adapted_and_other_models_get_their_linear_layers() -> None:
+    assert adapted_layers(LLAMA) == [
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+    ]
+    assert adapted_layers(["wte", "c_attn", "c_proj", "c_fc", "lm_head"]) == [
+        "c_attn",
+        "c_fc",
+        "c_proj",
+        "wte",
+    ]
+
+
+def test_only_unset_fields_are_chosen_and_each_says_why() -> None:
+    shape = DataShape(examples=770, labels=77, batch_size=8)
+    chosen, why = choose(TrainConfig(), shape, LLAMA)
+    assert (chosen.rank, chosen.alpha, chosen.learning_rate, chosen.epochs) == (16, 32.0, 5e-4, 10.0)
+    assert chosen.target_modules == adapted_layers(LLAMA)
+    assert len(why) == 5 and any("77 labels" in w for w in why)
+    mine, why = choose(TrainConfig(rank=8, epochs=1.0, target_modules=["q_proj"]), shape, LLAMA)
+    assert (mine.rank, mine.alpha, mine.epochs, mine.target_modules) == (8, 16.0, 1.0, ["q_proj"])
+    assert [w.split(":")[0] for w in why] == ["alpha", "learning_rate"]
+
+
+# Validation losses as recorded: before training, then after each epoch.
+PLATEAU = [2.70, 1.25, 0.90, 0.95, 0.97]
+FALLING = [2.70, 1.60, 1.25]
+FLAT_END = [2.70, 1.00, 0.995]
+
+
+def test_early_stopping_on_recorded_histories() -> None:
+    assert best_epoch(PLATEAU) == 2
+    assert not should_stop(PLATEAU[:4], patience=2)  # one epoch without a better loss
+    assert should_stop(PLATEAU, patience=2)  # two: stop, keep epoch 2
+    assert not should_stop(PLATEAU, patience=3)
+    assert not should_stop(PLATEAU, patience=0)  # 0: never stop early
+    assert best_epoch([1.0, 0.5, 0.5]) == 1  # the earlier of two equal losses
+
+
+def test_a_loss_still_falling_at_the_end_is_flagged() -> None:
+    assert still_falling(FALLING)
+    assert not still_falling(FLAT_END)  # the last epoch helped by 0.5%: flat
+    assert not still_falling(PLATEAU)
+    assert not still_falling([2.7])

@@ -1,0 +1,33 @@
+"""Early stopping on the validation loss, as pure functions of the losses recorded so far.
+
+`losses[0]` is the validation loss before training, `losses[i]` the one after epoch i. Training
+stops when `patience` epochs in a row did not beat the best loss, and the adapter of the best
+epoch is the one kept. `still_falling` says when the last epoch was still the best by a clear
+margin: more epochs would probably help.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+STILL_FALLING_RATIO = 0.02  # the last epoch cut the loss by more than this share: still learning
+
+
+def best_epoch(losses: Sequence[float]) -> int:
+    """The epoch with the lowest validation loss (the earliest of equal ones)."""
+    return min(range(len(losses)), key=lambda i: (losses[i], i))
+
+
+def should_stop(losses: Sequence[float], patience: int) -> bool:
+    """True when the last `patience` epochs all failed to beat the best loss before them."""
+    if patience <= 0 or len(losses) <= patience:
+        return False
+    return best_epoch(losses) <= len(losses) - 1 - patience
+
+
+def still_falling(losses: Sequence[float], ratio: float = STILL_FALLING_RATIO) -> bool:
+    """The last epoch is the best and cut the loss by more than `ratio` of the epoch before it."""
+    if len(losses) < 2 or best_epoch(losses) != len(losses) - 1:
+        return False
+    before, last = losses[-2], losses[-1]
+    return before > 0 and (before - last) / before > ratio
