@@ -17,12 +17,18 @@ from lorafleet.errors import RegistryError
 
 
 class SplitMetrics(BaseModel):
-    """Headline metrics of one model on the test split."""
+    """Headline metrics of one model on the test split (of a label task: by constrained choice)."""
 
     accuracy: float
     macro_f1: float
     exact_match: float
     examples: int
+    accuracy_free: float | None = Field(
+        default=None, description="A label task's accuracy by free generation, beside the constrained one."
+    )
+    in_label_set: float | None = Field(
+        default=None, description="Share of a label task's free answers that are one of its labels."
+    )
 
 
 class ModelCard(BaseModel):
@@ -77,12 +83,28 @@ class ModelCard(BaseModel):
             "",
         ]
         if self.metrics:
+            free = any(m.accuracy_free is not None for m in self.metrics.values())
             lines += ["## Evaluation on the held-out test split", ""]
-            lines += ["| model | accuracy | macro-F1 | exact match | examples |", "|---|---|---|---|---|"]
+            if free:
+                lines += [
+                    "| model | accuracy (labels) | macro-F1 | accuracy (free) | free answers in labels | examples |",
+                    "|---|---|---|---|---|---|",
+                ]
+            else:
+                lines += ["| model | accuracy | macro-F1 | exact match | examples |", "|---|---|---|---|---|"]
             for model, m in self.metrics.items():
-                lines.append(
-                    f"| {model} | {m.accuracy:.3f} | {m.macro_f1:.3f} | {m.exact_match:.3f} | {m.examples} |"
-                )
+                if free:
+                    share = "-" if m.in_label_set is None else f"{m.in_label_set:.0%}"
+                    accuracy_free = "-" if m.accuracy_free is None else f"{m.accuracy_free:.3f}"
+                    lines.append(
+                        f"| {model} | {m.accuracy:.3f} | {m.macro_f1:.3f} | {accuracy_free} | {share} | {m.examples} |"
+                    )
+                else:
+                    lines.append(
+                        f"| {model} | {m.accuracy:.3f} | {m.macro_f1:.3f} | {m.exact_match:.3f} | {m.examples} |"
+                    )
+            if free:
+                lines += ["", "Labels: constrained choice among the label set. Free: free generation."]
             lines.append("")
         if self.verdict:
             lines += [self.verdict, ""]

@@ -146,6 +146,12 @@ class VersionInfo(BaseModel):
     labels: list[str] | None = Field(
         default=None, description="The label set of a classification task; None for other tasks."
     )
+    helped: bool | None = Field(
+        default=None,
+        description="The evaluation's verdict: fine-tuning beat the strongest baseline (by 5 points, "
+        "significantly); False: it did not, and routes refuse it without --force; None: not judged.",
+    )
+    verdict: str = Field(default="", description="The verdict in words.")
     dataset_sha256: dict[str, str] = Field(default_factory=dict)
     tags: dict[str, str] = Field(default_factory=dict)
 
@@ -211,6 +217,7 @@ class NewVersion:
     hyperparameters: Mapping[str, Any] = field(default_factory=dict)
     metrics: Mapping[str, Any] = field(default_factory=dict)  # model -> SplitMetrics (or its fields)
     verdict: str = ""
+    helped: bool | None = None
     notes: str = ""
     tags: Mapping[str, str] = field(default_factory=dict)
     adapter_files: Sequence[str] | None = None  # the files of adapter_dir to copy; None: all of them
@@ -467,6 +474,8 @@ class Registry:
                     adapter_sha256=adapter_digest(draft.adapter_path),
                     lora_rank=rank,
                     labels=new.labels,
+                    helped=new.helped,
+                    verdict=new.verdict,
                     dataset_sha256=dict(new.dataset_sha256),
                     tags=dict(new.tags),
                 ),

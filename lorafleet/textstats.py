@@ -123,8 +123,13 @@ def reference_stats(
 
 
 def normalise_answer(text: str) -> str:
-    """An answer as compared with a label: surrounding whitespace, quotes and trailing punctuation removed."""
-    return text.strip().strip("\"'`").strip().rstrip(".!;:,").strip()
+    """An answer as compared with a label: surrounding whitespace, quotes and trailing punctuation
+    removed, in any order (`"card_arrival".` and `card_arrival.` alike)."""
+    before = None
+    while text != before:
+        before = text
+        text = text.strip().strip("\"'`").rstrip(".!;:,")
+    return text
 
 
 @functools.lru_cache(maxsize=256)

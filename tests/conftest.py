@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import csv
 import os
 import shutil
 import subprocess
@@ -27,18 +26,11 @@ import yaml
 from lorafleet import basemodel
 from lorafleet.registry import NewVersion, Registry
 from lorafleet.textstats import reference_stats
-from tests.support import InThreadServer, free_port
+from tests.support import InThreadServer, free_port, read_demo
 from training.csvimport import labels_system_prompt
 from training.dataset import Example
 
 ROOT = Path(__file__).resolve().parents[1]
-DEMO_CSV = ROOT / "data" / "banking77" / "demo.csv"
-SHIFTED_CSV = ROOT / "data" / "banking77" / "shifted.csv"
-
-
-def read_demo(path: Path = DEMO_CSV) -> list[tuple[str, str]]:
-    with path.open(newline="") as fh:
-        return [(row["text"], row["label"]) for row in csv.DictReader(fh)]
 
 
 @dataclass
@@ -177,7 +169,8 @@ def engine(base_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> It
 
 class FaultProxy:
     """Fault injection, named as such: a pass-through HTTP proxy in front of a real engine, in a
-    thread. It answers 500 to the completion requests whose body `fail(body)` picks, with
+    thread. It plays `script`'s faults on the first completion requests (429 with Retry-After,
+    500, a hang), answers 500 to the completion requests whose body `fail(body)` picks, with
     `break_after` set it cuts every stream after that many chunks (the connection dropped, as by
     an engine that crashed), and with `rewrite` set it replaces each JSON completion answer by
     `rewrite(answer)` (an engine answering in another shape). Everything else reaches the engine
@@ -189,11 +182,16 @@ class FaultProxy:
         fail: Callable[[bytes], bool] | None = None,
         break_after: int | None = None,
         rewrite: Callable[[bytes], bytes] | None = None,
+        script: list[str] | None = None,
     ) -> None:
         self.upstream = upstream.rstrip("/")
         self.fail = fail
         self.break_after = break_after
         self.rewrite = rewrite
+        # The n-th completion request meets script[n]: "429" (with Retry-After: 1), "500", "hang"
+        # (an answer only after 30 s), or "ok"; past the script, every request passes.
+        self.script = list(script or [])
+        self.completions = 0
         self.failed = 0
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -225,6 +223,21 @@ class FaultProxy:
         from aiohttp import web
 
         body = await request.read()
+        if request.path.endswith("completions"):
+            self.completions += 1
+            fault = self.script[self.completions - 1] if self.completions <= len(self.script) else "ok"
+            if fault == "429":
+                self.failed += 1
+                error = {"error": {"message": "injected: rate limited", "type": "rate_limit_error"}}
+                return web.json_response(error, status=429, headers={"Retry-After": "1"})
+            if fault == "500":
+                self.failed += 1
+                return web.json_response(
+                    {"error": {"message": "injected", "type": "server_error"}}, status=500
+                )
+            if fault == "hang":
+                self.failed += 1
+                await asyncio.sleep(30)
         if request.path.endswith("completions") and self.fail is not None and self.fail(body):
             self.failed += 1
             error = {"error": {"message": "injected: adapter crashed", "type": "InternalServerError"}}

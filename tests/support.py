@@ -12,14 +12,25 @@ FakeEngine(config)   fault injection, named as such: the benchmarks' FAKE OpenAI
 from __future__ import annotations
 
 import asyncio
+import csv
 import socket
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import uvicorn
 
 from bench.fakes import FakeOpenAIUpstream, UpstreamConfig, _UpstreamConnection
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO_CSV = ROOT / "data" / "banking77" / "demo.csv"
+SHIFTED_CSV = ROOT / "data" / "banking77" / "shifted.csv"
+
+
+def read_demo(path: Path = DEMO_CSV) -> list[tuple[str, str]]:
+    with path.open(newline="") as fh:
+        return [(row["text"], row["label"]) for row in csv.DictReader(fh)]
 
 
 def free_port() -> int:

@@ -4,13 +4,16 @@ Other packages never import it (lorafleet.registry is the hand-off); the CLI imp
 """
 
 from training.config import Balance, Precision, TrainConfig, load_config
-from training.evaluate import Endpoint, EvalReport, evaluate, write_report
+from training.endpoints import Endpoint
+from training.evaluate import EvalReport, baseline, evaluate, write_report
 from training.pipeline import FinetuneResult, Stage, finetune
-from training.scoring import Scores, normalize, score, verdict
+from training.scoring import Scores, normalize, score
+from training.significance import Comparison, compare, mcnemar, paired_bootstrap
 from training.train import LossHistory, TrainResult, train
 
 __all__ = [
     "Balance",
+    "Comparison",
     "Endpoint",
     "EvalReport",
     "FinetuneResult",
@@ -20,12 +23,15 @@ __all__ = [
     "Stage",
     "TrainConfig",
     "TrainResult",
+    "baseline",
+    "compare",
     "evaluate",
     "finetune",
     "load_config",
+    "mcnemar",
     "normalize",
+    "paired_bootstrap",
     "score",
     "train",
-    "verdict",
     "write_report",
 ]

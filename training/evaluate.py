@@ -11,16 +11,19 @@ a margin. The base and the tuned model share one loaded copy of the weights (the
 off for the base). The tuned model's answers also yield each answer's mean top-5 entropy, computed
 with the gateway's estimator (lorafleet.textstats) over the tokens vLLM reports logprobs for (the
 answer's tokens and the EOS that ends it), for the version's reference statistics.
+
+A label task (the answers are a label set) is scored twice for each local model: by constrained
+choice among the labels (greedy decoding that may only write a label, training/choices.py: what
+the gateway's `enforce_labels` asks vLLM for) and by free generation, beside it, with the share of
+free answers that are a label at all. The constrained score is the headline and the verdict's.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,10 +33,14 @@ from pydantic import BaseModel, Field
 from lorafleet import basemodel
 from lorafleet.textstats import mean_entropy
 from training.check import read_valid
+from training.choices import LabelTrie
 from training.config import Precision
 from training.dataset import Example, label_set
+from training.endpoints import Endpoint, EndpointUsage, ask
 from training.errors import TrainingError
-from training.scoring import Scores, normalize, score, verdict
+from training.scoring import Scores, normalize, score
+from training.significance import Comparison, compare
+from training.taskmetrics import JsonScores, TaskKind, TextScores, json_scores, task_kind, text_scores
 
 ENTROPY_TOP_K = 5
 ANSWER_MARGIN_TOKENS = 4
@@ -48,15 +55,70 @@ class WrongAnswer(BaseModel):
     got: str
 
 
+class ChoiceResult(BaseModel):
+    """A model's answers constrained to the label set."""
+
+    scores: Scores
+    answers: list[str]
+    seconds: float
+
+
 class ModelResult(BaseModel):
     kind: str = Field(description="base, few-shot, endpoint or tuned.")
-    scores: Scores
+    scores: Scores = Field(description="Free generation.")
     errors: list[WrongAnswer]
     seconds: float
     answers: list[str]
     entropies: list[float | None] | None = Field(
         default=None, description="Mean top-5 token entropy per answer (local tuned model only)."
     )
+    choice: ChoiceResult | None = Field(
+        default=None, description="Constrained choice among the labels (label tasks, local models)."
+    )
+    in_label_set: float | None = Field(
+        default=None, description="Share of the free answers that are one of the labels (label tasks)."
+    )
+    usage: EndpointUsage | None = Field(
+        default=None, description="An endpoint's reported tokens, its cost and its retries."
+    )
+    json_scores: JsonScores | None = Field(default=None, description="A task whose answers are JSON objects.")
+    text_scores: TextScores | None = Field(default=None, description="A free-text task.")
+
+    def headline(self) -> dict[str, float | int]:
+        """What the summary, the card and the verdict use: the constrained score of a label task,
+        the whole-object exact match of a JSON task, the normalised match of free text."""
+        out = self.main.headline()
+        out["accuracy"] = self.accuracy
+        if self.choice is not None:
+            out["accuracy_free"] = self.scores.accuracy
+        if self.in_label_set is not None:
+            out["in_label_set"] = self.in_label_set
+        if self.json_scores is not None:
+            fields = self.json_scores.fields.values()
+            out["macro_f1"] = sum(f.accuracy for f in fields) / len(fields) if fields else 0.0
+            out["json_validity"] = self.json_scores.validity
+        if self.text_scores is not None:
+            out["macro_f1"] = self.text_scores.token_f1
+        return out
+
+    @property
+    def main(self) -> Scores:
+        """The label scores that count: constrained choice for a label task, else free generation."""
+        return self.choice.scores if self.choice is not None else self.scores
+
+    @property
+    def correct(self) -> list[bool]:
+        """Per test example: right, by the task's own measure (what paired tests compare)."""
+        if self.json_scores is not None:
+            return self.json_scores.correct
+        if self.text_scores is not None:
+            return self.text_scores.correct
+        return self.main.correct
+
+    @property
+    def accuracy(self) -> float:
+        correct = self.correct
+        return sum(correct) / len(correct) if correct else 0.0
 
 
 class EvalReport(BaseModel):
@@ -68,26 +130,14 @@ class EvalReport(BaseModel):
     max_new_tokens: int
     summary: dict[str, dict[str, float | int]]
     verdict: str
+    comparison: Comparison | None = Field(
+        default=None, description="Tuned against the strongest baseline, example by example."
+    )
     models: dict[str, ModelResult]
     plots: dict[str, str] = Field(default_factory=dict)
 
     def render(self, max_errors: int | None = None) -> str:
         return render_report(self, max_errors)
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    """An OpenAI-compatible chat endpoint to use as one more baseline."""
-
-    url: str
-    model: str
-    api_key: str | None = None
-
-    def chat_url(self) -> str:
-        url = self.url.rstrip("/")
-        if url.endswith("/chat/completions"):
-            return url
-        return url + ("/chat/completions" if url.endswith("/v1") else "/v1/chat/completions")
 
 
 @dataclass
@@ -132,8 +182,10 @@ def generate(
     batch_size: int = 16,
     entropy: bool = False,
     threads: int | None = None,
+    choices: LabelTrie | None = None,
 ) -> Generation:
-    """Greedy answers to chat prompts, generated `batch_size` at a time (left padded)."""
+    """Greedy answers to chat prompts, generated `batch_size` at a time (left padded); with
+    `choices`, each answer is one of its labels (constrained decoding)."""
     import torch
 
     from training.train import cpu_threads, prompt_text
@@ -155,20 +207,34 @@ def generate(
             enc = tokenizer(
                 [texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False
             )
+            width = enc["input_ids"].shape[1]
+            allowed = None
+            if choices is not None:
+                trie = choices
+
+                def allowed(
+                    _row: int, sequence: Any, trie: LabelTrie = trie, width: int = width
+                ) -> list[int]:
+                    return trie.allowed(sequence[width:].tolist())
+
             out = model.generate(
                 **enc.to(device),
-                max_new_tokens=max_new_tokens,
+                max_new_tokens=max_new_tokens if choices is None else choices.max_tokens(),
                 do_sample=False,
                 pad_token_id=tokenizer.pad_token_id,
                 eos_token_id=eos,
                 return_dict_in_generate=True,
                 output_logits=entropy,
+                prefix_allowed_tokens_fn=allowed,
             )
-            new = out.sequences[:, enc["input_ids"].shape[1] :]
+            new = out.sequences[:, width:]
             for row, i in enumerate(idx):
                 ids = new[row].tolist()
                 n = ids.index(eos) if eos in ids else len(ids)
-                answers[i] = tokenizer.decode(ids[:n], skip_special_tokens=True)
+                if choices is not None:
+                    answers[i] = choices.label_of(ids) or tokenizer.decode(ids[:n], skip_special_tokens=True)
+                else:
+                    answers[i] = tokenizer.decode(ids[:n], skip_special_tokens=True)
                 if entropy:
                     top = [
                         torch.log_softmax(out.logits[t][row].float(), dim=-1)
@@ -179,51 +245,6 @@ def generate(
                     ]
                     entropies[i] = mean_entropy(top)
     return Generation(answers, entropies, time.perf_counter() - started)
-
-
-async def _ask_endpoint(
-    endpoint: Endpoint, prompts: Sequence[Sequence[dict[str, str]]], max_tokens: int, concurrency: int
-) -> list[str]:
-    import httpx
-
-    headers = {"Authorization": f"Bearer {endpoint.api_key}"} if endpoint.api_key else {}
-    limit = asyncio.Semaphore(concurrency)
-    timeout = httpx.Timeout(connect=10.0, read=120.0, write=30.0, pool=120.0)
-
-    async with httpx.AsyncClient(timeout=timeout, headers=headers) as client:
-
-        async def one(messages: Sequence[dict[str, str]]) -> str:
-            body = {
-                "model": endpoint.model,
-                "messages": list(messages),
-                "temperature": 0,
-                "max_tokens": max_tokens,
-            }
-            async with limit:
-                try:
-                    r = await client.post(endpoint.chat_url(), json=body)
-                except httpx.HTTPError as exc:
-                    raise TrainingError(
-                        f"endpoint {endpoint.url} (model {endpoint.model}) cannot be reached: {exc}",
-                        hint="check --endpoint and that the server is up",
-                    ) from exc
-            if r.status_code != 200:
-                raise TrainingError(
-                    f"endpoint {endpoint.url} answered {r.status_code} for model {endpoint.model}: {r.text[:300]}",
-                    hint="check --endpoint-model and --endpoint-key-env",
-                )
-            content = r.json()["choices"][0]["message"].get("content")
-            return str(content or "")
-
-        return list(await asyncio.gather(*(one(p) for p in prompts)))
-
-
-def ask_endpoint(
-    endpoint: Endpoint, prompts: Sequence[Sequence[dict[str, str]]], max_tokens: int, concurrency: int = 8
-) -> Generation:
-    started = time.perf_counter()
-    answers = asyncio.run(_ask_endpoint(endpoint, prompts, max_tokens, concurrency))
-    return Generation(answers, [None] * len(answers), time.perf_counter() - started)
 
 
 def load_adapter_model(
@@ -258,22 +279,134 @@ def max_answer_tokens(tokenizer: Any, answers: Sequence[str]) -> int:
 
 
 def _result(
-    kind: str, test: Sequence[Example], gen: Generation, labels: Sequence[str] | None, entropy: bool
+    kind: str,
+    test: Sequence[Example],
+    gen: Generation,
+    labels: Sequence[str] | None,
+    entropy: bool,
+    choice: Generation | None = None,
 ) -> ModelResult:
     expected = [e.answer for e in test]
+    shown = choice.answers if choice is not None else gen.answers
     errors = [
         WrongAnswer(input=e.user_text, expected=e.answer, got=got)
-        for e, got in zip(test, gen.answers, strict=True)
+        for e, got in zip(test, shown, strict=True)
         if normalize(got) != normalize(e.answer)
     ]
+    in_set = None
+    if labels:
+        known = {normalize(lab) for lab in labels}
+        in_set = sum(normalize(a) in known for a in gen.answers) / len(gen.answers) if gen.answers else 0.0
+    task = task_kind(expected, labels)
     return ModelResult(
         kind=kind,
-        scores=score(expected, gen.answers, labels),
+        scores=score(expected, gen.answers, labels, confusion=task is TaskKind.LABELS),
+        json_scores=json_scores(expected, gen.answers) if task is TaskKind.JSON else None,
+        text_scores=text_scores(expected, gen.answers) if task is TaskKind.TEXT else None,
         errors=errors,
         seconds=round(gen.seconds, 2),
         answers=gen.answers,
         entropies=gen.entropies if entropy else None,
+        choice=None
+        if choice is None
+        else ChoiceResult(
+            scores=score(expected, choice.answers, labels),
+            answers=choice.answers,
+            seconds=round(choice.seconds, 2),
+        ),
+        in_label_set=in_set,
     )
+
+
+class Scorer:
+    """Runs models on one test split: local generation (free, and constrained for a label task) and
+    endpoints, each into a ModelResult."""
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        test: Sequence[Example],
+        train: Sequence[Example],
+        *,
+        batch_size: int = 16,
+        threads: int | None = None,
+        constrained: bool = True,
+        log: Callable[[str], None] = lambda _m: None,
+    ) -> None:
+        self.model, self.tokenizer = model, tokenizer
+        self.test, self.train = list(test), list(train)
+        labels = label_set(self.train) if self.train else label_set(self.test)
+        self.kind = task_kind([e.answer for e in self.test], labels)
+        self.labels = labels if self.kind is TaskKind.LABELS else None
+        answers_seen = [e.answer for e in self.test] + [e.answer for e in self.train]
+        self.max_new = max_answer_tokens(
+            tokenizer, [normalize(a) for a in answers_seen] if self.labels else answers_seen
+        )
+        self.trie = (
+            LabelTrie.build(tokenizer, self.labels, tokenizer.eos_token_id)
+            if self.labels and constrained
+            else None
+        )
+        self.prompts = [e.prompt for e in self.test]
+        self.batch_size, self.threads, self.say = batch_size, threads, log
+        log(f"eval: {_METRICS[self.kind]}")
+
+    def local(
+        self,
+        kind: str,
+        name: str,
+        messages: Sequence[Sequence[dict[str, str]]] | None = None,
+        entropy: bool = False,
+    ) -> ModelResult:
+        """The loaded model (as it is now: with or without its adapter) on the test split."""
+        prompts = messages if messages is not None else self.prompts
+        self.say(
+            f"eval: {name} on {len(prompts)} examples"
+            + (", free and constrained to the labels" if self.trie else "")
+        )
+        model, tokenizer, n, batch, threads = (
+            self.model,
+            self.tokenizer,
+            self.max_new,
+            self.batch_size,
+            self.threads,
+        )
+        gen = generate(model, tokenizer, prompts, n, batch_size=batch, entropy=entropy, threads=threads)
+        choice = None
+        if self.trie is not None:
+            choice = generate(
+                model, tokenizer, prompts, n, batch_size=batch, threads=threads, choices=self.trie
+            )
+        return _result(kind, self.test, gen, self.labels, entropy, choice)
+
+    def few_shot(self, k: int) -> ModelResult:
+        if not self.train:
+            raise TrainingError("--few-shot needs the training split to draw the examples from")
+        shots = pick_shots(self.train, k)
+        return self.local("few-shot", "base-few-shot", [few_shot_messages(e, shots) for e in self.test])
+
+    def endpoint(self, ep: Endpoint) -> ModelResult:
+        self.say(f"eval: endpoint {ep.name} ({ep.url}, model {ep.model}) on {len(self.prompts)} examples")
+        got = ask(ep, self.prompts, self.max_new)
+        result = _result(
+            "endpoint",
+            self.test,
+            Generation(got.answers, [None] * len(got.answers), got.seconds),
+            self.labels,
+            False,
+        )
+        result.usage = got.usage
+        return result
+
+    def baselines(self, few_shot: int, endpoints: Sequence[Endpoint]) -> dict[str, ModelResult]:
+        """The base model zero-shot (and few-shot), and every endpoint: the model must be the base one."""
+        results = {"base": self.local("base", "base")}
+        if few_shot:
+            results["base-few-shot"] = self.few_shot(few_shot)
+        for ep in endpoints:
+            results[f"endpoint:{ep.name}"] = self.endpoint(ep)  # never mistaken for the local base or tuned
+        return results
 
 
 def evaluate(
@@ -284,65 +417,160 @@ def evaluate(
     few_shot: int = 0,
     endpoints: Sequence[Endpoint] = (),
     skip_baseline: bool = False,
+    baselines: Mapping[str, ModelResult] | None = None,
     base_model: str | None = None,
     batch_size: int = 16,
     precision: Precision = Precision.AUTO,
     device: str = "auto",
     threads: int | None = None,
+    constrained: bool = True,
     log: Any = None,
 ) -> EvalReport:
-    """Evaluate the baselines and the adapter at `adapter_dir` on the test split at `test_path`."""
+    """Evaluate the baselines and the adapter at `adapter_dir` on the test split at `test_path`.
+
+    `baselines`: results of `baseline()` on the same split, used instead of running them again.
+    `constrained`: score a label task by constrained choice too (the headline), beside free generation.
+    """
     say = log or (lambda _msg: None)
     test = read_valid(Path(test_path))
     train = read_valid(Path(train_path)) if train_path else []
     if few_shot and not train:
         raise TrainingError("--few-shot needs --train FILE to draw the examples from")
-    labels = label_set(train) if train else label_set(test)
     model, tokenizer, _ = load_adapter_model(Path(adapter_dir), base_model, precision, device)
-    answers_seen = [e.answer for e in test] + [e.answer for e in train]
-    max_new = max_answer_tokens(tokenizer, [normalize(a) for a in answers_seen] if labels else answers_seen)
-    prompts = [e.prompt for e in test]
-    results: dict[str, ModelResult] = {}
-
-    if not skip_baseline:
-        say(f"eval: base model on {len(test)} examples")
+    scorer = Scorer(
+        model,
+        tokenizer,
+        test,
+        train,
+        batch_size=batch_size,
+        threads=threads,
+        constrained=constrained,
+        log=say,
+    )
+    results: dict[str, ModelResult] = dict(baselines or {})
+    if not skip_baseline and baselines is None:
         with model.disable_adapter():
-            gen = generate(model, tokenizer, prompts, max_new, batch_size=batch_size, threads=threads)
-        results["base"] = _result("base", test, gen, labels, False)
-        if few_shot:
-            shots = pick_shots(train, few_shot)
-            say(f"eval: base model with {len(shots)} examples in the prompt")
-            with model.disable_adapter():
-                gen = generate(
-                    model,
-                    tokenizer,
-                    [few_shot_messages(e, shots) for e in test],
-                    max_new,
-                    batch_size=batch_size,
-                    threads=threads,
-                )
-            results["base-few-shot"] = _result("few-shot", test, gen, labels, False)
-    for ep in endpoints:
-        say(f"eval: endpoint {ep.url} model {ep.model}")
-        gen = ask_endpoint(ep, prompts, max_new)
-        name = f"endpoint:{ep.model}"  # never mistaken for the local base or tuned model
-        results[name if name not in results else f"{name}@{ep.url}"] = _result(
-            "endpoint", test, gen, labels, False
-        )
-    say(f"eval: tuned adapter on {len(test)} examples")
-    gen = generate(model, tokenizer, prompts, max_new, batch_size=batch_size, entropy=True, threads=threads)
-    results["tuned"] = _result("tuned", test, gen, labels, True)
-
-    baselines = {name: r.scores.accuracy for name, r in results.items() if name != "tuned"}
+            results.update(scorer.baselines(few_shot, endpoints))
+    results["tuned"] = scorer.local("tuned", "tuned", entropy=True)
+    comparison = versus_strongest(results)
+    no_baseline = f"no baseline was evaluated: tuned accuracy {results['tuned'].accuracy:.3f}."
     return EvalReport(
         test_file=str(test_path),
         examples=len(test),
-        labels=labels,
-        max_new_tokens=max_new,
-        summary={name: r.scores.headline() for name, r in results.items()},
-        verdict=verdict(results["tuned"].scores.accuracy, baselines),
+        labels=scorer.labels,
+        max_new_tokens=scorer.max_new,
+        summary={name: r.headline() for name, r in results.items()},
+        verdict=comparison.text() if comparison else no_baseline,
+        comparison=comparison,
         models=results,
     )
+
+
+_METRICS = {
+    TaskKind.LABELS: "the answers are a label set: accuracy by constrained choice among the labels (free "
+    "generation beside it), macro-F1, per-label precision and recall, the confusion",
+    TaskKind.JSON: "the answers are JSON objects: validity, exact match of the whole object, and each field's accuracy",
+    TaskKind.TEXT: "the answers are free text: exact match, normalised match (the headline) and token-overlap F1",
+}
+GOOD_ENOUGH = 0.95  # a baseline this good leaves a tuned model no room for the 5-point gain
+
+
+class BaselineReport(BaseModel):
+    """baseline.json: the base model and the endpoints on the test split, before any training."""
+
+    test_file: str
+    examples: int
+    labels: list[str] | None
+    summary: dict[str, dict[str, float | int]]
+    models: dict[str, ModelResult]
+    strongest: str
+    advice: str
+
+    def render(self) -> str:
+        lines = [f"test split: {self.test_file} ({self.examples} examples), before any training", ""]
+        rows = []
+        for name, r in self.models.items():
+            cost = "-" if r.usage is None else f"${r.usage.cost_usd:.4f} ({r.usage.retries} retries)"
+            free = f"{r.scores.accuracy:.3f}" if r.choice is not None else "-"
+            rows.append([name, f"{r.accuracy:.3f}", f"{r.main.macro_f1:.3f}", free, r.main.examples, cost])
+        lines.append(
+            format_table(["model", "accuracy", "macro-F1", "accuracy (free)", "examples", "cost"], rows)
+        )
+        lines += ["", self.advice]
+        return "\n".join(lines)
+
+
+def advise(results: Mapping[str, ModelResult]) -> tuple[str, str]:
+    """The strongest baseline, and what it means for fine-tuning, in one sentence."""
+    best = max(results, key=lambda name: results[name].accuracy)
+    accuracy = results[best].accuracy
+    if accuracy >= GOOD_ENOUGH:
+        return best, (
+            f"{best} already scores {accuracy:.3f}: a tuned model cannot gain the 5 points that count as help, "
+            "so fine-tuning is not worth it for this task (unless cost or latency say otherwise)."
+        )
+    return best, (
+        f"the strongest baseline is {best} at {accuracy:.3f}: a tuned version must reach "
+        f"{min(1.0, accuracy + 0.05):.3f} here, significantly, to count as help."
+    )
+
+
+def baseline(
+    test_path: Path | str,
+    *,
+    train_path: Path | str | None = None,
+    few_shot: int = 0,
+    endpoints: Sequence[Endpoint] = (),
+    base_model: str | None = None,
+    batch_size: int = 16,
+    precision: Precision = Precision.AUTO,
+    device: str = "auto",
+    threads: int | None = None,
+    constrained: bool = True,
+    log: Any = None,
+) -> BaselineReport:
+    """The base model zero-shot (and few-shot from the training split) and every endpoint on the
+    test split: what fine-tuning has to beat, measured before training."""
+    from training.config import TrainConfig
+    from training.train import load_base_model, load_tokenizer, pick_device, pick_dtype
+
+    say = log or (lambda _msg: None)
+    test = read_valid(Path(test_path))
+    train = read_valid(Path(train_path)) if train_path else []
+    base_dir = basemodel.resolve(base_model)
+    dev = pick_device(TrainConfig(device=device))
+    tokenizer = load_tokenizer(base_dir)
+    model = load_base_model(base_dir, pick_dtype(precision, dev, generation=True), dev)
+    scorer = Scorer(
+        model,
+        tokenizer,
+        test,
+        train,
+        batch_size=batch_size,
+        threads=threads,
+        constrained=constrained,
+        log=say,
+    )
+    results = scorer.baselines(few_shot, endpoints)
+    strongest, advice = advise(results)
+    return BaselineReport(
+        test_file=str(test_path),
+        examples=len(test),
+        labels=scorer.labels,
+        summary={name: r.headline() for name, r in results.items()},
+        models=results,
+        strongest=strongest,
+        advice=advice,
+    )
+
+
+def versus_strongest(results: dict[str, ModelResult]) -> Comparison | None:
+    """The tuned model against the baseline with the highest accuracy, on the same examples."""
+    baselines = {name: r for name, r in results.items() if name != "tuned"}
+    if not baselines:
+        return None
+    best = max(baselines, key=lambda name: baselines[name].accuracy)
+    return compare(best, baselines[best].correct, results["tuned"].correct)
 
 
 def write_report(
@@ -354,9 +582,11 @@ def write_report(
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    written = {
-        "confusion": confusion_png(report.models["tuned"].scores.confusion, out / CONFUSION_PNG, "tuned")
-    }
+    tuned = report.models["tuned"]
+    shown = tuned.choice.scores if tuned.choice is not None else tuned.scores
+    written: dict[str, Path] = {}
+    if shown.confusion.labels:  # a label task
+        written["confusion"] = confusion_png(shown.confusion, out / CONFUSION_PNG, "tuned")
     history = read_history(adapter_dir) if adapter_dir else None
     if history is not None and history.train:
         written["loss"] = loss_png(history, out / LOSS_PNG)
@@ -375,42 +605,83 @@ def render_report(report: EvalReport, max_errors: int | None = None) -> str:
     """The report as text for people: headline table, per-label scores, confusion, wrong answers."""
     names = list(report.models)
     lines = [f"test split: {report.test_file} ({report.examples} examples)", ""]
-    lines.append(
-        format_table(
-            ["model", "accuracy", "macro-F1", "exact match", "examples", "seconds"],
-            [
-                [
-                    n,
-                    f"{r.scores.accuracy:.3f}",
-                    f"{r.scores.macro_f1:.3f}",
-                    f"{r.scores.exact_match:.3f}",
-                    r.scores.examples,
-                    f"{r.seconds:.1f}",
-                ]
-                for n, r in report.models.items()
-            ],
+    choice = any(r.choice is not None for r in report.models.values())
+    headers = ["model", "accuracy", "macro-F1", "exact match", "examples", "seconds"]
+    if choice:
+        headers[1:3] = ["accuracy (labels)", "macro-F1 (labels)"]
+        headers[3:3] = ["accuracy (free)", "free answers in labels"]
+    rows = []
+    for n, r in report.models.items():
+        main = r.choice.scores if r.choice is not None else r.scores
+        row: list[Any] = [n, f"{r.accuracy:.3f}", f"{r.headline()['macro_f1']:.3f}"]
+        if choice:
+            row += [f"{r.scores.accuracy:.3f}", "-" if r.in_label_set is None else f"{r.in_label_set:.0%}"]
+        seconds = r.seconds + (r.choice.seconds if r.choice is not None else 0.0)
+        row += [f"{r.scores.exact_match:.3f}", main.examples, f"{seconds:.1f}"]
+        rows.append(row)
+    lines.append(format_table(headers, rows))
+    if choice:
+        lines.append(
+            "(labels: constrained choice among the label set, the headline; free: free generation, "
+            "exact match of the free answer)"
         )
-    )
     lines += ["", f"verdict: {report.verdict}", ""]
+
+    def shown_scores(name: str) -> Scores:
+        r = report.models[name]
+        return r.choice.scores if r.choice is not None else r.scores
+
+    tuned = shown_scores("tuned")
+    task = report.models["tuned"]
+    if task.json_scores is not None:
+        field_names = list(task.json_scores.fields)
+        rows = [
+            [n, f"{r.json_scores.validity:.0%}", f"{r.json_scores.exact_match:.3f}"]
+            + [
+                f"{r.json_scores.fields[f].accuracy:.3f}" if f in r.json_scores.fields else "-"
+                for f in field_names
+            ]
+            for n, r in report.models.items()
+            if r.json_scores is not None
+        ]
+        lines += ["JSON answers: validity, whole-object exact match, and each field's accuracy:"]
+        lines += [format_table(["model", "valid JSON", "exact match", *field_names], rows), ""]
+        for f, fs in task.json_scores.fields.items():
+            for err in fs.errors[:5]:
+                lines.append(f"  tuned, field {f}: expected {err.expected!r}, got {_cut(str(err.got), 60)!r}")
+    if task.text_scores is not None:
+        rows = [
+            [
+                n,
+                f"{r.text_scores.exact_match:.3f}",
+                f"{r.text_scores.normalised_match:.3f}",
+                f"{r.text_scores.token_f1:.3f}",
+            ]
+            for n, r in report.models.items()
+            if r.text_scores is not None
+        ]
+        lines += ["free text: exact, normalised match and token F1:"]
+        lines += [format_table(["model", "exact match", "normalised match", "token F1"], rows), ""]
     label_rows = []
-    for lab in report.models["tuned"].scores.per_label:
-        row: list[Any] = [lab]
+    for lab in tuned.per_label:
+        label_row: list[Any] = [lab]
         for n in names:
-            s = report.models[n].scores.per_label[lab]
-            row += [f"{s.precision:.2f}", f"{s.recall:.2f}"]
-        row.append(report.models["tuned"].scores.per_label[lab].support)
-        label_rows.append(row)
-    headers = ["label"] + [f"{n} {m}" for n in names for m in ("P", "R")] + ["support"]
-    lines += ["per-label precision (P) and recall (R):", format_table(headers, label_rows), ""]
-    conf = report.models["tuned"].scores.confusion
-    short = [f"{i}" for i in range(len(conf.labels))] + ["other"]
-    lines.append("tuned confusion (rows: expected, columns: answered, numbered as the rows):")
-    lines.append(
-        format_table(
-            ["#", "expected", *short],
-            [[i, lab, *row] for i, (lab, row) in enumerate(zip(conf.labels, conf.matrix, strict=True))],
+            s = shown_scores(n).per_label[lab]
+            label_row += [f"{s.precision:.2f}", f"{s.recall:.2f}"]
+        label_row.append(tuned.per_label[lab].support)
+        label_rows.append(label_row)
+    label_headers = ["label"] + [f"{n} {m}" for n in names for m in ("P", "R")] + ["support"]
+    if label_rows:
+        lines += ["per-label precision (P) and recall (R):", format_table(label_headers, label_rows), ""]
+        conf = tuned.confusion
+        short = [f"{i}" for i in range(len(conf.labels))] + ["other"]
+        lines.append("tuned confusion (rows: expected, columns: answered, numbered as the rows):")
+        lines.append(
+            format_table(
+                ["#", "expected", *short],
+                [[i, lab, *row] for i, (lab, row) in enumerate(zip(conf.labels, conf.matrix, strict=True))],
+            )
         )
-    )
     for n, r in report.models.items():
         shown = r.errors if max_errors is None else r.errors[:max_errors]
         lines += ["", f"wrong answers of {n}: {len(r.errors)} of {r.scores.examples}"]
@@ -421,15 +692,6 @@ def render_report(report: EvalReport, max_errors: int | None = None) -> str:
         if len(shown) < len(r.errors):
             lines.append(f"  ... and {len(r.errors) - len(shown)} more (all of them in --json and eval.json)")
     return "\n".join(lines)
-
-
-def api_key_from_env(var: str | None) -> str | None:
-    if not var:
-        return None
-    value = os.environ.get(var)
-    if value is None:
-        raise TrainingError(f"the environment variable {var} (named by --endpoint-key-env) is not set")
-    return value
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

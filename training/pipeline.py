@@ -4,8 +4,10 @@
     check     every problem of the file (StageFailedError listing them)
     audit     duplicates, conflicts, balance, tokens, cost (reported; warnings do not stop the run)
     split     stratified train/val/test with a manifest of hashes
+    baseline  the base model (zero-shot, few-shot) and any endpoints on the test split, before any
+              training: what fine-tuning has to beat, and whether it is worth it at all
     train     the LoRA adapter
-    eval      base (and other baselines) vs tuned on the test split
+    eval      tuned against those baselines on the test split (paired: McNemar, bootstrap)
     register  a new immutable registry version <task>-v<N>-<YYYYMMDD>
 
 Every stage runs in a work folder (temporary unless one is named); only `register` writes to the
@@ -22,7 +24,7 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -32,6 +34,7 @@ from lorafleet.errors import LorafleetError
 from lorafleet.registry import NewVersion, Registry, validate_task
 from lorafleet.textstats import reference_stats
 from training.config import TRAIN_CONFIG_FILE, TrainConfig
+from training.endpoints import Endpoint
 from training.errors import StageFailedError, describe_exception
 from training.evaluate import EvalReport
 from training.outputs import check_output_dir
@@ -46,6 +49,7 @@ class Stage(StrEnum):
     CHECK = "check"
     AUDIT = "audit"
     SPLIT = "split"
+    BASELINE = "baseline"
     TRAIN = "train"
     EVAL = "eval"
     REGISTER = "register"
@@ -57,6 +61,29 @@ class FinetuneResult:
     path: Path
     report: EvalReport
     seconds: dict[str, float] = field(default_factory=dict)
+
+
+def list_labels_in_prompt(data: Path, out: Path) -> int:
+    """Write `data` to `out` with a system prompt listing its labels on every example; the count."""
+    from training.check import read_valid
+    from training.csvimport import labels_system_prompt
+    from training.dataset import Example, Message, label_set, write_jsonl
+
+    examples = read_valid(data)
+    labels = label_set(examples)
+    if labels is None:
+        raise StageFailedError(
+            Stage.IMPORT,
+            f"--list-labels: the answers of {data} are not a label set (free text, or too few repeats)",
+            hint="drop --list-labels for a free-text task",
+        )
+    system = Message("system", labels_system_prompt(labels))
+    rewritten = [
+        Example((system, *(m for m in e.messages if m.role != "system")), e.line, e.source, e.extra)
+        for e in examples
+    ]
+    write_jsonl(out, rewritten)
+    return len(labels)
 
 
 def config_beside(data: Path) -> Path | None:
@@ -94,22 +121,26 @@ def finetune(
     seed: int = 0,
     few_shot: int = 0,
     skip_baseline: bool = False,
+    endpoints: Sequence[Endpoint] = (),
     work_dir: Path | None = None,
     text_column: str = "text",
     label_column: str = "label",
     system: str | None = None,
+    list_labels: bool | None = None,
     log: Callable[[str], None] = lambda _m: None,
     progress: bool = True,
 ) -> FinetuneResult:
     """Check, audit, split, train, evaluate and register `data` as a new version of `task`.
 
     A CSV `data` is imported first from `text_column` and `label_column`, with `system` as the system
-    prompt, or without one given, a system prompt listing the labels.
+    prompt, or without one given, a system prompt listing the labels. `list_labels`: put a system
+    prompt listing the labels on every example of a label task (None: yes for such a CSV, no for
+    JSONL, whose prompts are kept).
     """
     from training.audit import audit_file
     from training.check import check_file
     from training.csvimport import import_csv
-    from training.evaluate import evaluate, write_report
+    from training.evaluate import baseline, evaluate, write_report
     from training.split import split_file
     from training.train import train
 
@@ -140,14 +171,20 @@ def finetune(
                     text_column=text_column,
                     label_column=label_column,
                     system=system,
-                    system_from_labels=system is None,
+                    system_from_labels=system is None if list_labels is None else list_labels,
                     force=True,
                 )
-                prompt = "the given system prompt" if system else "a system prompt listing the labels"
+                listed = system is None if list_labels is None else list_labels
+                prompt = "a system prompt listing the labels" if listed else "the given system prompt"
                 log(f"[import] {n} examples from {data}, with {prompt}")
+        elif list_labels:
+            with _stage(Stage.IMPORT, seconds, log):
+                jsonl = work / f"{data.stem}.labelled.jsonl"
+                n_labels = list_labels_in_prompt(data, jsonl)
+                log(f"[import] {data}: a system prompt listing its {n_labels} labels on every example")
 
         with _stage(Stage.CHECK, seconds, log):
-            problems = check_file(jsonl, tokenizer_dir=base_dir)
+            problems = check_file(jsonl, tokenizer_dir=base_dir, max_tokens=config.max_length)
             if problems:
                 listing = "\n".join(f"  {p}" for p in problems[:50])
                 more = f"\n  ... and {len(problems) - 50} more" if len(problems) > 50 else ""
@@ -159,7 +196,10 @@ def finetune(
             log(f"[check] {data}: no problems")
 
         with _stage(Stage.AUDIT, seconds, log):
-            audit = audit_file(jsonl, tokenizer_dir=base_dir, epochs=max(1, math.ceil(config.epochs)))
+            epochs = math.ceil(config.epochs) if config.epochs else 3  # chosen from the data later
+            audit = audit_file(
+                jsonl, tokenizer_dir=base_dir, epochs=max(1, epochs), max_tokens=config.max_length
+            )
             log("\n".join(f"  {line}" for line in audit.render().splitlines()))
 
         with _stage(Stage.SPLIT, seconds, log):
@@ -175,20 +215,41 @@ def finetune(
             for warning in manifest.warnings:
                 log(f"[split] warning: {warning} (training runs without validation loss)")
 
+        baselines = None
+        if not skip_baseline:
+            with _stage(Stage.BASELINE, seconds, log):
+                before = baseline(
+                    split_dir / "test.jsonl",
+                    train_path=split_dir / "train.jsonl",
+                    few_shot=few_shot,
+                    endpoints=endpoints,
+                    base_model=str(base_dir),
+                    device=config.device,
+                    threads=config.threads,
+                    log=log,
+                )
+                (work / "baseline.json").write_text(before.model_dump_json(indent=2) + "\n")
+                for name, r in before.models.items():
+                    log(f"[baseline] {name}: accuracy {r.accuracy:.3f}")
+                log(f"[baseline] {before.advice}")
+                baselines = before.models
+
         with _stage(Stage.TRAIN, seconds, log):
             adapter_dir = work / "adapter"
             val = split_dir / "val.jsonl" if manifest.counts.get("val") else None
             result = train(config, split_dir / "train.jsonl", val, adapter_dir, progress=progress, force=True)
             h = result.history
             log(f"[train] {h.tokens} tokens in {h.seconds:.0f} s ({h.tokens_per_s:.0f} tokens/s)")
+            for note in h.notes:
+                log(f"[train] {note}")
 
         with _stage(Stage.EVAL, seconds, log):
             report = evaluate(
                 split_dir / "test.jsonl",
                 adapter_dir,
                 train_path=split_dir / "train.jsonl",
-                few_shot=few_shot,
-                skip_baseline=skip_baseline,
+                skip_baseline=True,
+                baselines=baselines,
                 base_model=str(base_dir),
                 device=config.device,
                 threads=config.threads,
@@ -225,13 +286,19 @@ def finetune(
                     eval_report=report.model_dump(mode="json"),
                     datasets=[data.name],
                     dataset_sha256=hashes,
-                    hyperparameters=config.model_dump(
+                    hyperparameters=result.config.model_dump(
                         mode="json", exclude={"base_model", "device", "threads"}
                     ),
-                    metrics={name: r.scores.headline() for name, r in report.models.items()},
+                    metrics={name: r.headline() for name, r in report.models.items()},
                     verdict=report.verdict,
-                    notes=f"Trained on {manifest.counts['train']} examples, tested on {manifest.counts['test']} "
-                    f"held-out examples (split seed {seed}).",
+                    helped=None if report.comparison is None else report.comparison.helped,
+                    notes=" ".join(
+                        [
+                            f"Trained on {manifest.counts['train']} examples, tested on {manifest.counts['test']} "
+                            f"held-out examples (split seed {seed}).",
+                            *(f"{note[0].upper()}{note[1:]}." for note in result.notes),
+                        ]
+                    ),
                     tags={"data": data.name, "seed": str(seed)},
                     files=extra,
                 ),

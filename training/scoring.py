@@ -1,7 +1,10 @@
 """Pure metrics of a classification run: accuracy, macro-F1, per-label precision/recall, the confusion.
+(Whether a difference between two models is real: training/significance.py.)
 
 Definitions (what tests/training/test_scoring.py checks by hand):
 - answers are compared after `normalize` (surrounding whitespace and trailing punctuation removed);
+  given a label set, an answer is the label it names as the gateway matches it live
+  (`lorafleet.textstats.match_label`: also quotes and case), so offline and live accuracy agree;
   `exact_match` is plain string equality of the raw answer and the expected one;
 - the labels are the given label set, else the distinct expected answers; an answer outside them is
   wrong, counts against the expected label's recall, and sits in the confusion's `OTHER` column;
@@ -12,12 +15,13 @@ Definitions (what tests/training/test_scoring.py checks by hand):
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
+
+from lorafleet.textstats import match_label
 
 OTHER = "<other>"
-MIN_GAIN_POINTS = 5.0
 _TRAILING_PUNCTUATION = ".!?,;:"
 
 
@@ -48,6 +52,9 @@ class Scores(BaseModel):
     examples: int
     per_label: dict[str, LabelScore]
     confusion: Confusion
+    correct: list[bool] = Field(
+        default_factory=list, description="Per test example, in order: answered right (for paired tests)."
+    )
 
     def headline(self) -> dict[str, float | int]:
         """The four numbers `Registry.summary` and the model card show."""
@@ -63,14 +70,31 @@ def _ratio(num: int, den: int) -> float:
     return num / den if den else 0.0
 
 
-def score(expected: Sequence[str], got: Sequence[str], labels: Sequence[str] | None = None) -> Scores:
-    """Score answers `got` against `expected` (same order); see the module docstring."""
+def score(
+    expected: Sequence[str], got: Sequence[str], labels: Sequence[str] | None = None, confusion: bool = True
+) -> Scores:
+    """Score answers `got` against `expected` (same order); see the module docstring.
+
+    `confusion=False` (free text, JSON: every answer its own "label") leaves the per-label scores and
+    the confusion out."""
     if len(expected) != len(got):
         raise ValueError(f"{len(expected)} expected answers but {len(got)} answers")
     gold = [normalize(e) for e in expected]
-    pred = [normalize(g) for g in got]
+    if not confusion:
+        correct = [g == normalize(a) for g, a in zip(gold, got, strict=True)]
+        n = len(gold)
+        return Scores(
+            accuracy=_ratio(sum(correct), n),
+            macro_f1=0.0,
+            exact_match=_ratio(sum(e == g for e, g in zip(expected, got, strict=True)), n),
+            examples=n,
+            per_label={},
+            confusion=Confusion(labels=[], columns=[], matrix=[]),
+            correct=correct,
+        )
     label_list = sorted({normalize(lab) for lab in labels} if labels else set(gold))
     label_list += sorted(set(gold) - set(label_list))
+    pred = [match_label(g, label_list) or OTHER for g in got] if labels else [normalize(g) for g in got]
     index = {lab: i for i, lab in enumerate(label_list)}
     columns = [*label_list, OTHER]
     matrix = [[0] * len(columns) for _ in label_list]
@@ -87,27 +111,13 @@ def score(expected: Sequence[str], got: Sequence[str], labels: Sequence[str] | N
         per_label[lab] = LabelScore(precision=precision, recall=recall, f1=f1, support=support)
     present = [s.f1 for s in per_label.values() if s.support]
     n = len(gold)
+    correct = [g == p for g, p in zip(gold, pred, strict=True)]
     return Scores(
-        accuracy=_ratio(sum(g == p for g, p in zip(gold, pred, strict=True)), n),
+        accuracy=_ratio(sum(correct), n),
         macro_f1=sum(present) / len(present) if present else 0.0,
         exact_match=_ratio(sum(e == g for e, g in zip(expected, got, strict=True)), n),
         examples=n,
         per_label=per_label,
         confusion=Confusion(labels=label_list, columns=columns, matrix=matrix),
+        correct=correct,
     )
-
-
-def verdict(
-    tuned_accuracy: float, baselines: Mapping[str, float], min_gain_points: float = MIN_GAIN_POINTS
-) -> str:
-    """One sentence: did fine-tuning beat the strongest baseline by at least `min_gain_points`?"""
-    if not baselines:
-        return f"no baseline was evaluated: tuned accuracy {tuned_accuracy:.3f}."
-    best = max(baselines, key=lambda name: baselines[name])
-    gain = round(100 * (tuned_accuracy - baselines[best]), 9)  # 0.85 - 0.80 is 4.99999... points
-    compared = (
-        f"tuned accuracy {tuned_accuracy:.3f} against {baselines[best]:.3f} for {best} ({gain:+.1f} points)"
-    )
-    if gain < min_gain_points:
-        return f"fine-tuning did not help: {compared}, under the {min_gain_points:g}-point bar."
-    return f"fine-tuning helped: {compared}."

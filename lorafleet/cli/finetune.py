@@ -9,6 +9,7 @@ import typer
 
 from lorafleet.cli._options import BaseModelOpt, JsonOpt, RegistryOpt, registry_path
 from lorafleet.cli._output import info, print_json
+from lorafleet.cli.eval import EndpointOpt
 from lorafleet.cli.train import (
     AlphaOpt,
     BalanceOpt,
@@ -18,11 +19,13 @@ from lorafleet.cli.train import (
     DropoutOpt,
     EpochsOpt,
     LrOpt,
+    MaxLengthOpt,
     PrecisionOpt,
     QuietOpt,
     RankOpt,
     TargetsOpt,
     ThreadsOpt,
+    TooLongOpt,
     train_overrides,
 )
 
@@ -56,6 +59,8 @@ def finetune(
     device: DeviceOpt = None,
     precision: PrecisionOpt = None,
     threads: ThreadsOpt = None,
+    max_length: MaxLengthOpt = None,
+    too_long: TooLongOpt = None,
     few_shot: Annotated[
         int,
         typer.Option("--few-shot", min=0, help="Also evaluate the base model with K examples in the prompt."),
@@ -63,6 +68,7 @@ def finetune(
     skip_baseline: Annotated[
         bool, typer.Option("--skip-baseline", help="Do not evaluate the base model (faster).")
     ] = False,
+    endpoint: EndpointOpt = None,
     work_dir: Annotated[
         Path | None,
         typer.Option(
@@ -86,6 +92,15 @@ def finetune(
             rich_help_panel=_CSV,
         ),
     ] = None,
+    list_labels: Annotated[
+        bool | None,
+        typer.Option(
+            "--list-labels/--no-list-labels",
+            help="Put a system prompt listing the labels on every example of a label task (default: yes "
+            "for a CSV without --system, no for JSONL, whose prompts are kept as they are).",
+            show_default=False,
+        ),
+    ] = None,
     quiet: QuietOpt = False,
     json: JsonOpt = False,
 ) -> None:
@@ -94,6 +109,7 @@ def finetune(
     Without --config, a `train.yaml` beside DATA (the dataset's preset) is used when there is one.
     """
     from training.config import load_config
+    from training.endpoints import Endpoint
     from training.pipeline import config_beside
     from training.pipeline import finetune as run_finetune
 
@@ -116,6 +132,8 @@ def finetune(
             device=device,
             precision=precision,
             threads=threads,
+            max_length=max_length,
+            too_long=too_long,
         ),
     )
     from lorafleet.registry import Registry
@@ -128,10 +146,12 @@ def finetune(
         seed=cfg.seed,
         few_shot=few_shot,
         skip_baseline=skip_baseline,
+        endpoints=[Endpoint.parse(spec) for spec in endpoint or []],
         work_dir=work_dir,
         text_column=text_column,
         label_column=label_column,
         system=system,
+        list_labels=list_labels,
         log=info,
         progress=not quiet,
     )

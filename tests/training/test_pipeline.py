@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -127,7 +128,7 @@ def test_finetune_a_csv_end_to_end_registers_a_complete_version(tmp_path: Path) 
         "--epochs", "1", "--batch-size", "6", "--quiet", "--work-dir", tmp_path / "work",
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
-    for stage in ("import", "check", "audit", "split", "train", "eval", "register"):
+    for stage in ("import", "check", "audit", "split", "baseline", "train", "eval", "register"):
         assert f"[{stage}] done in" in proc.stderr
     name = f"tiny-v1-{dt.date.today():%Y%m%d}"
     assert f"registered: {name}" in proc.stdout
@@ -141,7 +142,11 @@ def test_finetune_a_csv_end_to_end_registers_a_complete_version(tmp_path: Path) 
         "confusion.png", "loss.png",
     }  # fmt: skip
     info = version.info()
-    assert (info.name, info.task, info.number, info.lora_rank) == (name, "tiny", 1, 8)
+    # Rank and the rest chosen from the data (only --epochs and --batch-size were given).
+    assert (info.name, info.task, info.number, info.lora_rank) == (name, "tiny", 1, 16)
+    assert (
+        info.labels == sorted(WORDS) and info.helped is not None and info.verdict == report_verdict(version)
+    )
     manifest = json.loads((version.path / "split_manifest.json").read_text())
     assert info.dataset_sha256 == {"source": manifest["source_sha256"], **manifest["sha256"]}
 
@@ -149,11 +154,19 @@ def test_finetune_a_csv_end_to_end_registers_a_complete_version(tmp_path: Path) 
     assert report is not None
     assert set(report["summary"]) == {"base", "tuned"}
     for model in ("base", "tuned"):
-        assert set(report["summary"][model]) == {"accuracy", "macro_f1", "exact_match", "examples"}
+        assert set(report["summary"][model]) == {
+            "accuracy",
+            "macro_f1",
+            "exact_match",
+            "examples",
+            "accuracy_free",
+            "in_label_set",
+        }
+    assert report["comparison"]["baseline"] == "base"
     card = ModelCard.parse((version.path / "README.md").read_text())
     assert card.version == name and card.labels == sorted(WORDS)
     assert card.metrics["tuned"].accuracy == report["summary"]["tuned"]["accuracy"]
-    assert card.hyperparameters["rank"] == 8 and card.verdict == report["verdict"]
+    assert card.hyperparameters["rank"] == 16 and card.verdict == report["verdict"]
 
     ref = version.reference()
     assert isinstance(ref, ReferenceStats)
@@ -162,6 +175,12 @@ def test_finetune_a_csv_end_to_end_registers_a_complete_version(tmp_path: Path) 
     assert ref.entropy_nats is not None and sum(ref.entropy_nats.counts) == manifest["counts"]["test"]
     assert ref.system_prompt is not None and "change_pin" in ref.system_prompt
     assert AdapterRef.parse(name).task == "tiny"
+
+
+def report_verdict(version: Any) -> str:
+    report = version.eval_report()
+    assert report is not None
+    return str(report["verdict"])
 
 
 def test_the_config_files_seed_is_used_unless_seed_is_given(tmp_path: Path) -> None:

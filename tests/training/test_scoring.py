@@ -1,10 +1,10 @@
-"""Metrics on a confusion computed by hand, and the verdict's 5-point bar."""
+"""Metrics on a confusion computed by hand (the verdict: test_significance.py)."""
 
 from __future__ import annotations
 
 import pytest
 
-from training.scoring import OTHER, normalize, score, verdict
+from training.scoring import OTHER, normalize, score
 
 # Expected a,a,a,b,b,c. Answered a, a, b, b, a chatty sentence (outside the label set), "c." (right
 # after normalisation, not an exact match).
@@ -48,16 +48,12 @@ def test_normalisation_strips_whitespace_and_trailing_punctuation_only() -> None
     assert normalize("it is card_arrival") == "it is card_arrival"
 
 
-def test_the_verdict_says_plainly_when_fine_tuning_did_not_help() -> None:
-    assert verdict(0.80, {"base": 0.77}).startswith("fine-tuning did not help")
-    assert verdict(0.50, {"base": 0.70}).startswith("fine-tuning did not help")
-    assert verdict(0.849, {"base": 0.80}).startswith("fine-tuning did not help")
-    assert verdict(0.85, {"base": 0.80}).startswith("fine-tuning helped")  # exactly 5 points
-    helped = verdict(0.92, {"base": 0.05})
-    assert helped.startswith("fine-tuning helped") and "+87.0 points" in helped
-
-
-def test_the_verdict_compares_with_the_strongest_baseline() -> None:
-    text = verdict(0.90, {"base": 0.10, "base-few-shot": 0.88})
-    assert text.startswith("fine-tuning did not help") and "base-few-shot" in text
-    assert verdict(0.9, {}).startswith("no baseline")
+def test_a_label_set_matches_answers_as_the_gateway_does() -> None:
+    """Quotes, case and trailing punctuation aside, the label named counts; anything else is OTHER."""
+    s = score(
+        ["card_arrival", "change_pin"],
+        ['"Card_Arrival".', "pin change"],
+        labels=["card_arrival", "change_pin"],
+    )
+    assert s.correct == [True, False]
+    assert s.confusion.matrix == [[1, 0, 0], [0, 0, 1]]
