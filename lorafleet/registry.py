@@ -10,6 +10,7 @@ and monitor read them without importing torch.
         version.json                  VersionInfo
         eval.json                     the evaluation report (base vs tuned)
         reference.json                ReferenceStats: what monitoring compares live traffic against
+        splits/                       the train, val and test splits it was trained and tested on
         ...                           anything else training adds (config, plots)
       .claims/banking-v3              N is claimed by mkdir before the version is written: never reused
       .staging/<random>/              versions being written; renamed into place whole, or never
@@ -50,6 +51,7 @@ _VERSION_RE = re.compile(rf"^(?P<task>{TASK_PATTERN})-v(?P<number>[1-9][0-9]*)-(
 _TASK_RE = re.compile(rf"^{TASK_PATTERN}$")
 
 ADAPTER_DIR = "adapter"
+SPLITS_DIR = "splits"
 CARD_FILE = "README.md"
 INFO_FILE = "version.json"
 EVAL_FILE = "eval.json"
@@ -177,6 +179,11 @@ class Version:
     def reference(self) -> ReferenceStats | None:
         f = self.path / REFERENCE_FILE
         return ReferenceStats.model_validate_json(f.read_text()) if f.exists() else None
+
+    def split(self, name: str) -> Path | None:
+        """The version's `train`, `val` or `test` split (chat JSONL), if it was registered with it."""
+        f = self.path / SPLITS_DIR / f"{name}.jsonl"
+        return f if f.is_file() else None
 
     def eval_report(self) -> dict[str, Any] | None:
         f = self.path / EVAL_FILE
@@ -444,6 +451,7 @@ class Registry:
             for name in names:
                 shutil.copy2(new.adapter_dir / name, draft.adapter_path / name)
             for name, source in new.files.items():
+                (draft.path / name).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(source, draft.path / name)
             if new.eval_report is not None:
                 draft.write_json(EVAL_FILE, dict(new.eval_report))

@@ -8,7 +8,8 @@ torch, vLLM nor transformers: it runs inside the gateway.
     drift       psi, js_distance, DriftWindow, DriftScore, DriftLevel
     accuracy    wilson_interval, two_proportion_z_test, RollingAccuracy, publish_live_accuracy,
                 restore_live_accuracy
-    feedback    FeedbackStore, AnswerRecord, FeedbackRecord, FeedbackOutcome
+    feedback    FeedbackStore (SQLite or PostgreSQL: open_store), AnswerRecord, FeedbackRecord,
+                FeedbackOutcome, LabelledAnswer
     gate        VersionSignals, GateThresholds, evaluate_gate, GateDecision, GateCheck
     signals     LocalSignals, Snapshot, PrometheusSignals, histogram_quantile
     alerts      AlertThresholds, rule_groups            (python -m monitor.alerts)
@@ -32,9 +33,19 @@ from monitor.errors import (
     InvalidFeedbackError,
     MonitorError,
     SignalsUnavailableError,
+    StoreError,
+    StoreSchemaError,
+    StoreUnavailableError,
     UnknownCompletionError,
 )
-from monitor.feedback import AnswerRecord, FeedbackOutcome, FeedbackRecord, FeedbackStore
+from monitor.feedback import (
+    AnswerRecord,
+    FeedbackOutcome,
+    FeedbackRecord,
+    FeedbackStore,
+    LabelledAnswer,
+    open_store,
+)
 from monitor.gate import (
     CheckOutcome,
     GateCheck,
@@ -83,6 +94,7 @@ __all__ = [
     "GateResult",
     "GateThresholds",
     "InvalidFeedbackError",
+    "LabelledAnswer",
     "LocalSignals",
     "Metrics",
     "MonitorError",
@@ -90,6 +102,9 @@ __all__ = [
     "RollingAccuracy",
     "SignalsUnavailableError",
     "Snapshot",
+    "StoreError",
+    "StoreSchemaError",
+    "StoreUnavailableError",
     "UnknownCompletionError",
     "VersionSignals",
     "VersionState",
@@ -98,6 +113,7 @@ __all__ = [
     "evaluate_gate",
     "histogram_quantile",
     "js_distance",
+    "open_store",
     "psi",
     "publish_live_accuracy",
     "restore_live_accuracy",

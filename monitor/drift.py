@@ -142,15 +142,121 @@ def _histogram_reference(h: Histogram) -> list[float] | None:
 _Observation = tuple[int, tuple[int, ...], int]
 
 
+# A feature and one of its bins; bin REQUESTS_BIN counts the requests (or answers) that contributed.
+BinKey = tuple[DriftFeature, int]
+REQUESTS_BIN = -1
+
+
+class DriftBins:
+    """How one version's traffic is binned for each drift feature its reference allows, and the
+    reference's share of each bin. Stateless: `bins()` of a request, `score()` of counts."""
+
+    def __init__(self, reference: ReferenceStats, *, vocabulary_words: int = VOCABULARY_DRIFT_WORDS) -> None:
+        self.references: dict[DriftFeature, list[float]] = {}
+        self._length_edges = list(reference.input_words.edges)
+        length_ref = _histogram_reference(reference.input_words)
+        if length_ref is not None:
+            self.references[DriftFeature.INPUT_LENGTH] = length_ref
+
+        top = sorted(
+            (w for w in reference.vocabulary if w != OTHER_WORD), key=lambda w: (-reference.vocabulary[w], w)
+        )
+        top = top[:vocabulary_words]
+        self._word_index = {w: i for i, w in enumerate(top)}
+        if top:
+            shares = [reference.vocabulary[w] for w in top]
+            shares.append(max(0.0, 1.0 - sum(shares)))  # the OTHER_WORD bucket, last
+            self.references[DriftFeature.INPUT_VOCABULARY] = shares
+
+        self._labels: list[str] = []
+        if reference.labels is not None and reference.labels.labels:
+            self._labels = list(reference.labels.labels)
+            dist = [reference.labels.distribution.get(lab, 0.0) for lab in self._labels]
+            dist.append(max(0.0, 1.0 - sum(dist)))  # the 'other' bucket, last
+            if sum(dist) > 0:
+                self.references[DriftFeature.PREDICTED_LABEL] = dist
+        self._label_index = {lab: i for i, lab in enumerate(self._labels)}
+
+        self._entropy_edges: list[float] = []
+        if reference.entropy_nats is not None:
+            entropy_ref = _histogram_reference(reference.entropy_nats)
+            if entropy_ref is not None:
+                self._entropy_edges = list(reference.entropy_nats.edges)
+                self.references[DriftFeature.ENTROPY] = entropy_ref
+
+    @property
+    def features(self) -> list[DriftFeature]:
+        return list(self.references)
+
+    def label_bin(self, predicted_label: str | None) -> int:
+        other = len(self._labels)
+        if predicted_label is None:
+            return other
+        index = self._label_index.get(predicted_label)
+        if index is None:
+            matched = match_label(predicted_label, self._labels)
+            index = self._label_index[matched] if matched is not None else other
+        return index
+
+    def length_bin(self, tokens: Sequence[str]) -> int:
+        return bin_index(len(tokens), self._length_edges)
+
+    def word_bins(self, tokens: Sequence[str]) -> list[int]:
+        other_word = len(self._word_index)
+        index = self._word_index.get
+        return [index(w, other_word) for w in tokens]
+
+    def entropy_bin(self, entropy: float) -> int:
+        return bin_index(entropy, self._entropy_edges)
+
+    def add(
+        self, counts: dict[BinKey, int], input_text: str, predicted_label: str | None, entropy: float | None
+    ) -> None:
+        """Count one request into `counts` (each feature's bins, and its REQUESTS_BIN)."""
+        refs = self.references
+        tokens = words(input_text)
+        if DriftFeature.INPUT_LENGTH in refs:
+            key = (DriftFeature.INPUT_LENGTH, self.length_bin(tokens))
+            counts[key] = counts.get(key, 0) + 1
+            key = (DriftFeature.INPUT_LENGTH, REQUESTS_BIN)
+            counts[key] = counts.get(key, 0) + 1
+        if DriftFeature.INPUT_VOCABULARY in refs:
+            for b in self.word_bins(tokens):
+                key = (DriftFeature.INPUT_VOCABULARY, b)
+                counts[key] = counts.get(key, 0) + 1
+            key = (DriftFeature.INPUT_VOCABULARY, REQUESTS_BIN)
+            counts[key] = counts.get(key, 0) + 1
+        if self._labels and DriftFeature.PREDICTED_LABEL in refs:
+            key = (DriftFeature.PREDICTED_LABEL, self.label_bin(predicted_label))
+            counts[key] = counts.get(key, 0) + 1
+            key = (DriftFeature.PREDICTED_LABEL, REQUESTS_BIN)
+            counts[key] = counts.get(key, 0) + 1
+        if DriftFeature.ENTROPY in refs and entropy is not None and math.isfinite(entropy):
+            key = (DriftFeature.ENTROPY, self.entropy_bin(entropy))
+            counts[key] = counts.get(key, 0) + 1
+            key = (DriftFeature.ENTROPY, REQUESTS_BIN)
+            counts[key] = counts.get(key, 0) + 1
+
+    def score(self, counts: Mapping[BinKey, int], min_samples: int) -> dict[DriftFeature, DriftScore]:
+        """The features with at least `min_samples` requests counted (and some mass), scored."""
+        out: dict[DriftFeature, DriftScore] = {}
+        for feature, reference in self.references.items():
+            n = counts.get((feature, REQUESTS_BIN), 0)
+            live = [counts.get((feature, b), 0) for b in range(len(reference))]
+            if n >= min_samples and sum(live) > 0:
+                out[feature] = DriftScore(psi(reference, live), js_distance(reference, live), n)
+        return out
+
+
 class DriftWindow:
-    """The last `size` requests of one version, with counters kept up to date on every observe.
+    """The last `size` requests of one version, counted over its DriftBins, scored on demand.
 
     `observe` is O(words of the request) and `scores` O(bins), whatever the window size. A feature
     is scored once at least `min_samples` (default: 200, or `size` if smaller) requests of the
     window contributed to it. Entropy has its own window, of the last `size` answers that carried
     one: the gateway scores the entropy of only some answers of a busy version (`entropy_max_per_s`),
-    and those must not be diluted among the requests it did not score. Not thread-safe: one window per (route, version), fed from the
-    gateway's event loop.
+    and those must not be diluted among the requests it did not score. Not thread-safe. (The
+    gateway pools its drift over the fleet instead: router/observe.py, monitor/feedback.)
     """
 
     def __init__(
@@ -169,64 +275,23 @@ class DriftWindow:
             raise ValueError(f"`min_samples` should be between 1 and size={size}, got {min_samples}")
         self.size = size
         self.min_samples = min_samples
-        self._window: deque[_Observation] = deque()
-        self._entropy_window: deque[int] = deque()  # entropy bins of the last `size` scored answers
-        self._features: dict[DriftFeature, _Counts] = {}
-
-        self._length_edges = list(reference.input_words.edges)
-        length_ref = _histogram_reference(reference.input_words)
-        if length_ref is not None:
-            self._features[DriftFeature.INPUT_LENGTH] = _Counts(length_ref)
-
-        top = sorted(
-            (w for w in reference.vocabulary if w != OTHER_WORD), key=lambda w: (-reference.vocabulary[w], w)
-        )
-        top = top[:vocabulary_words]
-        self._word_index = {w: i for i, w in enumerate(top)}
-        if top:
-            shares = [reference.vocabulary[w] for w in top]
-            shares.append(max(0.0, 1.0 - sum(shares)))  # the OTHER_WORD bucket, last
-            self._features[DriftFeature.INPUT_VOCABULARY] = _Counts(shares)
-
-        self._labels: list[str] = []
-        if reference.labels is not None and reference.labels.labels:
-            self._labels = list(reference.labels.labels)
-            dist = [reference.labels.distribution.get(lab, 0.0) for lab in self._labels]
-            dist.append(max(0.0, 1.0 - sum(dist)))  # the 'other' bucket, last
-            if sum(dist) > 0:
-                self._features[DriftFeature.PREDICTED_LABEL] = _Counts(dist)
-        self._label_index = {lab: i for i, lab in enumerate(self._labels)}
-
-        self._entropy_edges: list[float] = []
-        if reference.entropy_nats is not None:
-            entropy_ref = _histogram_reference(reference.entropy_nats)
-            if entropy_ref is not None:
-                self._entropy_edges = list(reference.entropy_nats.edges)
-                self._features[DriftFeature.ENTROPY] = _Counts(entropy_ref)
-
-        f = self._features
-        self._length = f.get(DriftFeature.INPUT_LENGTH)
-        self._vocabulary = f.get(DriftFeature.INPUT_VOCABULARY)
-        self._label = f.get(DriftFeature.PREDICTED_LABEL)
-        self._entropy = f.get(DriftFeature.ENTROPY)
+        self.bins = DriftBins(reference, vocabulary_words=vocabulary_words)
+        self._window: deque[dict[BinKey, int]] = deque()
+        self._entropy_window: deque[dict[BinKey, int]] = deque()
+        self._totals: dict[BinKey, int] = {}
 
     @property
     def features(self) -> list[DriftFeature]:
         """The features this reference allows to score."""
-        return list(self._features)
+        return self.bins.features
 
     def __len__(self) -> int:
         return len(self._window)
 
-    def _label_bin(self, predicted_label: str | None) -> int:
-        other = len(self._labels)
-        if predicted_label is None:
-            return other
-        index = self._label_index.get(predicted_label)
-        if index is None:
-            matched = match_label(predicted_label, self._labels)
-            index = self._label_index[matched] if matched is not None else other
-        return index
+    def _apply(self, counts: dict[BinKey, int], sign: int) -> None:
+        totals = self._totals
+        for key, n in counts.items():
+            totals[key] = totals.get(key, 0) + sign * n
 
     def observe(self, input_text: str, predicted_label: str | None, entropy: float | None) -> None:
         """Add one request: the user's input, the label its answer named (None: no label), its entropy.
@@ -234,54 +299,41 @@ class DriftWindow:
         `predicted_label` is ignored when the reference has no labels; None or a text that names
         no label counts as 'other'. `entropy` None (no logprobs) leaves the entropy feature out.
         """
-        tokens = words(input_text)
-        other_word = len(self._word_index)
-        index = self._word_index.get
-        obs = (
-            bin_index(len(tokens), self._length_edges),
-            tuple([index(w, other_word) for w in tokens]),
-            self._label_bin(predicted_label) if self._labels else -1,
-        )
-        self._apply(obs, +1)
-        self._window.append(obs)
+        counts: dict[BinKey, int] = {}
+        self.bins.add(counts, input_text, predicted_label, None)
+        self._apply(counts, +1)
+        self._window.append(counts)
         if len(self._window) > self.size:
             self._apply(self._window.popleft(), -1)
-        if (c := self._entropy) is not None and entropy is not None and math.isfinite(entropy):
-            entropy_bin = bin_index(entropy, self._entropy_edges)
-            c.counts[entropy_bin] += 1
-            c.n += 1
-            self._entropy_window.append(entropy_bin)
+        if entropy is not None and math.isfinite(entropy) and DriftFeature.ENTROPY in self.bins.references:
+            scored: dict[BinKey, int] = {}
+            self.bins.add(scored, "", None, entropy)
+            scored = {k: v for k, v in scored.items() if k[0] is DriftFeature.ENTROPY}
+            self._apply(scored, +1)
+            self._entropy_window.append(scored)
             if len(self._entropy_window) > self.size:
-                c.counts[self._entropy_window.popleft()] -= 1
-                c.n -= 1
-
-    def _apply(self, obs: _Observation, sign: int) -> None:
-        length_bin, word_bins, label_bin = obs
-        if (c := self._length) is not None:
-            c.counts[length_bin] += sign
-            c.n += sign
-        if (c := self._vocabulary) is not None:
-            counts = c.counts
-            for b in word_bins:
-                counts[b] += sign
-            c.n += sign
-        if label_bin >= 0 and (c := self._label) is not None:
-            c.counts[label_bin] += sign
-            c.n += sign
+                self._apply(self._entropy_window.popleft(), -1)
 
     def scores(self) -> dict[DriftFeature, DriftScore]:
         """Scores of the features with at least `min_samples` requests in the window (and some mass)."""
-        return {
-            feature: counts.score()
-            for feature, counts in self._features.items()
-            if counts.n >= self.min_samples and sum(counts.counts) > 0
-        }
+        return self.bins.score(self._totals, self.min_samples)
+
+    def counts(self) -> dict[BinKey, int]:
+        """The window's count in each (feature, bin), REQUESTS_BIN included: what a fleet sums."""
+        return dict(self._totals)
 
     def publish(self, metrics: Metrics, route: str, version: str) -> Mapping[DriftFeature, DriftScore]:
         """Set the drift gauges of (route, version) from the current scores; return the scores."""
         scores = self.scores()
-        for feature, score in scores.items():
-            metrics.drift_psi.labels(route, version, feature.value).set(score.psi)
-            metrics.drift_js.labels(route, version, feature.value).set(score.js_distance)
-        metrics.drift_window.labels(route, version).set(len(self._window))
+        publish_scores(metrics, route, version, scores, len(self._window))
         return scores
+
+
+def publish_scores(
+    metrics: Metrics, route: str, version: str, scores: Mapping[DriftFeature, DriftScore], requests: int
+) -> None:
+    """The drift gauges of (route, version): each scored feature's PSI and JS, the requests counted."""
+    for feature, score in scores.items():
+        metrics.drift_psi.labels(route, version, feature.value).set(score.psi)
+        metrics.drift_js.labels(route, version, feature.value).set(score.js_distance)
+    metrics.drift_window.labels(route, version).set(requests)

@@ -6,6 +6,9 @@ LorafleetError                      (lorafleet.errors)
       |    +-- UnknownCompletionError   feedback for a completion id the answer log does not hold
       |    +-- FeedbackConflictError    a second feedback for one answer that contradicts the first
       |    +-- InvalidFeedbackError     neither or both of label/correct given
+      +-- StoreError                    the answer log's database
+      |    +-- StoreUnavailableError    unreachable or failing now (the gateway answers 503 to feedback)
+      |    +-- StoreSchemaError         tables lorafleet did not write, or a newer schema: refused, untouched
       +-- SignalsUnavailableError       Prometheus unreachable or a query failed
 """
 
@@ -46,4 +49,16 @@ class InvalidFeedbackError(FeedbackError):
 
 
 class SignalsUnavailableError(MonitorError):
+    pass
+
+
+class StoreError(MonitorError):
+    pass
+
+
+class StoreUnavailableError(StoreError):
+    pass
+
+
+class StoreSchemaError(StoreError):
     pass

@@ -161,6 +161,7 @@ class Metrics:
     rollout_events: Counter
     engine_up: Gauge
     adapter_load_failures: Counter
+    answer_log_dropped: Counter
 
 
 def build_metrics(registry: CollectorRegistry) -> Metrics:
@@ -338,6 +339,12 @@ def build_metrics(registry: CollectorRegistry) -> Metrics:
             "lorafleet_adapter_load_failures_total",
             "Adapter versions an engine refused to load.",
             ["version", "engine"],
+            registry=registry,
+        ),
+        answer_log_dropped=Counter(
+            "lorafleet_answer_log_dropped_total",
+            "Answers never written to the answer log: its queue was full while the database was down or slow"
+            " (feedback on them cannot be matched).",
             registry=registry,
         ),
     )

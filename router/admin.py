@@ -41,7 +41,7 @@ from router.controller import Controller
 from router.errors import BadRequestError, ConflictError
 from router.gateway import Gateway
 from router.openai_api import read_json
-from router.policy import RoutesFile, Step, default_steps
+from router.policy import RoutesFile, Shadow, Step, default_steps
 from router.rollout import Rollouts
 from router.settings import ControllerMode
 
@@ -190,7 +190,7 @@ async def status(request: Request) -> dict[str, Any]:
                 "steps": [s.model_dump() for s in route.canary.steps],
                 "progress": None if progress is None else progress.model_dump(mode="json"),
             },
-            "shadow": None if route.shadow is None else route.shadow.model_dump(),
+            "shadow": None if route.shadow is None else await _shadow_view(gateway, name, route.shadow),
             "enforce_labels": route.enforce_labels,
             "versions": versions,
         }
@@ -204,6 +204,26 @@ async def status(request: Request) -> dict[str, Any]:
             for engine in gateway.fleet.status()
         ],
     }
+
+
+async def _shadow_view(gateway: Gateway, route: str, shadow: Shadow) -> dict[str, Any]:
+    """The shadow and its accuracy: feedback with a label on the primary's answers scores the
+    shadow's answers to the same requests too (monitor/feedback/store.py)."""
+    view: dict[str, Any] = shadow.model_dump()
+    store = gateway.observer.feedback_store
+    if store is None:
+        return view
+    correct, total = await asyncio.to_thread(
+        store.rolling, route, shadow.version, gateway.settings.accuracy_window
+    )
+    low, high = wilson_interval(correct, total) if total else (None, None)
+    view["accuracy"] = {
+        "correct": correct,
+        "total": total,
+        "ratio": correct / total if total else None,
+        "interval": [low, high] if total else None,
+    }
+    return view
 
 
 @router.get("/status")

@@ -31,8 +31,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lorafleet import __version__, logs
 from lorafleet.registry import Registry
-from monitor.feedback import FeedbackStore
-from monitor.metrics import PendingUpdates, build_metrics
+from monitor.feedback import FeedbackStore, open_store
+from monitor.metrics import Metrics, PendingUpdates, build_metrics
 from monitor.signals import LocalSignals
 from router import admin, openai_api
 from router.auth import AuthMiddleware
@@ -61,6 +61,19 @@ def _exposition_registry(own: CollectorRegistry, pending: PendingUpdates) -> Col
         multiprocess.MultiProcessCollector(merged)  # type: ignore[no-untyped-call]
         return merged
     return own
+
+
+def open_feedback_store(settings: GatewaySettings, metrics: Metrics) -> FeedbackStore:
+    """The answer log and feedback store the settings name (a StoreError when it cannot be opened)."""
+    f = settings.feedback
+    return open_store(
+        settings.feedback_target(),
+        retention=dt.timedelta(days=settings.retention_days),
+        flush_interval_s=f.flush_interval_s,
+        max_pending=f.max_pending,
+        log_inputs=f.log_inputs,
+        on_drop=metrics.answer_log_dropped.inc,
+    )
 
 
 async def _every(interval_s: float, what: str, fn: Callable[[], object]) -> None:
@@ -144,7 +157,7 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         forwarding = transport or build_transport(settings)
         http = build_client(settings)
-        feedback = FeedbackStore(settings.resolved_state_dir / "feedback.sqlite3")
+        feedback = await asyncio.to_thread(open_feedback_store, settings, metrics)
 
         def engine_left(url: str) -> None:
             metrics.engine_up.remove(url)
@@ -166,6 +179,8 @@ def create_app(
             drift_window=settings.drift_window,
             drift_min_samples=settings.drift_min_samples,
             accuracy_window=settings.accuracy_window,
+            drift_refresh_s=settings.drift_refresh_s,
+            drift_stale_s=settings.drift_stale_s,
         )
         gateway = Gateway(settings, route_store, registry, fleet, forwarding, observer, clock=clock)
         check_routes(route_store)  # an invalid routes file stops the start-up, naming the field
@@ -188,6 +203,9 @@ def create_app(
                 fleet.run(gateway.desired_adapters, settings.reconcile_interval_s, unload=is_controller)
             ),
             asyncio.create_task(_every(2.0, "drift publishing", observer.publish)),
+            asyncio.create_task(
+                _every(settings.drift_refresh_s, "live accuracy refresh", observer.refresh_all_accuracy)
+            ),
             asyncio.create_task(_every(1.0, "metrics flush", metrics.pending.flush)),
             asyncio.create_task(
                 _every(3600.0, "answer log pruning", lambda: asyncio.to_thread(feedback.prune))

@@ -313,7 +313,6 @@ class Gateway:
         out_headers = self._headers(target.route, attempt.version, attempt.arm, request_id)
         if attempt.response.status != 200:
             return await self.forwarder.pass_error(attempt, target, out_headers, start)
-        text = request.input_text()
         if request.stream:
             watch = StreamWatch(
                 chat, start, strip, keep_top, request.asked_usage, top_k=self.settings.entropy_top_k
@@ -325,7 +324,8 @@ class Gateway:
                     target,
                     watch,
                     self.observer,
-                    text,
+                    request.input_text(),
+                    request.system_text(),
                     request_id,
                     functools.partial(self.shadows.mirror, endpoint, shadow_body, target),
                 ),
@@ -333,7 +333,7 @@ class Gateway:
                 on_close=functools.partial(abandoned, attempt, target, self.observer, start),
             )
         return await self._whole(
-            endpoint, upstream, target, attempt, text, request_id, out_headers, strip, keep_top, start
+            endpoint, upstream, target, attempt, request, request_id, out_headers, strip, keep_top, start
         )
 
     async def _whole(
@@ -342,7 +342,7 @@ class Gateway:
         upstream: dict[str, Any],
         target: Target,
         attempt: Attempt,
-        text: str,
+        request: CompletionRequest,
         request_id: str,
         out_headers: dict[str, str],
         strip: bool,
@@ -373,7 +373,7 @@ class Gateway:
         sent = rewrite_logprobs(raw, seen, keep_top) if strip else raw
         # Observed once the answer is sent (same task, same event-loop turn): off the client's latency.
         after = functools.partial(
-            self._observe_answer, endpoint, upstream, target, attempt, text, seen, duration
+            self._observe_answer, endpoint, upstream, target, attempt, request, seen, duration
         )
         return AnswerResponse(sent, out_headers, after)
 
@@ -383,7 +383,7 @@ class Gateway:
         upstream: dict[str, Any],
         target: Target,
         attempt: Attempt,
-        text: str,
+        request: CompletionRequest,
         seen: Answer | dict[str, Any],
         duration: float,
     ) -> None:
@@ -412,7 +412,8 @@ class Gateway:
                     arm=attempt.arm,
                     status=200,
                     duration_s=duration,
-                    input_text=text,
+                    input_text=request.input_text(),
+                    system=request.system_text(),
                     answer=answer,
                     completion_id=completion_id,
                     prompt_tokens=prompt_tokens,
@@ -420,6 +421,6 @@ class Gateway:
                     entropy=entropy.value(),
                 )
             )
-            self.shadows.mirror(endpoint, upstream, target, answer or "")
+            self.shadows.mirror(endpoint, upstream, target, answer or "", completion_id)
         except Exception:  # the client has its answer; a bug here must not hide it, only be logged
             log.exception("observing answer of request to %s failed", attempt.version)

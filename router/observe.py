@@ -1,28 +1,64 @@
 """What the gateway tells the monitor about each request: metrics, drift, the answer log, feedback.
 
 The router calls the monitor, never the reverse. `Observer.record` runs on the request path after
-the answer is known, so it stays cheap: counters, one drift-window update (O(words)), and one
-queued row for the answer log (written by the feedback store's own thread). Drift gauges are
-published by `publish()` on a timer, not per request.
+the answer is known, so it stays cheap: counters, the request's drift bins added to this process's
+counts (O(words)), and one queued row for the answer log (written by the feedback store's own
+thread).
+
+Numbers pooled over the fleet. Each process keeps a drift window per version (its last
+`drift_window` requests, counted over the version's drift bins); `publish()` (on a timer) writes it
+to the feedback store, and every `drift_refresh_s` scores the sum of the windows of every process
+and replica sharing that store (those updated in the last `drift_stale_s`). The drift gauges every
+replica exports are those pooled scores, so alerts, dashboards and the canary gate read the
+fleet's drift. `refresh_all_accuracy()` does the same for live accuracy, which a shared store
+already pools. Without a store, the windows of this process alone are scored (MemoryDriftCounts).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import KeysView
+import os
+import socket
+import time
+from collections.abc import Callable, KeysView, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from lorafleet.errors import LorafleetError
 from lorafleet.registry import ReferenceStats, Registry
 from lorafleet.textstats import match_label
 from monitor.accuracy import publish_live_accuracy, restore_live_accuracy
-from monitor.drift import DriftWindow
+from monitor.drift import REQUESTS_BIN, DriftBins, DriftScore, DriftWindow, publish_scores
 from monitor.feedback import FeedbackRecord, FeedbackStore
-from monitor.metrics import OTHER, Arm, Direction, ErrorReason, Metrics
+from monitor.metrics import OTHER, Arm, Direction, DriftFeature, ErrorReason, Metrics
 
 log = logging.getLogger("lorafleet.router")
+_FEATURES = {f.value for f in DriftFeature}
+
+
+class DriftCounts(Protocol):
+    """Where drift windows are pooled: the feedback store (every replica), or this process."""
+
+    def record_drift_window(
+        self, replica: str, route: str, version: str, counts: Mapping[tuple[str, int], int], at: float
+    ) -> None: ...
+    def pooled_drift(self, route: str, version: str, since: float) -> dict[tuple[str, int], int]: ...
+
+
+class MemoryDriftCounts:
+    """The drift windows of this process only, for a gateway without a feedback store."""
+
+    def __init__(self) -> None:
+        self._windows: dict[tuple[str, str], dict[tuple[str, int], int]] = {}
+
+    def record_drift_window(
+        self, replica: str, route: str, version: str, counts: Mapping[tuple[str, int], int], at: float
+    ) -> None:
+        self._windows[(route, version)] = dict(counts)
+
+    def pooled_drift(self, route: str, version: str, since: float) -> dict[tuple[str, int], int]:
+        return dict(self._windows.get((route, version), {}))
 
 
 @dataclass
@@ -35,6 +71,7 @@ class Outcome:
     status: int
     duration_s: float
     input_text: str = ""
+    system: str | None = None
     answer: str | None = None
     completion_id: str | None = None
     ttft_s: float | None = None
@@ -55,16 +92,27 @@ class Observer:
         drift_window: int = 500,
         drift_min_samples: int = 200,
         accuracy_window: int = 500,
+        drift_refresh_s: float = 5.0,
+        drift_stale_s: float = 600.0,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.metrics = metrics
         self.registry = registry
         self.feedback_store = feedback
         self.drift_window = drift_window
         self.drift_min_samples = min(drift_min_samples, drift_window)
+        self.drift_refresh_s = drift_refresh_s
+        self.drift_stale_s = drift_stale_s
         self.accuracy_window = accuracy_window
+        self.clock = clock
+        self.replica = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(3).hex()}"
+        self._counts: DriftCounts = feedback if feedback is not None else MemoryDriftCounts()
         self._states: dict[tuple[str, str], str] = {}  # the live (route, version) pairs -> state
         self._references: dict[str, ReferenceStats | None] = {}
-        self._windows: dict[tuple[str, str], DriftWindow] = {}
+        self._windows: dict[tuple[str, str], DriftWindow | None] = {}
+        self._changed: set[tuple[str, str]] = set()  # windows observed since they were last written
+        self._drift_scores: dict[tuple[str, str], tuple[dict[DriftFeature, DriftScore], int]] = {}
+        self._refreshed_at = 0.0
         self._answers: dict[tuple[str, str], list[int]] = {}  # (answers, answers naming no label)
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
 
@@ -116,6 +164,8 @@ class Observer:
         ):
             gauge.remove_by_labels(labels)
         self._windows.pop((route, version), None)
+        self._changed.discard((route, version))
+        self._drift_scores.pop((route, version), None)
         self._answers.pop((route, version), None)
 
     def _prime(self, route: str, version: str, state: str) -> None:
@@ -154,9 +204,11 @@ class Observer:
         key = (route, version)
         if key not in self._windows:
             ref = self.reference(version)
-            if ref is None:
-                return None
-            self._windows[key] = DriftWindow(ref, self.drift_window, min_samples=self.drift_min_samples)
+            self._windows[key] = (
+                None
+                if ref is None
+                else DriftWindow(ref, self.drift_window, min_samples=self.drift_min_samples)
+            )
         return self._windows[key]
 
     def _child(self, metric: Any, *labels: str) -> Any:
@@ -192,14 +244,17 @@ class Observer:
         predicted = match_label(o.answer, labels) if labels else None
         if labels is not None:
             inc(self._child(m.predictions, route, version, predicted or OTHER))
-            counts = self._answers.setdefault((route, version), [0, 0])
-            counts[0] += 1
-            counts[1] += predicted is None
+            answered = self._answers.setdefault((route, version), [0, 0])
+            answered[0] += 1
+            answered[1] += predicted is None
         window = self._window(route, version)
         if window is not None:
             window.observe(o.input_text, predicted, o.entropy)
+            self._changed.add((route, version))
         if self.feedback_store is not None and o.completion_id:
-            self.feedback_store.record_answer(o.completion_id, route, version, o.answer, predicted)
+            self.feedback_store.record_answer(
+                o.completion_id, route, version, o.answer, predicted, input_text=o.input_text, system=o.system
+            )
 
     def other_label_ratio(self, route: str, version: str) -> float | None:
         """Share of this process's answers of a classification version that named no known label."""
@@ -212,23 +267,55 @@ class Observer:
         if agreed is not None:
             self.metrics.shadow_comparisons.labels(route, version, "agree" if agreed else "disagree").inc()
 
-    def publish(self) -> None:
-        """Refresh the drift gauges of every window."""
-        for (route, version), window in list(self._windows.items()):
-            if (route, version) in self.known:
-                window.publish(self.metrics, route, version)
+    async def publish(self) -> None:
+        """Hand this process's changed drift windows to the store; every `drift_refresh_s`, score
+        the fleet's pooled windows and set the drift gauges (the store is read in a thread)."""
+        now = self.clock()
+        changed, self._changed = self._changed, set()
+        for route, version in changed:
+            window = self._windows.get((route, version))
+            if window is not None:
+                counts = {(f.value, b): n for (f, b), n in window.counts().items()}
+                self._counts.record_drift_window(self.replica, route, version, counts, now)
+        if now - self._refreshed_at < self.drift_refresh_s:
+            return
+        self._refreshed_at = now
+        live = [(key, w.bins) for key, w in self._windows.items() if w is not None and key in self.known]
+        scored = await asyncio.to_thread(self._pooled, live, now - self.drift_stale_s)
+        for (route, version), (scores, requests) in scored.items():
+            if (route, version) in self.known:  # still live after the wait
+                self._drift_scores[(route, version)] = (scores, requests)
+                publish_scores(self.metrics, route, version, scores, requests)
+
+    def _pooled(
+        self, live: list[tuple[tuple[str, str], DriftBins]], since: float
+    ) -> dict[tuple[str, str], tuple[dict[DriftFeature, DriftScore], int]]:
+        out = {}
+        for (route, version), bins in live:
+            raw = self._counts.pooled_drift(route, version, since)
+            counts = {(DriftFeature(f), b): n for (f, b), n in raw.items() if f in _FEATURES}
+            requests = counts.get((DriftFeature.INPUT_LENGTH, REQUESTS_BIN), 0)
+            out[(route, version)] = (bins.score(counts, self.drift_min_samples), requests)
+        return out
 
     def drift(self) -> dict[tuple[str, str], dict[str, Any]]:
+        """The fleet's drift of each live version, as last scored: requests pooled, and each feature."""
         out: dict[tuple[str, str], dict[str, Any]] = {}
-        for key, window in self._windows.items():
+        for key, (scores, requests) in self._drift_scores.items():
             out[key] = {
-                "window": len(window),
+                "window": requests,
                 "features": {
                     f.value: {"psi": s.psi, "js_distance": s.js_distance, "n": s.n, "level": s.level.value}
-                    for f, s in window.scores().items()
+                    for f, s in scores.items()
                 },
             }
         return out
+
+    async def refresh_all_accuracy(self) -> None:
+        """Every live version's live accuracy gauges from the store: with a shared store, the
+        verdicts any replica received."""
+        for route, version in list(self.known):
+            await self.refresh_accuracy(route, version)
 
     async def add_feedback(
         self, completion_id: str, label: str | None, correct: bool | None, source: str | None

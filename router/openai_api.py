@@ -24,7 +24,12 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from lorafleet.errors import LorafleetError
-from monitor.errors import FeedbackConflictError, InvalidFeedbackError, UnknownCompletionError
+from monitor.errors import (
+    FeedbackConflictError,
+    InvalidFeedbackError,
+    StoreUnavailableError,
+    UnknownCompletionError,
+)
 from router.auth import has_key, route_path
 from router.errors import (
     BadRequestError,
@@ -143,9 +148,13 @@ async def feedback(request: Request) -> Response:
     try:
         record, created = await gateway.observer.add_feedback(completion_id, label, correct, source)
     except UnknownCompletionError as exc:
-        if not gateway.settings.peers or FORWARDED_HEADER in request.headers:
+        # With a shared store (PostgreSQL) every replica sees every answer: nobody else to ask.
+        shared = gateway.settings.feedback.url is not None
+        if shared or not gateway.settings.peers or FORWARDED_HEADER in request.headers:
             raise _feedback_error(exc) from None
         return await _feedback_from_peers(gateway, body, request, exc)
+    except StoreUnavailableError as exc:
+        raise UpstreamError(exc.message) from None
     except LorafleetError as exc:
         raise _feedback_error(exc) from None
     payload = {

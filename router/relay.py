@@ -147,11 +147,12 @@ async def relay(
     watch: StreamWatch,
     observer: Observer,
     input_text: str,
+    system: str | None,
     request_id: str,
-    on_answer: Callable[[str], None],
+    on_answer: Callable[[str, str | None], None],
 ) -> AsyncIterator[bytes]:
     """Pass an engine's SSE stream on as it comes, observing it; end it cleanly on failure or at
-    the request's deadline. `on_answer(text)` runs after a complete answer."""
+    the request's deadline. `on_answer(text, completion_id)` runs after a complete answer."""
     events = SSEBuffer()
     error: ErrorReason | None = None
     status = 200
@@ -195,6 +196,7 @@ async def relay(
                 status=status,
                 duration_s=time.perf_counter() - watch.start,
                 input_text=input_text,
+                system=system,
                 answer=answer if error is None else None,
                 completion_id=watch.completion_id,
                 ttft_s=watch.ttft,
@@ -205,7 +207,7 @@ async def relay(
             )
         )
         if error is None:
-            on_answer(answer)
+            on_answer(answer, watch.completion_id)
 
 
 def abandoned(attempt: Attempt, target: Target, observer: Observer, start: float) -> None:

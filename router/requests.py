@@ -101,6 +101,18 @@ class CompletionRequest:
         """The body's sticky-user key: `user`, else `session_id`."""
         return self.typed.user or self.typed.session_id or None
 
+    def system_text(self) -> str | None:
+        """The system prompt as served (the first system turn), if any."""
+        typed = self.typed
+        if isinstance(typed, ChatBody):
+            for message in typed.messages:
+                if message.role == "system":
+                    content = message.content
+                    if isinstance(content, list):
+                        return " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+                    return content
+        return None
+
     def input_text(self) -> str:
         """The user's text: the last user turn, or the prompt."""
         typed = self.typed

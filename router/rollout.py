@@ -83,7 +83,9 @@ class Rollouts:
         try:
             info = self.registry.get(version).info()
         except (LorafleetError, OSError, ValueError) as exc:
-            raise BadRequestError(f"{version}: its version.json cannot be read: {exc}", param=param) from None
+            # No verdict to hold against it; the registry's own checks report the broken file.
+            log.warning("%s: no verdict read from its version.json (%s)", version, str(exc).splitlines()[0])
+            return ""
         if info.helped is not False:
             return ""
         if not force:

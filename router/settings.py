@@ -36,6 +36,25 @@ class Timeouts(BaseModel):
     )
 
 
+class FeedbackSettings(BaseModel):
+    url: SecretStr | None = Field(
+        default=None,
+        description="postgresql://USER:PASSWORD@HOST:PORT/DB: one answer log and feedback store for every "
+        "replica (a fleet); none: a SQLite file in state_dir (one machine).",
+    )
+    log_inputs: bool = Field(
+        default=True,
+        description="Keep each answer's input and system prompt for the retention (what `feedback export` "
+        "needs); false: only their SHA-256 (a privacy choice).",
+    )
+    max_pending: int = Field(
+        default=50_000, ge=100, description="Answers queued while the database is slow or down; then dropped."
+    )
+    flush_interval_s: float = Field(
+        default=0.2, gt=0, description="How often queued answers are written (the loss window of a crash)."
+    )
+
+
 def _default_routes() -> Path:
     return paths.home() / "routes.yaml"
 
@@ -117,13 +136,29 @@ class GatewaySettings(BaseSettings):
             "share scored); 0: no limit, every request of `entropy_sample_percent`."
         ),
     )
-    drift_window: int = Field(default=500, ge=10, description="Requests per version in the drift window.")
+    drift_window: int = Field(
+        default=500,
+        ge=10,
+        description="Requests per version in each process's drift window; the fleet's drift sums the "
+        "windows of every process and replica (pooled in the feedback store).",
+    )
     drift_min_samples: int = Field(
         default=200, ge=1, description="Requests in the window before drift is scored."
+    )
+    drift_refresh_s: float = Field(
+        default=5.0, gt=0, description="How often the pooled drift and live accuracy gauges are refreshed."
+    )
+    drift_stale_s: float = Field(
+        default=600.0,
+        gt=0,
+        description="A replica's drift window counts in the fleet's until it has not been updated for this long.",
     )
     accuracy_window: int = Field(default=500, ge=10, description="Labelled answers in the rolling accuracy.")
     state_dir: Path | None = Field(
         default=None, description="Feedback database and local state; default: beside the routes file."
+    )
+    feedback: FeedbackSettings = Field(
+        default_factory=FeedbackSettings, description="The answer log and feedback store (below)."
     )
     controller: ControllerMode = Field(
         default=ControllerMode.EMBEDDED,
@@ -164,6 +199,12 @@ class GatewaySettings(BaseSettings):
     @property
     def resolved_state_dir(self) -> Path:
         return self.state_dir or self.routes_file.parent
+
+    def feedback_target(self) -> str | Path:
+        """The feedback store: the PostgreSQL URL, else the SQLite file in the state folder."""
+        if self.feedback.url is not None:
+            return self.feedback.url.get_secret_value()
+        return self.resolved_state_dir / "feedback.sqlite3"
 
     def engine_path(self, registry_path: Path) -> Path:
         """An adapter's path as the engines see it."""

@@ -39,18 +39,25 @@ class Shadows:
         self.slots = asyncio.Semaphore(settings.shadow_max_concurrency)
         self._background: set[asyncio.Task[None]] = set()
 
-    def mirror(self, endpoint: str, body: dict[str, Any], target: Target, primary_answer: str) -> None:
-        """Send a copy of the request to the route's shadow version, never awaited."""
+    def mirror(
+        self, endpoint: str, body: dict[str, Any], target: Target, primary_answer: str, primary_id: str | None
+    ) -> None:
+        """Send a copy of the request to the route's shadow version, never awaited. `primary_id`:
+        the client's completion id, which feedback will name (and so score the shadow's answer)."""
         if target.shadow is None or target.shadow == target.version:
             return
         if self.slots.locked():
             self.observer.record_shadow(target.route, target.shadow, "dropped", None)
             return
-        task = asyncio.get_running_loop().create_task(self._run(endpoint, body, target, primary_answer))
+        task = asyncio.get_running_loop().create_task(
+            self._run(endpoint, body, target, primary_answer, primary_id)
+        )
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def _run(self, endpoint: str, body: dict[str, Any], target: Target, primary_answer: str) -> None:
+    async def _run(
+        self, endpoint: str, body: dict[str, Any], target: Target, primary_answer: str, primary_id: str | None
+    ) -> None:
         assert target.shadow is not None
         shadow = target.shadow
         async with self.slots:
@@ -88,7 +95,12 @@ class Shadows:
         self.observer.record_shadow(target.route, shadow, "ok", agreed)
         if self.observer.feedback_store is not None and data.get("id"):
             self.observer.feedback_store.record_answer(
-                data["id"], target.route, shadow, answer, match_label(answer, labels) if labels else None
+                data["id"],
+                target.route,
+                shadow,
+                answer,
+                match_label(answer, labels) if labels else None,
+                primary_id=primary_id,
             )
 
     async def drain(self) -> None:

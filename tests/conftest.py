@@ -26,7 +26,7 @@ import yaml
 from lorafleet import basemodel
 from lorafleet.registry import NewVersion, Registry
 from lorafleet.textstats import reference_stats
-from tests.support import InThreadServer, free_port, read_demo
+from tests.support import InThreadServer, PostgresServer, free_port, postgres_bin, read_demo
 from training.csvimport import labels_system_prompt
 from training.dataset import Example
 
@@ -424,3 +424,18 @@ def prometheus(tmp_path: Path) -> Iterator[Callable[[list[str]], str]]:
     yield start
     for process in started:
         _stop(process)
+
+
+# --- a real PostgreSQL server -----------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
+    """One throwaway PostgreSQL server per session; `postgres.new_database()` gives each test its own."""
+    bindir = require_tool(
+        str(postgres_bin()) if postgres_bin() else None,
+        "PostgreSQL is not installed (Debian package `postgresql`, see scripts/setup.sh)",
+    )
+    server = PostgresServer(tmp_path_factory.mktemp("postgres"), Path(bindir))
+    yield server
+    server.remove()

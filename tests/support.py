@@ -12,8 +12,13 @@ FakeEngine(config)   fault injection, named as such: the benchmarks' FAKE OpenAI
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
+import os
+import shutil
 import socket
+import subprocess
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -112,3 +117,67 @@ class FakeEngine:
     def stop(self) -> None:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(timeout=10)
+
+
+def postgres_bin() -> Path | None:
+    """The folder of PostgreSQL's server programs (initdb, pg_ctl), if it is installed."""
+    found = shutil.which("pg_config")
+    if found:
+        bindir = subprocess.run([found, "--bindir"], capture_output=True, text=True).stdout.strip()
+        if bindir and (Path(bindir) / "initdb").exists():
+            return Path(bindir)
+    candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    return candidates[-1].parent if candidates else None
+
+
+class PostgresServer:
+    """A throwaway PostgreSQL server (trust authentication, loopback only, no fsync)."""
+
+    USER = "lorafleet"
+
+    def __init__(self, folder: Path, bindir: Path) -> None:
+        self._as_owner = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        if self._as_owner:
+            # pytest's folders are root's own (0700): the postgres user needs one it can reach.
+            folder = Path(tempfile.mkdtemp(prefix="lorafleet-pg-"))
+            shutil.chown(folder, "postgres")
+        self.folder, self.bindir = folder, bindir
+        self.data = folder / "data"
+        self.port = free_port()
+        self.url = f"postgresql://{self.USER}@127.0.0.1:{self.port}/postgres"
+        self._databases = 0
+        folder.mkdir(parents=True, exist_ok=True)
+        self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", self.USER, "--no-sync", "-E", "UTF8")
+        self.start()
+
+    def _run(self, program: str, *args: str) -> None:
+        done = subprocess.run(
+            [*self._as_owner, str(self.bindir / program), *args], capture_output=True, text=True, timeout=120
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"{program} failed: {done.stdout[-1000:]}{done.stderr[-1000:]}")
+
+    def start(self) -> None:
+        options = f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1 -c fsync=off"
+        self._run(
+            "pg_ctl", "-D", str(self.data), "-o", options, "-l", str(self.folder / "log"), "-w", "start"
+        )
+
+    def stop(self) -> None:
+        self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
+
+    def remove(self) -> None:
+        """Stop it (if it runs) and delete its files."""
+        with contextlib.suppress(RuntimeError):
+            self.stop()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+    def new_database(self) -> str:
+        """The URL of a new, empty database."""
+        import psycopg
+
+        self._databases += 1
+        name = f"t{self._databases}"
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            conn.execute(f"CREATE DATABASE {name}")
+        return self.url.rsplit("/", 1)[0] + f"/{name}"

@@ -270,7 +270,10 @@ def _groups(examples: Sequence[Example]) -> dict[str, list[Example]]:
     return groups
 
 
-def _leakage(examples: Sequence[Example], other_path: Path, threshold: float) -> Leakage:
+def _matches(
+    examples: Sequence[Example], other_path: Path, threshold: float
+) -> tuple[list[Example], list[LeakPair], list[LeakPair]]:
+    """(the other file's examples, exact matches, near ones) of `examples` against `other_path`."""
     others = read_valid(other_path)
     other_groups = _groups(others)
     exact = [
@@ -286,7 +289,11 @@ def _leakage(examples: Sequence[Example], other_path: Path, threshold: float) ->
         line = rest[i].line
         if line not in best or sim > best[line].similarity:
             best[line] = LeakPair(line=line, other_line=other_groups[other_keys[j]][0].line, similarity=sim)
-    near = sorted(best.values(), key=lambda p: p.line)
+    return others, exact, sorted(best.values(), key=lambda p: p.line)
+
+
+def _leakage(examples: Sequence[Example], other_path: Path, threshold: float) -> Leakage:
+    others, exact, near = _matches(examples, other_path, threshold)
     return Leakage(
         against=str(other_path),
         examples=len(others),
@@ -294,6 +301,14 @@ def _leakage(examples: Sequence[Example], other_path: Path, threshold: float) ->
         near=len(near),
         pairs=[*exact, *near][:_LISTED],
     )
+
+
+def leaked_lines(
+    examples: Sequence[Example], other_path: Path, threshold: float = NEAR_THRESHOLD
+) -> set[int]:
+    """The lines of `examples` whose input is in `other_path`, exactly or nearly (as the audit finds)."""
+    _, exact, near = _matches(examples, other_path, threshold)
+    return {p.line for p in [*exact, *near]}
 
 
 def _review(examples: Sequence[Example], size: int, seed: int, out: Path | None) -> ReviewSample:

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from lorafleet import basemodel
 from lorafleet.errors import LorafleetError
-from lorafleet.registry import NewVersion, Registry, validate_task
+from lorafleet.registry import SPLITS_DIR, NewVersion, Registry, validate_task
 from lorafleet.textstats import reference_stats
 from training.config import TRAIN_CONFIG_FILE, TrainConfig
 from training.endpoints import Endpoint
@@ -275,6 +275,9 @@ def finetune(
             extra = {name: adapter_dir / name for name in (TRAIN_CONFIG_FILE, HISTORY_FILE)}
             extra |= {path.name: path for kind, path in written.items() if kind != "report"}
             extra[SPLIT_MANIFEST_FILE] = split_dir / "manifest.json"
+            for part in ("train", "val", "test"):  # what `feedback export` checks leakage against
+                if (split_dir / f"{part}.jsonl").is_file():
+                    extra[f"{SPLITS_DIR}/{part}.jsonl"] = split_dir / f"{part}.jsonl"
             version = registry.register(
                 task,
                 NewVersion(

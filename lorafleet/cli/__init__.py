@@ -19,6 +19,7 @@ from lorafleet.cli import (
     cost,
     data,
     eval,
+    feedback,
     finetune,
     gateway,
     monitor,
@@ -48,6 +49,7 @@ app.command(name="gateway")(gateway.gateway)
 app.command(name="controller")(controller.controller)
 app.add_typer(route.app, name="route")
 app.add_typer(monitor.app, name="monitor")
+app.add_typer(feedback.app, name="feedback")
 app.command(name="cost")(cost.cost)
 
 

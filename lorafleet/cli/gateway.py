@@ -27,11 +27,21 @@ def ensure_admin_token(path: Path) -> Path:
     return path
 
 
+def check_feedback_store(settings: GatewaySettings) -> None:
+    """Open the feedback store once (connect, apply its migrations): a wrong or unreachable URL, or
+    a foreign schema, stops here in one line (a StoreError naming it without its password)."""
+    from monitor.feedback import open_store
+
+    open_store(settings.feedback_target(), flush_interval_s=3600).close()
+
+
 def settings_json(settings: GatewaySettings) -> str:
     """The settings as JSON with their secrets in clear (pydantic masks SecretStr), for worker processes."""
     data = settings.model_dump(mode="json")
     data["admin_token"] = settings.admin_token.get_secret_value() if settings.admin_token else None
     data["api_keys"] = [k.get_secret_value() for k in settings.api_keys]
+    if settings.feedback.url is not None:
+        data["feedback"]["url"] = settings.feedback.url.get_secret_value()
     return json.dumps(data)
 
 
@@ -82,6 +92,7 @@ def gateway(
         settings = settings.model_copy(update={"admin_token_file": token_file})
         info(f"admin token: {token_file} (pass it as LORAFLEET_ADMIN_TOKEN_FILE to `lorafleet route`)")
     settings.admin_secret()  # an empty or unreadable token file stops here, not in a worker
+    check_feedback_store(settings)
     logs.configure(log_level)
     # Workers are separate processes: they read the same settings from the environment.
     os.environ["LORAFLEET_ROUTER_SETTINGS_JSON"] = settings_json(settings)

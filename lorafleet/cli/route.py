@@ -65,7 +65,13 @@ def _render_status(data: dict[str, Any]) -> None:
                     + (f": {'; '.join(decision['reasons'])}" if decision["reasons"] else "")
                 )
         if route.get("shadow"):
-            print(f"shadow {route['shadow']['version']} on {route['shadow']['percent']}% of requests")
+            shadow = route["shadow"]
+            line = f"shadow {shadow['version']} on {shadow['percent']}% of requests"
+            acc = shadow.get("accuracy")
+            if acc and acc["total"]:
+                low, high = acc["interval"]
+                line += f"; shadow accuracy {acc['ratio']:.1%} [{low:.0%}-{high:.0%}] over {acc['total']} verdicts"
+            print(line)
     engines = data.get("engines", [])
     if engines:
         print()

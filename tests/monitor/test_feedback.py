@@ -1,4 +1,5 @@
-"""The answer log and feedback store on a real SQLite file, across restarts and processes."""
+"""The answer log and feedback store on both backends, a real SQLite file and a real PostgreSQL
+server, across restarts and processes."""
 
 import datetime as dt
 import subprocess
@@ -13,7 +14,7 @@ from prometheus_client import CollectorRegistry
 
 from monitor.accuracy import restore_live_accuracy
 from monitor.errors import FeedbackConflictError, InvalidFeedbackError, UnknownCompletionError
-from monitor.feedback import FeedbackOutcome, FeedbackStore
+from monitor.feedback import FeedbackOutcome, FeedbackStore, open_store
 from monitor.metrics import build_metrics
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -21,9 +22,17 @@ V1 = "banking-v1-20261124"
 V2 = "banking-v2-20261201"
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def target(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Where a store lives: a new SQLite file, or a new database of the session's PostgreSQL."""
+    if request.param == "sqlite":
+        return str(tmp_path / "feedback.sqlite3")
+    return str(request.getfixturevalue("postgres").new_database())
+
+
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[FeedbackStore]:
-    with FeedbackStore(tmp_path / "feedback.sqlite3", lookup_grace_s=0) as s:
+def store(target: str) -> Iterator[FeedbackStore]:
+    with open_store(target, lookup_grace_s=0) as s:
         yield s
 
 
@@ -96,13 +105,13 @@ def test_rolling_counts_the_last_verdicts_of_a_version(store: FeedbackStore) -> 
     assert store.versions_with_feedback() == [("banking", V1), ("banking", V2)]
 
 
-def test_everything_survives_a_restart(tmp_path: Path) -> None:
-    path = tmp_path / "fb.sqlite3"
-    with FeedbackStore(path) as first:
+def test_everything_survives_a_restart(target: str) -> None:
+    path = target
+    with open_store(path) as first:
         first.record_answer("p", "banking", V1, "card_arrival", "card_arrival")
         first.record_answer("q", "banking", V1, "change_pin", "change_pin")  # never looked up: queued only
         stored, _ = first.add_feedback("p", label="card_arrival")
-    with FeedbackStore(path, lookup_grace_s=0) as second:
+    with open_store(path, lookup_grace_s=0) as second:
         assert second.feedback("p") == stored
         answer = second.answer("q")
         assert answer is not None and answer.label == "change_pin"
@@ -110,11 +119,11 @@ def test_everything_survives_a_restart(tmp_path: Path) -> None:
         assert second.rolling("banking", V1, 10) == (1, 2)
 
 
-def test_the_background_thread_writes_the_queue(tmp_path: Path) -> None:
-    path = tmp_path / "fb.sqlite3"
+def test_the_background_thread_writes_the_queue(target: str) -> None:
+    path = target
     with (
-        FeedbackStore(path, flush_interval_s=0.05) as writer,
-        FeedbackStore(path, lookup_grace_s=0) as reader,
+        open_store(path, flush_interval_s=0.05) as writer,
+        open_store(path, lookup_grace_s=0) as reader,
     ):
         writer.record_answer("bg", "banking", V1, "card_arrival", "card_arrival")
         deadline = time.monotonic() + 10
@@ -123,20 +132,20 @@ def test_the_background_thread_writes_the_queue(tmp_path: Path) -> None:
         assert reader.answer("bg") is not None
 
 
-def test_old_rows_are_pruned_on_open(tmp_path: Path) -> None:
-    path = tmp_path / "fb.sqlite3"
-    old = dt.datetime.now(dt.UTC) - dt.timedelta(days=40)
-    with FeedbackStore(path) as s:
+def test_old_rows_are_pruned_on_open(target: str) -> None:
+    path = target
+    old = dt.datetime.now(dt.UTC) - dt.timedelta(days=20)  # past the default 14 days
+    with open_store(path) as s:
         s.record_answer("old", "banking", V1, "card_arrival", "card_arrival", created_at=old)
         s.record_answer("new", "banking", V1, "card_arrival", "card_arrival")
-    with FeedbackStore(path, lookup_grace_s=0) as s:
+    with open_store(path, lookup_grace_s=0) as s:
         assert s.answer("old") is None
         assert s.answer("new") is not None
         with pytest.raises(UnknownCompletionError):
             s.add_feedback("old", correct=True)
-    with FeedbackStore(path, retention=dt.timedelta(days=60)) as s:
+    with open_store(path, retention=dt.timedelta(days=30)) as s:
         s.record_answer("old2", "banking", V1, "x", None, created_at=old)
-    with FeedbackStore(path, retention=dt.timedelta(days=60)) as s:
+    with open_store(path, retention=dt.timedelta(days=30)) as s:
         assert s.answer("old2") is not None
 
 
@@ -144,9 +153,9 @@ WORKER = textwrap.dedent(
     """
     import sys, time
     from pathlib import Path
-    from monitor.feedback import FeedbackStore
+    from monitor.feedback import open_store
 
-    store = FeedbackStore(Path(sys.argv[1]), flush_interval_s=0.1)
+    store = open_store(sys.argv[1], flush_interval_s=0.1)
     store.record_answer("worker-1", "banking", "{version}", "card_arrival", "card_arrival")
     print("recorded", flush=True)
     sys.stdin.readline()  # stay open, answer still queued or written by the flusher, until told
@@ -155,10 +164,10 @@ WORKER = textwrap.dedent(
 )
 
 
-def test_two_gateway_workers_share_one_file(tmp_path: Path) -> None:
+def test_two_gateway_workers_share_one_store(target: str) -> None:
     """An answer logged by one worker process takes feedback in another, while both are open."""
-    path = tmp_path / "shared.sqlite3"
-    with FeedbackStore(path, lookup_grace_s=10) as here:
+    path = target
+    with open_store(path, lookup_grace_s=10) as here:
         worker = subprocess.Popen(
             [sys.executable, "-c", WORKER.format(version=V1), str(path)],
             cwd=ROOT,
@@ -178,7 +187,7 @@ def test_two_gateway_workers_share_one_file(tmp_path: Path) -> None:
             if worker.poll() is None:
                 worker.kill()
                 worker.wait()
-    with FeedbackStore(path) as again:
+    with open_store(path) as again:
         assert again.rolling("banking", V1, 10) == (1, 1)
 
 
@@ -186,9 +195,9 @@ CONCURRENT = textwrap.dedent(
     """
     import sys
     from pathlib import Path
-    from monitor.feedback import FeedbackStore
+    from monitor.feedback import open_store
 
-    with FeedbackStore(Path(sys.argv[1]), lookup_grace_s=10) as store:
+    with open_store(sys.argv[1], lookup_grace_s=10) as store:
         print("ready", flush=True)
         sys.stdin.readline()  # all start together
         record, created = store.add_feedback("dup", correct=True, source=sys.argv[2])
@@ -197,10 +206,10 @@ CONCURRENT = textwrap.dedent(
 )
 
 
-def test_concurrent_duplicate_feedback_is_created_once(tmp_path: Path) -> None:
+def test_concurrent_duplicate_feedback_is_created_once(target: str) -> None:
     """Several gateway workers get the same verdict at once: exactly one of them counts it."""
-    path = tmp_path / "shared.sqlite3"
-    with FeedbackStore(path) as store:
+    path = target
+    with open_store(path) as store:
         store.record_answer("dup", "banking", V1, "card_arrival", "card_arrival")
         store.flush()
         workers = [
@@ -231,9 +240,9 @@ def test_concurrent_duplicate_feedback_is_created_once(tmp_path: Path) -> None:
         assert store.rolling("banking", V1, 10) == (1, 1)
 
 
-def test_live_accuracy_gauges_are_restored_from_disk(tmp_path: Path) -> None:
-    path = tmp_path / "fb.sqlite3"
-    with FeedbackStore(path, lookup_grace_s=0) as first:
+def test_live_accuracy_gauges_are_restored_from_the_store(target: str) -> None:
+    path = target
+    with open_store(path, lookup_grace_s=0) as first:
         for i, ok in enumerate([True, True, False, True]):
             first.record_answer(f"v1-{i}", "banking", V1, "card_arrival", "card_arrival")
             first.add_feedback(f"v1-{i}", correct=ok)
@@ -242,7 +251,7 @@ def test_live_accuracy_gauges_are_restored_from_disk(tmp_path: Path) -> None:
     # A restarted gateway: fresh gauges, the same file. V2 is no longer live; v3 has no feedback.
     registry = CollectorRegistry()
     metrics = build_metrics(registry)
-    with FeedbackStore(path) as second:
+    with open_store(path) as second:
         live = [("banking", V1), ("banking", "banking-v3-20261215")]
         restored = restore_live_accuracy(second, metrics, live, last_n=500)
         assert restored == {("banking", V1): (3, 4)}
@@ -261,3 +270,60 @@ def test_live_accuracy_gauges_are_restored_from_disk(tmp_path: Path) -> None:
     assert gauge("lorafleet_live_accuracy_upper_ratio", V1) == pytest.approx(0.95442, abs=1e-4)
     assert gauge("lorafleet_live_accuracy_ratio", V2) is None
     assert gauge("lorafleet_live_accuracy_ratio", "banking-v3-20261215") is None
+
+
+def test_inputs_are_kept_or_only_hashed_and_exported_with_their_verdict(target: str) -> None:
+    with open_store(target, lookup_grace_s=0) as kept:
+        kept.record_answer(
+            "k", "banking", V1, "card_arrival", "card_arrival", input_text="Where is my card?", system="S"
+        )
+        kept.add_feedback("k", label="card_arrival")
+    with open_store(target, lookup_grace_s=0, log_inputs=False) as hashed:
+        hashed.record_answer(
+            "h", "banking", V1, "change_pin", "change_pin", input_text="New PIN please", system="S"
+        )
+        hashed.add_feedback("h", label="cancel_transfer")
+        rows = {r.answer.completion_id: r for r in hashed.labelled(route="banking")}
+    assert (rows["k"].answer.input, rows["k"].answer.system) == ("Where is my card?", "S")
+    assert rows["h"].answer.input is None and rows["h"].answer.system is None
+    assert rows["h"].answer.input_sha256 is not None and len(rows["h"].answer.input_sha256) == 64
+    assert rows["h"].feedback.correct is False and rows["h"].feedback.label == "cancel_transfer"
+    with open_store(target) as again:
+        assert [r.answer.completion_id for r in again.labelled(corrected_only=True)] == ["h"]
+
+
+def test_feedback_with_a_label_also_scores_the_shadow_answer(store: FeedbackStore) -> None:
+    store.record_answer("p", "banking", V1, "card_arrival", "card_arrival")
+    store.record_answer("s", "banking", V2, "change_pin", "change_pin", primary_id="p")
+    store.add_feedback("p", label="change_pin")
+    shadow = store.feedback("s")
+    assert shadow is not None and shadow.correct is True and shadow.source == "shadow-of:p"
+    assert store.rolling("banking", V2, 10) == (1, 1) and store.rolling("banking", V1, 10) == (0, 1)
+    assert [r.answer.completion_id for r in store.labelled()] == ["p"]  # derived verdicts are not exported
+
+
+def test_a_foreign_or_newer_schema_is_refused_and_left_as_it_is(target: str) -> None:
+    from monitor.errors import StoreSchemaError
+
+    if target.startswith("postgresql://"):
+        import psycopg
+
+        with psycopg.connect(target, autocommit=True) as conn:
+            conn.execute("CREATE TABLE feedback (id INTEGER)")
+            conn.execute("INSERT INTO feedback VALUES (42)")
+        with pytest.raises(StoreSchemaError, match="feedback that lorafleet did not create"):
+            open_store(target)
+        with psycopg.connect(target, autocommit=True) as conn:
+            assert conn.execute("SELECT id FROM feedback").fetchall() == [(42,)]
+    else:
+        import sqlite3
+
+        with sqlite3.connect(target) as db:
+            db.execute("CREATE TABLE notes (text TEXT)")
+        with pytest.raises(StoreSchemaError, match="tables lorafleet did not write"):
+            open_store(target)
+        newer = target + ".newer"
+        with sqlite3.connect(newer) as db:
+            db.execute("PRAGMA user_version=99")
+        with pytest.raises(StoreSchemaError, match="schema version 99"):
+            open_store(newer)

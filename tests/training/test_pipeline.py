@@ -139,7 +139,7 @@ def test_finetune_a_csv_end_to_end_registers_a_complete_version(tmp_path: Path) 
     assert files == {
         "adapter/adapter_config.json", "adapter/adapter_model.safetensors", "README.md", "version.json",
         "eval.json", "reference.json", "train_config.json", "loss_history.json", "split_manifest.json",
-        "confusion.png", "loss.png",
+        "confusion.png", "loss.png", "splits/train.jsonl", "splits/val.jsonl", "splits/test.jsonl",
     }  # fmt: skip
     info = version.info()
     # Rank and the rest chosen from the data (only --epochs and --batch-size were given).
