@@ -37,6 +37,8 @@ fi
 
 need_apt=()
 command -v promtool >/dev/null || need_apt+=(prometheus)
+# PostgreSQL for the fleet's feedback store tests: its server programs (initdb, pg_ctl).
+compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || command -v initdb >/dev/null || need_apt+=(postgresql)
 [ -e /usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4 ] || [ "$(uname -m)" != x86_64 ] || need_apt+=(libtcmalloc-minimal4)
 kubectl_missing() { ! command -v kubectl >/dev/null && [ ! -x "$venv/bin/kubectl" ]; }
 if kubectl_missing && apt-cache show kubectl >/dev/null 2>&1; then need_apt+=(kubectl); fi
