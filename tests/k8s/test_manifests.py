@@ -2,7 +2,7 @@
 
 Both overlays are built with `kubectl kustomize` (offline). The assertions are about behaviour a
 cluster would show: probes, non-root read-only gateways, limits everywhere, the PDB really selecting
-the gateway pods, a volume per gateway replica for its feedback, one controller, engines reachable through a
+the gateway pods, stateless gateways sharing one feedback database, one controller, engines reachable through a
 headless Service, read-only registry mounts, GPUs only in the gpu overlay, the admin Secret wired
 in, routes mounted as a folder, and the generated monitoring resources equal to their source.
 """
@@ -33,10 +33,9 @@ EXPECTED_KINDS = {
         "Role": 1,
         "RoleBinding": 1,
         "ConfigMap": 2,  # routes, Grafana dashboard
-        "Service": 4,  # engine (headless), gateway, gateway peers (headless), controller
+        "Service": 3,  # engine (headless), gateway, controller
         "PersistentVolumeClaim": 2,  # registry, models
-        "Deployment": 2,  # engine, controller
-        "StatefulSet": 1,  # gateway
+        "Deployment": 3,  # engine, gateway, controller
         "PodDisruptionBudget": 1,
         "HorizontalPodAutoscaler": 1,
         "Ingress": 1,
@@ -50,14 +49,14 @@ EXPECTED_KINDS = {
         "Role": 1,
         "RoleBinding": 1,
         "ConfigMap": 2,
-        "Service": 4,
+        "Service": 4,  # ... and PostgreSQL
         "PersistentVolumeClaim": 1,  # registry; the model is prepared in the pod
-        "Deployment": 2,
-        "StatefulSet": 1,
+        "Deployment": 3,
+        "StatefulSet": 1,  # PostgreSQL
         "PodDisruptionBudget": 1,
         "HorizontalPodAutoscaler": 1,
         "Ingress": 1,
-        "NetworkPolicy": 3,
+        "NetworkPolicy": 4,
     },
 }
 
@@ -82,11 +81,6 @@ def pod(docs: list[Doc], deployment: str) -> Doc:
 def container(docs: list[Doc], deployment: str) -> Doc:
     first: Doc = pod(docs, deployment)["containers"][0]
     return first
-
-
-def claim_templates(docs: list[Doc], name: str) -> set[str]:
-    """The names of a workload's volume claim templates (a StatefulSet's volumes per replica)."""
-    return {t["metadata"]["name"] for t in workload(docs, name)["spec"].get("volumeClaimTemplates", [])}
 
 
 def env(c: Doc) -> dict[str, Doc]:
@@ -154,13 +148,12 @@ def test_gateway_and_controller_run_unprivileged_on_a_read_only_root(
     assert sc["allowPrivilegeEscalation"] is False
     assert sc["capabilities"]["drop"] == ["ALL"]
     assert sc.get("privileged", False) is False
-    # the writable places are emptyDirs, or the gateway's own volume per replica
+    # the writable places are emptyDirs: nothing in them outlives the pod
     vols = volumes(p)
-    claims = claim_templates(docs, deployment)
     writable = {m["mountPath"] for m in mounts(c).values() if not m.get("readOnly")}
     for m in mounts(c).values():
         if not m.get("readOnly"):
-            assert m["name"] in claims or "emptyDir" in vols[m["name"]], (deployment, m)
+            assert "emptyDir" in vols[m["name"]], (deployment, m)
     assert writable >= {"/var/lib/lorafleet", "/tmp"}
 
 
@@ -179,25 +172,16 @@ def test_every_container_has_requests_and_limits(overlay: tuple[str, list[Doc]])
 
 def test_gateway_rollout_pdb_and_autoscaler(overlay: tuple[str, list[Doc]]) -> None:
     _, docs = overlay
-    gw = one(docs, "StatefulSet", "lorafleet-gateway")
+    gw = one(docs, "Deployment", "lorafleet-gateway")
     labels = gw["spec"]["template"]["metadata"]["labels"]
     # The autoscaler owns the replica count: a fixed one would reset the scale on every apply.
     assert "replicas" not in gw["spec"]
-    assert gw["spec"]["updateStrategy"] == {"type": "RollingUpdate"}
-    # Each replica's answer log and feedback live on its own volume, kept when a pod goes or the
-    # set scales down, so feedback on its answers survives rollouts.
-    (claim,) = gw["spec"]["volumeClaimTemplates"]
-    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
-    assert (
-        mounts(container(docs, "lorafleet-gateway"))[claim["metadata"]["name"]]["mountPath"]
-        == (env(container(docs, "lorafleet-gateway"))["LORAFLEET_ROUTER_STATE_DIR"]["value"])
-    )
-    assert gw["spec"]["persistentVolumeClaimRetentionPolicy"] == {
-        "whenDeleted": "Retain",
-        "whenScaled": "Retain",
+    # A new pod first: the fleet never serves below its count during a rollout.
+    assert gw["spec"]["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
     }
-    peers = one(docs, "Service", gw["spec"]["serviceName"])
-    assert peers["spec"]["clusterIP"] == "None" and selects(peers["spec"]["selector"], labels)
+    assert "volumeClaimTemplates" not in gw["spec"]
     pdb = one(docs, "PodDisruptionBudget", "lorafleet-gateway")
     assert pdb["apiVersion"] == "policy/v1"
     selector = pdb["spec"]["selector"]["matchLabels"]
@@ -209,7 +193,7 @@ def test_gateway_rollout_pdb_and_autoscaler(overlay: tuple[str, list[Doc]]) -> N
     assert hpa["apiVersion"] == "autoscaling/v2"
     assert hpa["spec"]["scaleTargetRef"] == {
         "apiVersion": "apps/v1",
-        "kind": "StatefulSet",
+        "kind": "Deployment",
         "name": "lorafleet-gateway",
     }
     (metric,) = hpa["spec"]["metrics"]
@@ -272,9 +256,6 @@ def test_routes_configmap_is_mounted_as_a_folder_and_readable(
     # the controller's other keys land beside it, under the names the gateways' FileStore reads
     store = FileStore(routes_file)
     assert (store.state_path.name, store.history_path.name) == (STATE_KEY, HISTORY_KEY)
-    state_dir = e["LORAFLEET_ROUTER_STATE_DIR"]["value"]
-    claims = claim_templates(docs, "lorafleet-gateway")
-    assert any(m["mountPath"] == state_dir and m["name"] in claims for m in mounts(c).values())
 
 
 def test_engines_behind_a_headless_service_that_gateway_and_controller_resolve(
@@ -297,19 +278,35 @@ def test_engines_behind_a_headless_service_that_gateway_and_controller_resolve(
     )
 
 
-def test_gateways_find_their_peers_through_a_headless_service(overlay: tuple[str, list[Doc]]) -> None:
-    _, docs = overlay
-    svc = one(docs, "Service", "lorafleet-gateway-peers")
-    assert svc["spec"]["clusterIP"] == "None"
-    gateway = one(docs, "StatefulSet", "lorafleet-gateway")
-    assert selects(svc["spec"]["selector"], gateway["spec"]["template"]["metadata"]["labels"])
-    (port,) = svc["spec"]["ports"]
-    c = container(docs, "lorafleet-gateway")
-    assert (
-        port["targetPort"] == "http" and {p["name"]: p["containerPort"] for p in c["ports"]}["http"] == 8080
-    )
-    target = f"dns+http://{svc['metadata']['name']}:{port['port']}"
-    assert json.loads(env(c)["LORAFLEET_ROUTER_PEERS"]["value"]) == [target]
+def test_gateways_share_one_feedback_database_from_a_secret(overlay: tuple[str, list[Doc]]) -> None:
+    name, docs = overlay
+    e = env(container(docs, "lorafleet-gateway"))
+    assert "LORAFLEET_ROUTER_PEERS" not in e  # the shared store answers feedback for every replica
+    ref = e["LORAFLEET_ROUTER_FEEDBACK__URL"]["valueFrom"]["secretKeyRef"]
+    assert ref == {"name": "lorafleet-feedback-db", "key": "url"}  # required: no silent SQLite fallback
+    if name == "gpu":  # an external or operator-managed database
+        assert not [w for w in workloads(docs) if "postgres" in w["metadata"]["name"]]
+        return
+    db = one(docs, "StatefulSet", "lorafleet-postgres")
+    labels = db["spec"]["template"]["metadata"]["labels"]
+    svc = one(docs, "Service", "lorafleet-postgres")
+    assert selects(svc["spec"]["selector"], labels) and svc["spec"]["ports"][0]["port"] == 5432
+    (claim,) = db["spec"]["volumeClaimTemplates"]
+    c = db["spec"]["template"]["spec"]["containers"][0]
+    data_mount = mounts(c)[claim["metadata"]["name"]]["mountPath"]
+    assert env(c)["PGDATA"]["value"].startswith(data_mount + "/")  # not the mount point itself
+    assert env(c)["POSTGRES_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "lorafleet-postgres"
+    assert db["spec"]["persistentVolumeClaimRetentionPolicy"]["whenDeleted"] == "Retain"
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+    assert db["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
+    # only the gateways reach it
+    policy = one(docs, "NetworkPolicy", "lorafleet-postgres")
+    assert selects(policy["spec"]["podSelector"]["matchLabels"], labels)
+    (rule,) = policy["spec"]["ingress"]
+    (peer,) = rule["from"]
+    gateway_labels = workload(docs, "lorafleet-gateway")["spec"]["template"]["metadata"]["labels"]
+    assert selects(peer["podSelector"]["matchLabels"], gateway_labels)
+    assert rule["ports"] == [{"port": 5432}]
 
 
 def test_engine_runs_vllm_with_runtime_lora(overlay: tuple[str, list[Doc]]) -> None:
@@ -450,7 +447,8 @@ def test_images_are_tagged(overlay: tuple[str, list[Doc]]) -> None:
         spec = w["spec"]["template"]["spec"]
         for c in spec["containers"] + spec.get("initContainers", []):
             name, _, tag = c["image"].rpartition(":")
-            assert name.startswith("lorafleet-") and tag and tag != "latest", c["image"]
+            assert tag and tag != "latest" and "." in tag, c["image"]  # a release, not a moving tag
+            assert name.startswith("lorafleet-") or name == "postgres", c["image"]
 
 
 def test_prometheus_operator_resources_in_the_gpu_overlay(built: dict[str, list[Doc]]) -> None:

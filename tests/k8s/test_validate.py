@@ -84,7 +84,7 @@ def test_strict_validation_catches_a_misspelt_field(
     validator: str, built: dict[str, list[dict[str, Any]]], tmp_path: Path
 ) -> None:
     # The check above would be worthless if the validator let unknown fields through.
-    gateway = next(d for d in built["cpu-demo"] if d["kind"] == "StatefulSet")
+    gateway = next(d for d in built["cpu-demo"] if d["metadata"]["name"] == "lorafleet-gateway")
     broken = {**gateway, "spec": {**gateway["spec"], "replica": 2}}
     out = tmp_path / "broken.yaml"
     out.write_text(yaml.safe_dump(broken))
