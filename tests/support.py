@@ -1,6 +1,10 @@
 """What the tests share beside fixtures: a free port, an ASGI app served in a thread, a fake engine.
 
 free_port()          a loopback port nothing listens on (yet)
+wait_until(pred)     poll until pred() is true (HTTP errors count as not yet), or fail naming what
+versions_loaded(url, versions)
+                     a gateway lists every one of `versions` as loaded on some engine
+spawn_gateway(...)   `lorafleet gateway` as its own process, with short test intervals
 InThreadServer(app)  the app served by uvicorn in a thread on a free port (lifespan on):
                      .url, .port, .app, .stop()
 FakeEngine(config)   fault injection, named as such: the benchmarks' FAKE OpenAI upstream
@@ -18,12 +22,15 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import uvicorn
 
 from bench.fakes import FakeOpenAIUpstream, UpstreamConfig, _UpstreamConnection
@@ -36,6 +43,53 @@ SHIFTED_CSV = ROOT / "data" / "banking77" / "shifted.csv"
 def read_demo(path: Path = DEMO_CSV) -> list[tuple[str, str]]:
     with path.open(newline="") as fh:
         return [(row["text"], row["label"]) for row in csv.DictReader(fh)]
+
+
+def wait_until(predicate: Callable[[], bool], timeout_s: float = 90, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with contextlib.suppress(httpx.HTTPError):
+            if predicate():
+                return
+        time.sleep(0.25)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def versions_loaded(url: str, versions: list[str]) -> bool:
+    data = httpx.get(f"{url}/v1/models", timeout=5).json()["data"]
+    return set(versions) <= {m["id"] for m in data if m["lorafleet"].get("loaded_on")}
+
+
+def spawn_gateway(
+    port: int,
+    routes: Path,
+    registry: Path,
+    engine_url: str,
+    log: Path,
+    *extra: str,
+    env: dict[str, str] | None = None,
+) -> subprocess.Popen[bytes]:
+    """`lorafleet gateway` in its own process (admin token `test-admin-token`), its output to `log`."""
+    full_env = {
+        **os.environ,
+        "LORAFLEET_ROUTER_ADMIN_TOKEN": "test-admin-token",
+        "LORAFLEET_ROUTER_RELOAD_INTERVAL_S": "0.2",
+        "LORAFLEET_ROUTER_CONTROLLER_INTERVAL_S": "0.5",
+        "LORAFLEET_ROUTER_RECONCILE_INTERVAL_S": "1",
+        **(env or {}),
+    }
+    cmd = [
+        str(Path(sys.executable).parent / "lorafleet"),
+        "gateway",
+        "--routes", str(routes),
+        "--registry", str(registry),
+        "--engine", engine_url,
+        "--port", str(port),
+        "--log-level", "warning",
+        *extra,
+    ]  # fmt: skip
+    with log.open("ab") as out:
+        return subprocess.Popen(cmd, env=full_env, stdout=out, stderr=subprocess.STDOUT)
 
 
 def free_port() -> int:

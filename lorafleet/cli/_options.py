@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated
 
@@ -30,3 +31,21 @@ BaseModelOpt = Annotated[
 
 def registry_path(value: Path | None) -> Path:
     return value.expanduser() if value else paths.default_registry()
+
+
+_SPAN = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_span(value: str) -> float | None:
+    """Seconds of a span like 30s, 15m, 12h, 7d or 2w; None if `value` is not one."""
+    m = _SPAN.match(value.strip())
+    return float(m[1]) * _UNIT_S[m[2]] if m else None
+
+
+def require_span(value: str, option: str) -> float:
+    """Seconds of a span like 15m; a usage error naming `option` otherwise."""
+    seconds = parse_span(value)
+    if seconds is None or seconds <= 0:
+        raise typer.BadParameter(f"expected a span like 30s, 15m, 1h or 7d, got {value!r}", param_hint=option)
+    return seconds

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
-import re
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from lorafleet.cli._options import JsonOpt, RegistryOpt, registry_path
+from lorafleet.cli._options import JsonOpt, RegistryOpt, parse_span, registry_path
 from lorafleet.cli._output import info, print_json
 from lorafleet.errors import LorafleetError
 
@@ -17,17 +16,14 @@ app = typer.Typer(
     help="Feedback: the answers users judged, as data for the next fine-tune.", no_args_is_help=True
 )
 
-_AGO = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
-_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
 
 def parse_when(value: str | None, option: str) -> dt.datetime | None:
     """`7d`, `12h` (that long ago), or an ISO date or time (UTC unless it says otherwise)."""
     if value is None:
         return None
-    m = _AGO.match(value.strip())
-    if m:
-        return dt.datetime.now(dt.UTC) - dt.timedelta(seconds=float(m[1]) * _UNIT_S[m[2]])
+    ago = parse_span(value)
+    if ago is not None:
+        return dt.datetime.now(dt.UTC) - dt.timedelta(seconds=ago)
     try:
         when = dt.datetime.fromisoformat(value)
     except ValueError:

@@ -47,8 +47,6 @@ from monitor.errors import FeedbackConflictError, InvalidFeedbackError, UnknownC
 log = logging.getLogger("lorafleet.monitor")
 
 DEFAULT_RETENTION = dt.timedelta(days=14)
-# Rows past the retention are deleted at start and then once an hour, by every process (idempotent).
-PRUNE_EVERY_S = 3600.0
 SHADOW_SOURCE = "shadow-of:"  # feedback derived for a shadow's answer: source = SHADOW_SOURCE + primary id
 
 
@@ -307,15 +305,13 @@ class FeedbackStore(abc.ABC):
 
     def _flush_loop(self) -> None:
         delay = self.flush_interval_s
-        next_prune = time.monotonic() + PRUNE_EVERY_S
         while not self._closed.is_set():
             self._wake.wait(delay)
             self._wake.clear()
             try:
                 self.flush()
                 if time.monotonic() >= next_prune:
-                    next_prune = time.monotonic() + PRUNE_EVERY_S
-                    self.prune()
+                                self.prune()
             except Exception as exc:
                 message = f"{type(exc).__name__}: {exc}".strip()
                 if message != self._failing:

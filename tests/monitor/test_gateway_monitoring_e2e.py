@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 import subprocess
-import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,30 +13,13 @@ import httpx
 import pytest
 
 from lorafleet.registry import Registry
-from tests.support import free_port
+from tests.support import free_port, spawn_gateway, versions_loaded, wait_until
 
 pytestmark = pytest.mark.engine
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = {"authorization": "Bearer test-admin-token"}
 MESSAGES = [{"role": "user", "content": "I still have not received my new card, where is it?"}]
-
-
-def _wait(predicate: Callable[[], bool], timeout_s: float = 90, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.25)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def _loaded(url: str, versions: list[str]) -> bool:
-    try:
-        data = httpx.get(f"{url}/v1/models", timeout=5).json()["data"]
-    except httpx.HTTPError:
-        return False
-    return set(versions) <= {m["id"] for m in data if m["lorafleet"].get("loaded_on")}
 
 
 def _sample(metrics_text: str, name: str, **labels: str) -> float | None:
@@ -70,7 +50,7 @@ def test_entropy_equals_the_hand_computed_value_from_the_engines_logprobs(
 ) -> None:
     registry, (v1, _) = trained_registry
     gw = start_gateway(f"routes:\n  banking:\n    stable: {v1}\n", registry, [engine.url], entropy_top_k=5)
-    _wait(lambda: _loaded(gw.url, [v1]), what="adapter loaded")
+    wait_until(lambda: versions_loaded(gw.url, [v1]), what="adapter loaded")
     direct = httpx.post(
         f"{engine.url}/v1/chat/completions",
         json={
@@ -105,7 +85,7 @@ def test_prometheus_scrapes_the_gateway_and_answers_per_version_queries(
 ) -> None:
     registry, (v1, v2) = trained_registry
     gw = start_gateway(f"routes:\n  banking:\n    stable: {v1}\n    pinned: [{v2}]\n", registry, [engine.url])
-    _wait(lambda: _loaded(gw.url, [v1, v2]), what="adapters loaded")
+    wait_until(lambda: versions_loaded(gw.url, [v1, v2]), what="adapters loaded")
     prom = prometheus([f"127.0.0.1:{gw.port}"])
     for model, n in ((v1, 3), (v2, 2)):
         for _ in range(n):
@@ -122,7 +102,7 @@ def test_prometheus_scrapes_the_gateway_and_answers_per_version_queries(
         return {item["metric"].get("version", ""): float(item["value"][1]) for item in body["data"]["result"]}
 
     promql = 'sum by (version) (lorafleet_router_requests_total{route="banking"})'
-    _wait(lambda: query(promql) == {v1: 3.0, v2: 2.0}, timeout_s=30, what="the scrape")
+    wait_until(lambda: query(promql) == {v1: 3.0, v2: 2.0}, timeout_s=30, what="the scrape")
     p95 = query(
         'histogram_quantile(0.95, sum by (version, le) (lorafleet_router_request_duration_seconds_bucket{route="banking"}))'
     )
@@ -140,7 +120,7 @@ def test_feedback_gives_live_accuracy_and_survives_a_restart(
     state = tmp_path / "state"
     routes = f"routes:\n  banking:\n    stable: {v1}\n"
     gw = start_gateway(routes, registry, [engine.url], state_dir=state)
-    _wait(lambda: _loaded(gw.url, [v1]), what="adapter loaded")
+    wait_until(lambda: versions_loaded(gw.url, [v1]), what="adapter loaded")
     ids = []
     for i in range(4):
         r = httpx.post(
@@ -208,7 +188,7 @@ def test_shifted_traffic_raises_input_drift_and_in_distribution_traffic_does_not
         drift_window=200,
         drift_min_samples=150,
     )
-    _wait(lambda: _loaded(gw.url, [v1]), what="adapter loaded")
+    wait_until(lambda: versions_loaded(gw.url, [v1]), what="adapter loaded")
 
     def send(texts: list[str]) -> None:
         with httpx.Client(timeout=60) as client:
@@ -234,35 +214,11 @@ def test_shifted_traffic_raises_input_drift_and_in_distribution_traffic_does_not
     if len(held_out) < 200:
         held_out = _queries(ROOT / "data/banking77/demo.csv", 200)
     send(held_out[:200])
-    _wait(lambda: psi("input_vocabulary") is not None, timeout_s=15, what="drift published")
+    wait_until(lambda: psi("input_vocabulary") is not None, timeout_s=15, what="drift published")
     assert (psi("input_vocabulary") or 0) < 0.2
     # Shifted: queries of ten intents the adapter never saw.
     send(_queries(ROOT / "data/banking77/shifted.csv", 200))
-    _wait(lambda: (psi("input_vocabulary") or 0) >= 0.2, timeout_s=15, what="the drift signal")
-
-
-def _spawn_gateway(
-    port: int, routes: Path, registry: Registry, engine_url: str, log: Path, *extra: str
-) -> subprocess.Popen[bytes]:
-    env = {
-        **os.environ,
-        "LORAFLEET_ROUTER_ADMIN_TOKEN": "test-admin-token",
-        "LORAFLEET_ROUTER_RELOAD_INTERVAL_S": "0.2",
-        "LORAFLEET_ROUTER_CONTROLLER_INTERVAL_S": "0.5",
-        "LORAFLEET_ROUTER_RECONCILE_INTERVAL_S": "1",
-    }
-    cmd = [
-        str(Path(sys.executable).parent / "lorafleet"),
-        "gateway",
-        "--routes", str(routes),
-        "--registry", str(registry.root),
-        "--engine", engine_url,
-        "--port", str(port),
-        "--log-level", "warning",
-        *extra,
-    ]  # fmt: skip
-    with log.open("ab") as out:
-        return subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
+    wait_until(lambda: (psi("input_vocabulary") or 0) >= 0.2, timeout_s=15, what="the drift signal")
 
 
 def _gateways_report(procs: list[subprocess.Popen[bytes]], urls: list[str], logs: Path, engine: Any) -> str:
@@ -298,13 +254,17 @@ def test_two_gateway_processes_one_prometheus_one_controller(
     a_url, b_url = f"http://127.0.0.1:{port_a}", f"http://127.0.0.1:{port_b}"
     prom = prometheus([f"127.0.0.1:{port_a}", f"127.0.0.1:{port_b}"])
     procs = [
-        _spawn_gateway(port_a, routes, registry, engine.url, tmp_path / "a.log", "--prometheus-url", prom),
-        _spawn_gateway(port_b, routes, registry, engine.url, tmp_path / "b.log", "--controller", "external"),
+        spawn_gateway(
+            port_a, routes, registry.root, engine.url, tmp_path / "a.log", "--prometheus-url", prom
+        ),
+        spawn_gateway(
+            port_b, routes, registry.root, engine.url, tmp_path / "b.log", "--controller", "external"
+        ),
     ]
     try:
         try:
-            _wait(
-                lambda: _loaded(a_url, [v1, v2]) and _loaded(b_url, [v1, v2]),
+            wait_until(
+                lambda: versions_loaded(a_url, [v1, v2]) and versions_loaded(b_url, [v1, v2]),
                 timeout_s=180,
                 what="both gateways up",
             )
@@ -312,7 +272,7 @@ def test_two_gateway_processes_one_prometheus_one_controller(
             raise AssertionError(
                 f"{exc}\n{_gateways_report(procs, [a_url, b_url], tmp_path, engine)}"
             ) from None
-        _wait(
+        wait_until(
             lambda: (
                 httpx.get(f"{b_url}/admin/status", headers=TOKEN).json()["routes"]["banking"]["canary"][
                     "weight"
@@ -328,7 +288,7 @@ def test_two_gateway_processes_one_prometheus_one_controller(
             result = httpx.get(f"{prom}/api/v1/query", params={"query": query}).json()["data"]["result"]
             return len(result) == 2 and all(r["value"][1] == "0" for r in result)
 
-        _wait(scraped_at_zero, what="Prometheus to scrape both gateways")
+        wait_until(scraped_at_zero, what="Prometheus to scrape both gateways")
         with httpx.Client(timeout=60) as client:
             served = [
                 client.post(
@@ -339,7 +299,7 @@ def test_two_gateway_processes_one_prometheus_one_controller(
             ]
         assert all(r.status_code == 200 for r in served)
         assert sum(r.headers["x-lorafleet-version"] == v2 for r in served) >= 10
-        _wait(
+        wait_until(
             lambda: (
                 httpx.get(f"{a_url}/admin/status", headers=TOKEN).json()["routes"]["banking"]["stable"] == v2
             ),
@@ -352,7 +312,7 @@ def test_two_gateway_processes_one_prometheus_one_controller(
         )
         assert served_by_a == 0.0  # A served none of it: its series exists, at zero
         assert 'lorafleet_rollout_gate_decisions_total{result="pass",route="banking"} 1.0' in a_metrics
-        _wait(
+        wait_until(
             lambda: (
                 httpx.get(f"{b_url}/admin/status", headers=TOKEN).json()["routes"]["banking"]["stable"] == v2
             ),

@@ -8,7 +8,6 @@ import datetime as dt
 import itertools
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -17,25 +16,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from lorafleet.registry import Registry
 from router.gateway import VERSION_HEADER
+from tests.support import versions_loaded, wait_until
 
 pytestmark = pytest.mark.engine
 
 TOKEN = {"authorization": "Bearer test-admin-token"}
 PROMPT = {"prompt": "My card has not arrived yet", "max_tokens": 2, "temperature": 0}
-
-
-def _wait(predicate: Callable[[], bool], timeout_s: float = 90, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def _loaded(url: str, versions: list[str]) -> bool:
-    data = httpx.get(f"{url}/v1/models").json()["data"]
-    return set(versions) <= {m["id"] for m in data if m["lorafleet"].get("loaded_on")}
 
 
 def _status(url: str) -> dict[str, Any]:
@@ -89,9 +75,11 @@ def test_a_canary_advances_through_its_steps_on_good_signals_and_is_promoted(
         "        - analysis: {min_requests: 3, max_p95_latency_ratio: 50, max_entropy_shift_nats: 5, interval_s: 0.3}\n"
     )
     gw = start_gateway(_canary_routes(v1, v2, steps), registry, [engine.url], controller_interval_s=0.3)
-    _wait(lambda: _loaded(gw.url, [v1, v2]), what="adapters loaded")
+    wait_until(lambda: versions_loaded(gw.url, [v1, v2]), what="adapters loaded")
     with Traffic(gw.url) as traffic:
-        _wait(lambda: _status(gw.url)["routes"]["banking"]["stable"] == v2, timeout_s=120, what="promotion")
+        wait_until(
+            lambda: _status(gw.url)["routes"]["banking"]["stable"] == v2, timeout_s=120, what="promotion"
+        )
     assert traffic.seen and all(code == 200 for code, _ in traffic.seen)
     assert {v for _, v in traffic.seen} == {v1, v2}
     events = httpx.get(f"{gw.url}/admin/history", headers=TOKEN, params={"route": "banking"}).json()["events"]
@@ -121,9 +109,9 @@ def test_a_failing_gate_rolls_the_canary_back_with_the_reason(
     count = itertools.count(1)
     faults = fault_proxy(engine.url, fail=lambda body: v2.encode() in body and next(count) % 2 == 0)
     gw = start_gateway(_canary_routes(v1, v2, steps), registry, [faults.url], controller_interval_s=0.3)
-    _wait(lambda: _loaded(gw.url, [v1, v2]), what="adapters loaded")
+    wait_until(lambda: versions_loaded(gw.url, [v1, v2]), what="adapters loaded")
     with Traffic(gw.url):
-        _wait(
+        wait_until(
             lambda: _status(gw.url)["routes"]["banking"]["canary"] is None, timeout_s=120, what="the rollback"
         )
     route = _status(gw.url)["routes"]["banking"]
@@ -150,18 +138,18 @@ def test_promote_and_rollback_under_traffic_fail_no_request(
 ) -> None:
     registry, (v1, v2) = trained_registry
     gw = start_gateway(f"routes:\n  banking:\n    stable: {v1}\n    pinned: [{v2}]\n", registry, [engine.url])
-    _wait(lambda: _loaded(gw.url, [v1, v2]), what="adapters loaded")
+    wait_until(lambda: versions_loaded(gw.url, [v1, v2]), what="adapters loaded")
     with Traffic(gw.url, threads=3) as traffic:
         time.sleep(1.5)
         r = httpx.post(
             f"{gw.url}/admin/routes/banking/promote", headers=TOKEN, json={"version": v2, "reason": "test"}
         )
         assert r.status_code == 200, r.text
-        _wait(lambda: traffic.seen[-1][1] == v2, what="traffic on v2")
+        wait_until(lambda: traffic.seen[-1][1] == v2, what="traffic on v2")
         time.sleep(1.5)
         r = httpx.post(f"{gw.url}/admin/routes/banking/rollback", headers=TOKEN, json={"reason": "test"})
         assert r.status_code == 200, r.text
-        _wait(lambda: traffic.seen[-1][1] == v1, what="traffic back on v1")
+        wait_until(lambda: traffic.seen[-1][1] == v1, what="traffic back on v1")
         time.sleep(1)
     codes = collections.Counter(code for code, _ in traffic.seen)
     assert codes == {200: len(traffic.seen)}, codes
@@ -177,7 +165,7 @@ def test_shadow_traffic_leaves_the_answers_unchanged_and_is_scored(
 ) -> None:
     registry, (v1, v2) = trained_registry
     gw = start_gateway(f"routes:\n  banking:\n    stable: {v1}\n    pinned: [{v2}]\n", registry, [engine.url])
-    _wait(lambda: _loaded(gw.url, [v1, v2]), what="adapters loaded")
+    wait_until(lambda: versions_loaded(gw.url, [v1, v2]), what="adapters loaded")
     prompts = [f"Where is my card number {i}?" for i in range(6)]
 
     def answers() -> list[str]:
@@ -210,7 +198,7 @@ def test_shadow_traffic_leaves_the_answers_unchanged_and_is_scored(
                 return float(line.split()[-1])
         return 0.0
 
-    _wait(lambda: shadow_ok() == len(prompts), what="shadow answers")
+    wait_until(lambda: shadow_ok() == len(prompts), what="shadow answers")
     metrics = httpx.get(f"{gw.url}/metrics").text
     compared = sum(
         float(line.split()[-1])
@@ -240,7 +228,7 @@ def test_a_retired_version_stays_pinnable_for_the_retention_then_is_unloaded(
         controller_interval_s=0.2,
         app_kwargs={"clock": clock},
     )
-    _wait(lambda: _loaded(gw.url, [v1, v2]), what="adapters loaded")
+    wait_until(lambda: versions_loaded(gw.url, [v1, v2]), what="adapters loaded")
     assert (
         httpx.post(f"{gw.url}/admin/routes/banking/promote", headers=TOKEN, json={"version": v2}).status_code
         == 200
@@ -255,8 +243,10 @@ def test_a_retired_version_stays_pinnable_for_the_retention_then_is_unloaded(
     time.sleep(1)
     assert v1 in {m["id"] for m in httpx.get(f"{gw.url}/v1/models").json()["data"]}
     clock.now += dt.timedelta(days=2)
-    _wait(lambda: v1 not in {m["id"] for m in httpx.get(f"{gw.url}/v1/models").json()["data"]}, what="expiry")
-    _wait(
+    wait_until(
+        lambda: v1 not in {m["id"] for m in httpx.get(f"{gw.url}/v1/models").json()["data"]}, what="expiry"
+    )
+    wait_until(
         lambda: v1 not in httpx.get(f"{engine.url}/v1/models").json()["data"].__repr__(), what="engine unload"
     )
     gone = httpx.post(f"{gw.url}/v1/completions", json={"model": v1, **PROMPT})
