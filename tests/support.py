@@ -56,7 +56,10 @@ def wait_until(predicate: Callable[[], bool], timeout_s: float = 90, what: str =
 
 
 def versions_loaded(url: str, versions: list[str]) -> bool:
-    data = httpx.get(f"{url}/v1/models", timeout=5).json()["data"]
+    response = httpx.get(f"{url}/v1/models", timeout=5)
+    if response.status_code != 200:  # starting up
+        return False
+    data = response.json()["data"]
     return set(versions) <= {m["id"] for m in data if m["lorafleet"].get("loaded_on")}
 
 

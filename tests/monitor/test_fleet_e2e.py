@@ -66,16 +66,20 @@ class Fleet:
             self.registry.root,
             self.engine_url,
             self.tmp / f"gateway-{i}.log",
-            "--state-dir",
-            str(state),
             *extra,
-            env=self.env,
+            env={**self.env, "LORAFLEET_ROUTER_STATE_DIR": str(state)},
         )
 
     def wait_ready(self, versions: list[str]) -> None:
+        def ready() -> bool:
+            exited = [i for i, p in enumerate(self.procs) if p.poll() is not None]
+            if exited:
+                raise AssertionError(f"gateways {exited} exited\n{self.logs()}")
+            return all(versions_loaded(url, versions) for url in self.urls)
+
         try:
             wait_until(
-                lambda: all(versions_loaded(url, versions) for url in self.urls),
+                ready,
                 timeout_s=180,
                 what="three gateways with the versions loaded",
             )
