@@ -209,6 +209,19 @@ class PostgresFeedbackStore(FeedbackStore):
         return int(self._run(delete))
 
     def _write(self, rows: list[AnswerRow]) -> None:
+        import psycopg
+
+        def copy(conn: Any) -> None:
+            # COPY: the rows go in one stream, encoded in C; several times cheaper in the gateway's
+            # CPU than an INSERT per row (bench/feedback_store.py).
+            with (
+                conn.transaction(),
+                conn.cursor() as cur,
+                cur.copy(f"COPY answers ({_ANSWER_COLUMNS}) FROM STDIN") as out,
+            ):
+                for row in rows:
+                    out.write_row(row)
+
         def insert(conn: Any) -> None:
             with conn.transaction(), conn.cursor() as cur:
                 cur.executemany(
@@ -217,7 +230,12 @@ class PostgresFeedbackStore(FeedbackStore):
                     rows,
                 )
 
-        self._run(insert)
+        try:
+            self._run(copy)
+        except psycopg.errors.UniqueViolation:
+            # A batch written before whose commit's answer was lost (the connection broke): again,
+            # skipping the rows that are there.
+            self._run(insert)
 
     def _write_drift(self, rows: list[DriftRow]) -> None:
         def upsert(conn: Any) -> None:

@@ -310,8 +310,6 @@ class FeedbackStore(abc.ABC):
             self._wake.clear()
             try:
                 self.flush()
-                if time.monotonic() >= next_prune:
-                                self.prune()
             except Exception as exc:
                 message = f"{type(exc).__name__}: {exc}".strip()
                 if message != self._failing:
