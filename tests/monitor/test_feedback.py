@@ -2,6 +2,7 @@
 server, across restarts and processes."""
 
 import datetime as dt
+import logging
 import subprocess
 import sys
 import textwrap
