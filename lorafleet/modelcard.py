@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, Field
 
+from lorafleet.baseid import BaseIdentity
 from lorafleet.errors import RegistryError
 
 
@@ -35,7 +36,8 @@ class ModelCard(BaseModel):
     version: str
     task: str
     created_at: dt.datetime
-    base_model: str
+    base_model: str = Field(description="The base model's folder (or name) training used.")
+    base: BaseIdentity | None = Field(default=None, description="The base model's name and fingerprint.")
     license: str = "apache-2.0"
     datasets: list[str] = Field(default_factory=list, description="Names of the datasets trained on.")
     dataset_sha256: dict[str, str] = Field(default_factory=dict, description="Split name -> SHA-256.")
@@ -60,7 +62,7 @@ class ModelCard(BaseModel):
             }
         ]
         return {
-            "base_model": self.base_model,
+            "base_model": self.base.name if self.base else self.base_model,
             "library_name": "peft",
             "license": self.license,
             "tags": ["lora", "peft", "lorafleet", self.task],
@@ -78,8 +80,9 @@ class ModelCard(BaseModel):
             "",
             f"# {self.version}",
             "",
-            f"LoRA adapter for the task **{self.task}** on `{self.base_model}`, "
-            f"registered {self.created_at:%Y-%m-%d %H:%M} UTC by lorafleet.",
+            f"LoRA adapter for the task **{self.task}** on `{self.base.name if self.base else self.base_model}`"
+            + (f" (fingerprint `{self.base.fingerprint}`)" if self.base else "")
+            + f", registered {self.created_at:%Y-%m-%d %H:%M} UTC by lorafleet.",
             "",
         ]
         if self.metrics:

@@ -40,8 +40,10 @@ from typing import Any
 
 from pydantic import BaseModel, Field, ValidationError
 
+from lorafleet.baseid import BaseIdentity, identify
 from lorafleet.errors import (
     AdapterNotFoundError,
+    BaseModelError,
     InvalidVersionNameError,
     RegistryError,
 )
@@ -143,6 +145,11 @@ class VersionInfo(BaseModel):
     number: int
     created_at: dt.datetime
     base_model: str = Field(description="The base model's name or local folder.")
+    base: BaseIdentity | None = Field(
+        default=None,
+        description="The base model's name and fingerprint (lorafleet.baseid): engines of another base "
+        "never get this adapter. None: registered before fingerprints, or from a folder that is not a model.",
+    )
     adapter_sha256: str = Field(description="SHA-256 over the adapter folder's files, in name order.")
     lora_rank: int
     labels: list[str] | None = Field(
@@ -210,12 +217,24 @@ class Draft:
         return target
 
 
+def _identity_of(base_model: str) -> BaseIdentity | None:
+    """The identity of a base model folder; None for a name, or a folder without safetensors."""
+    folder = Path(base_model)
+    if not (folder / "config.json").is_file():
+        return None
+    try:
+        return identify(folder)
+    except BaseModelError:
+        return None
+
+
 @dataclass(frozen=True)
 class NewVersion:
     """What `Registry.register` writes as a version: the adapter and everything known about it."""
 
     adapter_dir: Path  # a PEFT folder: adapter_config.json and the weights
     base_model: str
+    base: BaseIdentity | None = None  # None: identified from `base_model` when that is a model folder
     labels: list[str] | None = None
     reference: ReferenceStats | None = None
     eval_report: Mapping[str, Any] | None = None
@@ -443,6 +462,7 @@ class Registry:
             raise RegistryError(
                 f"{config_file} is not a PEFT adapter config with a rank 'r': {exc}"
             ) from None
+        base = new.base or _identity_of(new.base_model)
         with self.new_version(task, now.date()) as draft:
             draft.adapter_path.mkdir()
             names = new.adapter_files or sorted(
@@ -462,6 +482,7 @@ class Registry:
                 task=task,
                 created_at=now,
                 base_model=new.base_model,
+                base=base,
                 datasets=list(new.datasets),
                 dataset_sha256=dict(new.dataset_sha256),
                 hyperparameters=dict(new.hyperparameters),
@@ -479,6 +500,7 @@ class Registry:
                     number=draft.ref.number,
                     created_at=now,
                     base_model=new.base_model,
+                    base=base,
                     adapter_sha256=adapter_digest(draft.adapter_path),
                     lora_rank=rank,
                     labels=new.labels,

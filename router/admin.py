@@ -166,6 +166,12 @@ async def status(request: Request) -> dict[str, Any]:
             }
             if version in gateway.missing_versions:
                 entry["registry_error"] = gateway.missing_versions[version]
+            base = gateway.base_of(version)
+            entry["base"] = base
+            entry["placed_on"] = gateway.fleet.placement.engines_of(version)
+            why = gateway.fleet.placement.unplaced.get(version) or gateway.fleet.placement.short.get(version)
+            if why:
+                entry["placement_problem"] = why
             if s is VersionState.RETIRING:
                 entry["until"] = route.retiring[version].isoformat()
             if s in (VersionState.STABLE, VersionState.CANARY, VersionState.WEIGHTED):

@@ -185,7 +185,7 @@ def create_app(
         gateway = Gateway(settings, route_store, registry, fleet, forwarding, observer, clock=clock)
         check_routes(route_store)  # an invalid routes file stops the start-up, naming the field
         gateway.reload_now()
-        rollouts = Rollouts(route_store, registry, metrics, clock=clock)
+        rollouts = Rollouts(route_store, registry, metrics, clock=clock, bases_served=fleet.bases)
         app.state.gateway = gateway
         app.state.http = http
         app.state.rollouts = rollouts
@@ -200,7 +200,12 @@ def create_app(
         tasks = [
             asyncio.create_task(_every(settings.reload_interval_s, "routes reload", gateway.reload)),
             asyncio.create_task(
-                fleet.run(gateway.desired_adapters, settings.reconcile_interval_s, unload=is_controller)
+                fleet.run(
+                    gateway.desired_adapters,
+                    settings.reconcile_interval_s,
+                    unload=is_controller,
+                    wanted=gateway.wanted_adapters,
+                )
             ),
             asyncio.create_task(_every(2.0, "drift publishing", observer.publish)),
             asyncio.create_task(
@@ -227,7 +232,9 @@ def create_app(
             )
         try:
             await fleet.refresh()
-            await fleet.reconcile(gateway.desired_adapters(), unload=is_controller)
+            await fleet.reconcile(
+                gateway.desired_adapters(), unload=is_controller, wanted=gateway.wanted_adapters()
+            )
         except Exception:
             log.exception("first reconcile failed; the loop will retry")
         _tune_gc()

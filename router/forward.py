@@ -89,6 +89,7 @@ class Target:
     fallback: str | None
     shadow: str | None = None
     enforce_labels: bool = False
+    base: str | None = None  # the fingerprint of the route's base model: where its `base` fallback goes
 
 
 @dataclass
@@ -141,10 +142,10 @@ class Forwarder:
         t = settings.timeouts
         self._longest = max(t.pool_s, t.connect_s, t.read_s)
 
-    def upstream_model(self, version: str) -> str | None:
-        """The `model` an engine serves `version` under (`base`: the engines' base model)."""
+    def upstream_model(self, version: str, base: str | None = None) -> str | None:
+        """The `model` an engine serves `version` under (`base`: the name of that base model)."""
         if version == BASE_FALLBACK:
-            return self.fleet.base_model()
+            return self.fleet.base_model(base)
         return version
 
     async def send(
@@ -156,10 +157,16 @@ class Forwarder:
         request_id: str,
         deadline: float,
         exclude: Sequence[str] = (),
+        base: str | None = None,
     ) -> Attempt:
-        """Send to one engine holding `version`; raise EngineFailure for anything a fallback may fix."""
-        upstream_model = self.upstream_model(version)
-        engine = self.fleet.pick(None if version == BASE_FALLBACK else version, exclude)
+        """Send to one engine holding `version` (`base`: an engine of the base with that fingerprint);
+        raise EngineFailure for anything a fallback may fix."""
+        if version == BASE_FALLBACK:
+            engine = self.fleet.pick(None, exclude, base)
+            upstream_model = engine.base_model if engine else None
+        else:
+            engine = self.fleet.pick(version, exclude)
+            upstream_model = version
         if engine is None or upstream_model is None:
             other = "other " if exclude else ""
             raise EngineFailure(
@@ -264,7 +271,9 @@ class Forwarder:
                 *self.observer.label_values(target.route, target.version), first.reason.value
             ).inc()
             try:
-                attempt = await self.send(endpoint, body, fallback, Arm.FALLBACK, request_id, deadline)
+                attempt = await self.send(
+                    endpoint, body, fallback, Arm.FALLBACK, request_id, deadline, base=target.base
+                )
             except EngineFailure as second:
                 # One failed request (complete() counts it), one error: the fallback's.
                 self.observer.metrics.errors.labels(

@@ -28,6 +28,7 @@ from typing import Any
 import orjson
 from starlette.responses import Response
 
+from lorafleet.baseid import BaseIdentity
 from lorafleet.errors import LorafleetError
 from lorafleet.registry import Registry
 from monitor.entropy import EntropyAccumulator, EntropySampler
@@ -55,6 +56,7 @@ from router.shadow import Shadows
 from router.store import RouteStore
 from router.upstream import UPSTREAM_ERRORS, EngineFailure, Transport
 from serve.fleet import Fleet
+from serve.placement import Wanted
 
 log = logging.getLogger("lorafleet.router")
 
@@ -101,6 +103,7 @@ class Gateway:
         self._created: dict[str, int] = {}
         self.routes = RoutesFile()
         self.live: dict[str, tuple[str, VersionState]] = {}
+        self._bases: dict[str, BaseIdentity | None] = {}
         self._fingerprint: str | None = None
         self.reload_error: str | None = None
         self.missing_versions: dict[str, str] = {}  # live versions the registry cannot give -> why
@@ -181,6 +184,33 @@ class Gateway:
         self.missing_versions = missing
         return desired
 
+    def wanted_adapters(self) -> dict[str, Wanted]:
+        """Every live version -> its base fingerprint, traffic share and its route's placement."""
+        out = {}
+        for version, (route_name, _) in self.live.items():
+            route = self.routes.routes[route_name]
+            share = route.shares().get(version, 0.0)
+            out[version] = Wanted(self.base_of(version), share, route.placement)
+        return out
+
+    def base_of(self, version: str) -> str | None:
+        """The fingerprint of a version's base model, from the registry (None: not recorded)."""
+        if version not in self._bases:
+            try:
+                base = self.registry.get(version).info().base
+            except (LorafleetError, OSError, ValueError):
+                return None
+            self._bases[version] = base
+        found = self._bases[version]
+        return found.fingerprint if found else None
+
+    def parent_of(self, version: str) -> str:
+        """A version's base model as /v1/models names it: the one training recorded, else the name
+        the engines serve their base under."""
+        self.base_of(version)
+        recorded = self._bases.get(version)
+        return recorded.name if recorded else self.fleet.base_model() or BASE_FALLBACK
+
     def _version_meta(self, version: str) -> tuple[int, str | None]:
         """(created, adapter path) of a version, from the registry; (0, None) if it is missing
         (`missing_versions` and /admin/status say why)."""
@@ -196,7 +226,6 @@ class Gateway:
     def model_list(self) -> list[dict[str, Any]]:
         """Every route and every live version, in OpenAI's shape (`parent`: the base, `root`: the adapter)."""
         self.refresh_live()
-        base = self.fleet.base_model() or BASE_FALLBACK
         data: list[dict[str, Any]] = []
         for name, route in self.routes.routes.items():
             created, _ = self._version_meta(route.stable)
@@ -212,7 +241,7 @@ class Gateway:
                     "created": created,
                     "owned_by": "lorafleet",
                     "root": route.stable,
-                    "parent": base,
+                    "parent": self.parent_of(route.stable),
                     "lorafleet": info,
                 }
             )
@@ -234,7 +263,7 @@ class Gateway:
                     "created": created,
                     "owned_by": "lorafleet",
                     "root": path,
-                    "parent": base,
+                    "parent": self.parent_of(version),
                     "lorafleet": info,
                 }
             )
@@ -253,13 +282,36 @@ class Gateway:
             if pin:
                 if self.live.get(pin, ("", ""))[0] != model:
                     raise ModelNotFoundError(pin)
-                return Target(model, pin, Arm.PINNED, route.fallback, shadow, route.enforce_labels)
+                return Target(
+                    model,
+                    pin,
+                    Arm.PINNED,
+                    route.fallback,
+                    shadow,
+                    route.enforce_labels,
+                    self.base_of(route.stable),
+                )
             choice = choose(model, route, key, self.rng)
-            return Target(model, choice.version, choice.arm, route.fallback, shadow, route.enforce_labels)
+            return Target(
+                model,
+                choice.version,
+                choice.arm,
+                route.fallback,
+                shadow,
+                route.enforce_labels,
+                self.base_of(route.stable),
+            )
         if model in self.live:
             route_name = self.live[model][0]
             owner = self.routes.routes[route_name]
-            return Target(route_name, model, Arm.PINNED, owner.fallback, enforce_labels=owner.enforce_labels)
+            return Target(
+                route_name,
+                model,
+                Arm.PINNED,
+                owner.fallback,
+                enforce_labels=owner.enforce_labels,
+                base=self.base_of(owner.stable),
+            )
         raise ModelNotFoundError(model)
 
     # --- answering ----------------------------------------------------------------------

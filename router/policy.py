@@ -16,7 +16,8 @@
             - set_weight: 50
             - pause: {}                       # no duration: wait for `lorafleet route promote`
         shadow: {version: banking-v3-20261125, percent: 100}
-        fallback: base                        # a version, or `base` (the engines' base model)
+        fallback: base                        # a version, or `base` (the route's base model)
+        placement: spread                     # engines per version follow its share (default: all)
         enforce_labels: true                  # answers are one of the version's labels
         retiring: {banking-v0-20261101: 2026-12-08T10:00:00Z}
         pinned: [banking-v0-20261020]         # live for pinned requests only
@@ -36,6 +37,7 @@ from lorafleet.errors import InvalidVersionNameError
 from lorafleet.registry import TASK_PATTERN, AdapterRef
 from monitor.gate import MIN_REQUESTS, GateThresholds
 from monitor.metrics import VersionState
+from serve.placement import Spread
 
 BASE_FALLBACK = "base"
 _ROUTE_RE = re.compile(rf"^{TASK_PATTERN}$")
@@ -161,7 +163,7 @@ class Route(_Model):
     canary: Canary | None = Field(default=None, description="A canary in progress (below).")
     shadow: Shadow | None = Field(default=None, description="Mirrored traffic (below).")
     fallback: str | None = Field(
-        default=None, description="A version, or 'base' for the engines' base model."
+        default=None, description="A version, or 'base' for the base model of the stable version."
     )
     previous: str | None = Field(default=None, description="The stable version before the last promote.")
     retiring: dict[str, dt.datetime] = Field(
@@ -169,6 +171,11 @@ class Route(_Model):
     )
     pinned: list[str] = Field(
         default_factory=list, description="Versions kept live for pinned requests only."
+    )
+    placement: Spread = Field(
+        default=Spread.ALL,
+        description="Which engines of its base hold each version: all of them, or `spread`: a number that "
+        "follows the version's share of the route's traffic (at least one).",
     )
     enforce_labels: bool = Field(
         default=False,
@@ -231,6 +238,17 @@ class Route(_Model):
         if self.canary:
             states[self.canary.version] = VersionState.CANARY
         return states
+
+    def shares(self) -> dict[str, float]:
+        """Each serving or shadowed version's share of the route's traffic (0-1): what `spread` follows."""
+        others = sum(self.weights.values()) + (self.canary.weight if self.canary else 0)
+        out = {self.stable: (100 - others) / 100}
+        out.update({name: w / 100 for name, w in self.weights.items()})
+        if self.canary:
+            out[self.canary.version] = self.canary.weight / 100
+        if self.shadow:
+            out[self.shadow.version] = max(out.get(self.shadow.version, 0.0), self.shadow.percent / 100)
+        return out
 
     def named(self) -> set[str]:
         """Every version this route names: what it would need loaded were no retiring version

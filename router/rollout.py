@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from pydantic import ValidationError
 
+from lorafleet.baseid import BaseIdentity
 from lorafleet.errors import LorafleetError, describe_validation_error
 from lorafleet.registry import AdapterRef, Registry
 from monitor.metrics import Metrics
@@ -64,11 +65,32 @@ class Rollouts:
         registry: Registry,
         metrics: Metrics | None = None,
         clock: Clock = utcnow,
+        bases_served: Callable[[], Mapping[str, BaseIdentity]] | None = None,
     ) -> None:
         self.store = store
         self.registry = registry
         self.metrics = metrics
         self.clock = clock
+        self.bases_served = bases_served
+
+    def _check_base(self, version: str, param: str = "version") -> None:
+        """Refuse a version whose base model no engine serves (when the engines say which they serve)."""
+        if self.bases_served is None:
+            return
+        served = self.bases_served()
+        try:
+            base = self.registry.get(version).info().base
+        except (LorafleetError, OSError, ValueError):
+            return
+        if base is None or not served or base.fingerprint in served:
+            return
+        raise BadRequestError(
+            f"{version} is an adapter of {base}, which no engine serves; the engines serve "
+            f"{', '.join(str(b) for b in served.values())}. Start an engine of that base "
+            "(lorafleet serve engine --base-model FOLDER), or name a version trained on a served base",
+            param=param,
+            code="base_not_served",
+        )
 
     def _check_version(self, version: str, param: str = "version") -> None:
         try:
@@ -76,6 +98,7 @@ class Rollouts:
             self.registry.get(version)
         except LorafleetError as exc:
             raise BadRequestError(f"{exc.message}", param=param, code="version_not_found") from None
+        self._check_base(version, param)
 
     def _check_helped(self, version: str, force: bool, param: str = "version") -> str:
         """Refuse a version whose evaluation said fine-tuning did not help, unless `force`; what

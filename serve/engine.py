@@ -24,6 +24,8 @@ from pathlib import Path
 
 import httpx
 
+from lorafleet.baseid import alias, identify
+from lorafleet.errors import BaseModelError
 from serve.adapters import AdapterClient
 from serve.errors import EngineStartError, ServeError
 from serve.settings import Device, EngineSettings
@@ -38,6 +40,16 @@ def cuda_available() -> bool:
     return shutil.which("nvidia-smi") is not None and Path("/dev/nvidiactl").exists()
 
 
+def served_names(settings: EngineSettings, model_dir: Path) -> list[str]:
+    """The names the engine serves its base under: the configured one, then lorafleet's alias that
+    says which base it is (`lorafleet-base@NAME@FINGERPRINT`), read by every gateway."""
+    try:
+        return [settings.served_model_name, alias(identify(model_dir))]
+    except BaseModelError as exc:
+        log.warning("the engine's base model cannot be fingerprinted (%s): gateways cannot verify it", exc)
+        return [settings.served_model_name]
+
+
 def build_command(settings: EngineSettings, model_dir: Path) -> list[str]:
     """The vLLM command line for these settings."""
     cmd = [
@@ -47,7 +59,7 @@ def build_command(settings: EngineSettings, model_dir: Path) -> list[str]:
         "--model",
         str(model_dir),
         "--served-model-name",
-        settings.served_model_name,
+        *served_names(settings, model_dir),
         "--enable-lora",
         "--max-loras",
         str(settings.max_loras),

@@ -2,15 +2,22 @@
 
 Engines are named by URL (`http://10.0.0.5:8000`), or by a DNS name that resolves to every engine pod
 (`dns+http://lorafleet-engine-headless:8000`, a Kubernetes headless Service), re-resolved on each
-refresh. `refresh()` health-checks every engine and reads the adapters it holds; `reconcile(desired)`
-loads what is missing and unloads what is no longer needed, on each healthy engine. An adapter that
-fails to load is recorded with the reason (and retried later, with backoff); every other adapter
-keeps serving. `pick(version)` chooses a healthy engine that holds a version, least busy first.
+refresh. `refresh()` health-checks every engine and reads what it is: its base model (the name it
+serves it under, and its identity: lorafleet's `lorafleet-base@NAME@FINGERPRINT` alias in its model
+list, else the fingerprint of its model folder when this process can read it), its adapter slots
+and queue (vLLM's own /metrics: `vllm:lora_requests_info`, `vllm:num_requests_running/waiting`) and
+the adapters it holds. `reconcile(wanted)` places every live version on engines of its base
+(serve/placement.py), loads what is missing and unloads what is no longer placed there. An adapter
+that fails to load is recorded with the reason (and retried later, with backoff); every other
+adapter keeps serving. `pick(version)` chooses a healthy engine that holds a version, least busy
+first; never one where it is not resident.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import itertools
 import logging
 import time
@@ -20,13 +27,50 @@ from pathlib import Path
 
 import httpx
 
+from lorafleet.baseid import BaseIdentity, identify, parse_alias
 from lorafleet.discovery import resolve_urls
+from lorafleet.errors import BaseModelError
 from serve.adapters import AdapterClient
 from serve.errors import AdapterLoadError, EngineUnavailableError
+from serve.placement import EngineSlots, Placement, Wanted, place
 
 log = logging.getLogger("lorafleet.serve")
 
 _RETRY_FAILED_LOAD_S = 60.0
+DEFAULT_SLOTS = 8  # adapter slots of an engine that does not report its --max-loras
+
+
+@functools.cache
+def _identity_of_folder(root: str) -> BaseIdentity | None:
+    """The identity of an engine's model folder, when it is readable here (the same machine)."""
+    folder = Path(root)
+    if not (folder / "config.json").is_file():
+        return None
+    try:
+        return identify(folder)
+    except (BaseModelError, OSError):
+        return None
+
+
+def _metric_lines(text: str, name: str) -> list[tuple[dict[str, str], float]]:
+    """The samples of one metric in Prometheus' text format: (labels, value)."""
+    out = []
+    for line in text.splitlines():
+        if not line.startswith(name) or line[len(name) : len(name) + 1] not in ("{", " "):
+            continue
+        labels: dict[str, str] = {}
+        if line[len(name)] == "{":
+            inside, _, rest = line[len(name) + 1 :].partition("} ")
+            for part in inside.split('",'):
+                key, _, value = part.partition('="')
+                labels[key.strip(",")] = value.rstrip('"')
+        else:
+            rest = line[len(name) + 1 :]
+        try:
+            out.append((labels, float(rest.split()[0])))
+        except (ValueError, IndexError):
+            continue
+    return out
 
 
 @dataclass
@@ -40,8 +84,12 @@ class LoadFailure:
 class EngineState:
     url: str
     healthy: bool = False
-    base_model: str | None = None
+    base_model: str | None = None  # the name it serves its base model under
+    base: BaseIdentity | None = None  # which base that is; None: not verified
     max_model_len: int | None = None  # the engine's context, as its model list says (vLLM does)
+    slots: int | None = None  # adapter slots (vLLM --max-loras, from its /metrics)
+    running: int | None = None  # requests the engine runs and queues (its /metrics)
+    waiting: int | None = None
     loaded: dict[str, str] = field(default_factory=dict)
     failures: dict[str, LoadFailure] = field(default_factory=dict)
     in_flight: int = 0
@@ -50,6 +98,14 @@ class EngineState:
 
     def holds(self, version: str) -> bool:
         return version in self.loaded
+
+    @property
+    def fingerprint(self) -> str | None:
+        return self.base.fingerprint if self.base else None
+
+    def serves_base(self, fingerprint: str | None) -> bool:
+        """Whether adapters of a base with `fingerprint` may go here (unknown on either side: yes)."""
+        return fingerprint is None or self.base is None or self.base.fingerprint == fingerprint
 
 
 @dataclass(frozen=True)
@@ -78,21 +134,33 @@ class Fleet:
         self._on_load_failure = on_load_failure
         self._on_health = on_health
         self._on_removed = on_removed
+        self.placement = Placement()
 
     def healthy(self) -> list[EngineState]:
         return [e for e in self.engines.values() if e.healthy]
 
-    def base_model(self) -> str | None:
-        """The name the engines serve the base model under (the first healthy engine's)."""
-        return next((e.base_model for e in self.healthy() if e.base_model), None)
+    def base_model(self, fingerprint: str | None = None) -> str | None:
+        """The name the engines of a base serve it under (any base's, without `fingerprint`)."""
+        return next(
+            (e.base_model for e in self.healthy() if e.base_model and e.serves_base(fingerprint)), None
+        )
+
+    def bases(self) -> dict[str, BaseIdentity]:
+        """The verified bases the healthy engines serve, by fingerprint."""
+        return {e.base.fingerprint: e.base for e in self.healthy() if e.base is not None}
 
     def holders(self, version: str) -> list[EngineState]:
         return [e for e in self.healthy() if e.holds(version)]
 
-    def pick(self, version: str | None, exclude: Sequence[str] = ()) -> EngineState | None:
-        """A healthy engine holding `version` (None: the base model), the least busy; ties in turn."""
+    def pick(
+        self, version: str | None, exclude: Sequence[str] = (), base: str | None = None
+    ) -> EngineState | None:
+        """A healthy engine holding `version` (None: the base model with fingerprint `base`, or any
+        base), the least busy; ties in turn."""
         candidates = [
-            e for e in self.healthy() if e.url not in exclude and (version is None or e.holds(version))
+            e
+            for e in self.healthy()
+            if e.url not in exclude and (e.holds(version) if version is not None else e.serves_base(base))
         ]
         if not candidates:
             return None
@@ -117,11 +185,17 @@ class Fleet:
             if response.status_code != 200:
                 raise EngineUnavailableError(engine.url, f"/health answered {response.status_code}")
             models = await client.models()
-            base = next((m for m in models if not m.get("parent")), None)
+            bases = [m for m in models if not m.get("parent")]
+            aliases = [found for m in bases if (found := parse_alias(str(m["id"]))) is not None]
+            base = next((m for m in bases if parse_alias(str(m["id"])) is None), None)
             engine.base_model = str(base["id"]) if base else None
+            engine.base = (
+                aliases[0] if aliases else (_identity_of_folder(str(base.get("root"))) if base else None)
+            )
             context = base.get("max_model_len") if base else None
             engine.max_model_len = context if isinstance(context, int) and context > 0 else None
             engine.loaded = {str(m["id"]): str(m.get("root")) for m in models if m.get("parent")}
+            await self._read_metrics(engine)
             engine.healthy = True
             engine.last_error = None
         except (httpx.HTTPError, EngineUnavailableError) as exc:
@@ -134,6 +208,26 @@ class Fleet:
             log.info(
                 "engine %s is %s", engine.url, "healthy" if engine.healthy else f"down: {engine.last_error}"
             )
+
+    async def _read_metrics(self, engine: EngineState) -> None:
+        """Adapter slots and queue from the engine's /metrics (vLLM's own); left as they were if absent."""
+        try:
+            response = await self.http.get(f"{engine.url}/metrics", timeout=5.0)
+        except httpx.HTTPError:
+            return
+        if response.status_code != 200:
+            return
+        text = response.text
+        for labels, _ in _metric_lines(text, "vllm:lora_requests_info"):
+            with contextlib.suppress(KeyError, ValueError):
+                engine.slots = int(labels["max_lora"])
+        for name, attr in (
+            ("vllm:num_requests_running", "running"),
+            ("vllm:num_requests_waiting", "waiting"),
+        ):
+            samples = _metric_lines(text, name)
+            if samples:
+                setattr(engine, attr, round(sum(v for _, v in samples)))
 
     async def refresh(self) -> None:
         """Resolve the targets, health-check every engine and read what it holds."""
@@ -152,19 +246,37 @@ class Fleet:
                 self._on_removed(gone)
         await asyncio.gather(*(self._check(e) for e in self.engines.values()))
 
-    async def reconcile(self, desired: Mapping[str, Path], unload: bool = True) -> ReconcileReport:
-        """Make every healthy engine hold the `desired` versions (name -> adapter folder).
+    def plan(self, wanted: Mapping[str, Wanted]) -> Placement:
+        """Where each wanted version should be, on the healthy engines as last refreshed."""
+        engines = [
+            EngineSlots(e.url, e.fingerprint, e.slots or DEFAULT_SLOTS, frozenset(e.loaded))
+            for e in self.healthy()
+        ]
+        return place(wanted, engines)
 
-        With `unload`, also unload every other adapter. Only the one rollout controller unloads:
-        a gateway replica that reads a routes file older than the controller's would otherwise
-        unload a version the controller has just loaded.
+    async def reconcile(
+        self, desired: Mapping[str, Path], unload: bool = True, wanted: Mapping[str, Wanted] | None = None
+    ) -> ReconcileReport:
+        """Make the healthy engines hold the `desired` versions (name -> adapter folder), each on the
+        engines `wanted` places it on (its base, its spread; default: every engine, base unknown).
+
+        With `unload`, also unload every adapter not placed on an engine. Only the one rollout
+        controller unloads: a gateway replica that reads a routes file older than the controller's
+        would otherwise unload a version the controller has just loaded.
         """
         report = ReconcileReport()
         async with self._lock:
             await self.refresh()
+            wants = {name: (wanted or {}).get(name) or Wanted(None) for name in desired}
+            self.placement = self.plan(wants)
+            for version, reason in self.placement.unplaced.items():
+                log.error("version %s is on no engine: %s", version, reason)
             for engine in self.healthy():
                 client = AdapterClient(engine.url, self.http)
+                mine = self.placement.on.get(engine.url, set())
                 for name, path in desired.items():
+                    if name not in mine:
+                        continue
                     if engine.holds(name):
                         engine.failures.pop(name, None)
                         continue
@@ -190,7 +302,7 @@ class Fleet:
                     engine.failures.pop(name, None)
                     report.loaded.append((engine.url, name))
                     log.info("loaded adapter %s on %s", name, engine.url)
-                for name in sorted(set(engine.loaded) - set(desired)) if unload else ():
+                for name in sorted(set(engine.loaded) - mine) if unload else ():
                     try:
                         await client.unload(name)
                     except (AdapterLoadError, EngineUnavailableError) as exc:
@@ -199,17 +311,21 @@ class Fleet:
                     engine.loaded.pop(name, None)
                     report.unloaded.append((engine.url, name))
                     log.info("unloaded adapter %s from %s", name, engine.url)
-                for name in set(engine.failures) - set(desired):
+                for name in set(engine.failures) - mine:
                     del engine.failures[name]
         return report
 
     async def run(
-        self, desired: Callable[[], Mapping[str, Path]], interval_s: float, unload: bool = True
+        self,
+        desired: Callable[[], Mapping[str, Path]],
+        interval_s: float,
+        unload: bool = True,
+        wanted: Callable[[], Mapping[str, Wanted]] | None = None,
     ) -> None:
         """Reconcile every `interval_s` seconds until cancelled."""
         while True:
             try:
-                await self.reconcile(desired(), unload=unload)
+                await self.reconcile(desired(), unload=unload, wanted=wanted() if wanted else None)
             except Exception:
                 log.exception("reconcile failed; trying again in %.0f s", interval_s)
             await asyncio.sleep(interval_s)
@@ -220,7 +336,12 @@ class Fleet:
                 "url": e.url,
                 "healthy": e.healthy,
                 "base_model": e.base_model,
+                "base": e.base.model_dump() if e.base else None,
+                "slots": e.slots,
+                "running": e.running,
+                "waiting": e.waiting,
                 "adapters": sorted(e.loaded),
+                "placed": sorted(self.placement.on.get(e.url, ())),
                 "failures": {k: v.reason for k, v in e.failures.items()},
                 "in_flight": e.in_flight,
                 "last_error": e.last_error,

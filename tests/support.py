@@ -1,6 +1,8 @@
 """What the tests share beside fixtures: a free port, an ASGI app served in a thread, a fake engine.
 
 free_port()          a loopback port nothing listens on (yet)
+truncated_model(src, dst, layers)
+                     a second real base model: the first `layers` decoder layers of `src`
 wait_until(pred)     poll until pred() is true (HTTP errors count as not yet), or fail naming what
 versions_loaded(url, versions)
                      a gateway lists every one of `versions` as loaded on some engine
@@ -93,6 +95,43 @@ def spawn_gateway(
     ]  # fmt: skip
     with log.open("ab") as out:
         return subprocess.Popen(cmd, env=full_env, stdout=out, stderr=subprocess.STDOUT)
+
+
+def truncated_model(source: Path, target: Path, layers: int) -> Path:
+    """A real, different base model: `source` with only its first `layers` decoder layers, written
+    as a new model folder (safetensors rewritten byte for byte, config and tokenizer copied)."""
+    import json
+    import struct
+
+    target.mkdir(parents=True, exist_ok=True)
+    for f in source.iterdir():
+        if f.is_file() and f.suffix != ".safetensors" and f.name != "config.json":
+            shutil.copy2(f, target / f.name)
+    config = json.loads((source / "config.json").read_text())
+    config["num_hidden_layers"] = layers
+    (target / "config.json").write_text(json.dumps(config, indent=2))
+    for weights in source.glob("*.safetensors"):
+        with weights.open("rb") as fh:
+            (size,) = struct.unpack("<Q", fh.read(8))
+            header = json.loads(fh.read(size))
+            data = fh.read()
+        kept: dict[str, Any] = {"__metadata__": header.pop("__metadata__", {"format": "pt"})}
+        chunks, offset = [], 0
+        for name in sorted(header, key=lambda n: header[n]["data_offsets"][0]):
+            parts = name.split(".")
+            if "layers" in parts and int(parts[parts.index("layers") + 1]) >= layers:
+                continue
+            start, end = header[name]["data_offsets"]
+            chunks.append(data[start:end])
+            kept[name] = {**header[name], "data_offsets": [offset, offset + end - start]}
+            offset += end - start
+        raw = json.dumps(kept, separators=(",", ":")).encode()
+        raw += b" " * (-len(raw) % 8)
+        with (target / weights.name).open("wb") as out:
+            out.write(struct.pack("<Q", len(raw)) + raw)
+            for chunk in chunks:
+                out.write(chunk)
+    return target
 
 
 def free_port() -> int:

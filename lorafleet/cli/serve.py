@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 
 from lorafleet import basemodel
+from lorafleet.cli._admin import AdminClient, TokenFileOpt
 from lorafleet.cli._options import BaseModelOpt, JsonOpt, RegistryOpt, registry_path
 from lorafleet.cli._output import info, print_json, print_table
 from lorafleet.registry import Registry
@@ -87,21 +88,83 @@ def engine(
 
 
 @app.command()
-def status(engine: EngineOpt = "http://127.0.0.1:8100", json: JsonOpt = False) -> None:
-    """List the adapters an engine holds."""
+def status(
+    engine: Annotated[
+        list[str] | None,
+        typer.Option("--engine", help="An engine URL, or dns+http://SERVICE:PORT (repeatable)."),
+    ] = None,
+    gateway: Annotated[
+        str | None,
+        typer.Option(
+            "--gateway", help="Ask a gateway instead: its engines and where it placed each version."
+        ),
+    ] = None,
+    token_file: TokenFileOpt = None,
+    json: JsonOpt = False,
+) -> None:
+    """The fleet: each engine's base model, adapter slots, load and the adapters it holds."""
+    if gateway is not None:
+        data = AdminClient(gateway, token_file).call("GET", "/admin/status")
+        engines = data["engines"]
+    else:
+        engines = asyncio.run(_engines(engine or ["http://127.0.0.1:8100"]))
+        data = {"engines": engines}
+    if json:
+        print_json(data)
+        return
+    rows = []
+    for e in engines:
+        base = e.get("base")
+        load = "" if e.get("running") is None else f"{e['running']} running, {e.get('waiting') or 0} waiting"
+        rows.append(
+            [
+                e["url"],
+                "up" if e["healthy"] else f"down: {e.get('last_error') or ''}"[:60],
+                f"{base['name']} ({base['fingerprint']})"
+                if base
+                else f"{e.get('base_model') or '-'} (unverified)",
+                e.get("slots") if e.get("slots") is not None else "-",
+                load,
+                ", ".join(e.get("adapters", [])) or "-",
+            ]
+        )
+    print_table(["engine", "health", "base model", "slots", "load", "adapters"], rows)
+    for name, route in data.get("routes", {}).items():
+        for v in route.get("versions", []):
+            if v.get("placement_problem"):
+                info(f"{name}: {v['version']}: {v['placement_problem']}")
+    for e in engines:
+        for version, reason in (e.get("failures") or {}).items():
+            info(f"{e['url']}: {version} failed to load: {reason}")
+
+
+async def _engines(targets: list[str]) -> list[dict[str, object]]:
     import httpx
 
-    from serve.adapters import AdapterClient
+    from serve.fleet import Fleet
 
-    async def main() -> dict[str, str]:
-        async with httpx.AsyncClient(timeout=10) as http:
-            return await AdapterClient(engine, http).loaded()
+    async with httpx.AsyncClient(timeout=10) as http:
+        fleet = Fleet(targets, http)
+        await fleet.refresh()
+        return fleet.status()
 
-    loaded = asyncio.run(main())
+
+@app.command("base-id")
+def base_id(
+    folder: Annotated[
+        Path | None, typer.Argument(help="A model folder (default: the embedded model).")
+    ] = None,
+    json: JsonOpt = False,
+) -> None:
+    """A base model's name, fingerprint and the alias an engine serves it under, so that gateways
+    can verify which base it is: `vllm ... --served-model-name base ALIAS`."""
+    from lorafleet.baseid import alias, identify
+
+    identity = identify(basemodel.resolve(str(folder) if folder else None))
     if json:
-        print_json(loaded)
-    else:
-        print_table(["adapter", "path"], sorted(loaded.items()))
+        print_json({**identity.model_dump(), "alias": alias(identity)})
+        return
+    print_table(["name", "fingerprint", "alias"], [[identity.name, identity.fingerprint, alias(identity)]])
 
 
 @app.command()

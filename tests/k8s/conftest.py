@@ -38,4 +38,6 @@ def kustomize(require_tool: Callable[[str | None, str], str]) -> Callable[[Path]
 @pytest.fixture(scope="session")
 def built(kustomize: Callable[[Path], list[dict[str, Any]]]) -> dict[str, list[dict[str, Any]]]:
     """Each overlay's built resources."""
-    return {name: kustomize(ROOT / "k8s" / "overlays" / name) for name in ("gpu", "cpu-demo")}
+    return {
+        name: kustomize(ROOT / "k8s" / "overlays" / name) for name in ("gpu", "cpu-demo", "gpu-two-bases")
+    }

@@ -498,3 +498,53 @@ def test_base_is_device_neutral(kustomize: Callable[[Path], list[Doc]]) -> None:
     docs = kustomize(ROOT / "k8s" / "base")
     text = yaml.safe_dump_all(docs)
     assert "nvidia.com/gpu" not in text and "VLLM_CPU_KVCACHE_SPACE" not in text
+
+
+def _model_folder(c: Doc) -> str:
+    (model,) = [str(a).split("=", 1)[1] for a in c["args"] if str(a).startswith("--model=")]
+    return model
+
+
+def test_gateways_read_each_engines_base_from_its_folder(built: dict[str, list[Doc]]) -> None:
+    """The gateways fingerprint each engine's base: its model folder is mounted in the gateways and
+    the controller read-only, at the engine's path, from the same claim."""
+    for name, engines in (
+        ("gpu", ["lorafleet-engine"]),
+        ("gpu-two-bases", ["lorafleet-engine", "lorafleet-engine-second"]),
+    ):
+        docs = built[name]
+        for engine in engines:
+            e = container(docs, engine)
+            folder = _model_folder(e)
+            (mount,) = [m for m in mounts(e).values() if folder.startswith(m["mountPath"] + "/")]
+            claim = volumes(pod(docs, engine))[mount["name"]]["persistentVolumeClaim"]["claimName"]
+            one(docs, "PersistentVolumeClaim", claim)
+            for reader in ("lorafleet-gateway", "lorafleet-controller"):
+                c = container(docs, reader)
+                (theirs,) = [m for m in mounts(c).values() if m["mountPath"] == mount["mountPath"]]
+                assert theirs["readOnly"] is True, (name, reader)
+                vol = volumes(pod(docs, reader))[theirs["name"]]["persistentVolumeClaim"]
+                assert vol == {"claimName": claim, "readOnly": True}, (name, reader, engine)
+
+
+def test_two_bases_two_engine_deployments_behind_one_service(built: dict[str, list[Doc]]) -> None:
+    docs = built["gpu-two-bases"]
+    first, second = workload(docs, "lorafleet-engine"), workload(docs, "lorafleet-engine-second")
+    assert _model_folder(container(docs, "lorafleet-engine")) != _model_folder(
+        container(docs, "lorafleet-engine-second")
+    )
+    # Deployments whose selectors overlap would fight over each other's pods.
+    for a, b in ((first, second), (second, first)):
+        assert not selects(a["spec"]["selector"]["matchLabels"], b["spec"]["template"]["metadata"]["labels"])
+    # Both are engines to the headless Service, the network policy and the monitoring.
+    svc = one(docs, "Service", "lorafleet-engine-headless")
+    policy = one(docs, "NetworkPolicy", "lorafleet-engine")
+    for w in (first, second):
+        labels = w["spec"]["template"]["metadata"]["labels"]
+        assert selects(svc["spec"]["selector"], labels)
+        assert selects(policy["spec"]["podSelector"]["matchLabels"], labels)
+        c = w["spec"]["template"]["spec"]["containers"][0]
+        assert "nvidia.com/gpu" in c["resources"]["limits"] and c["image"].endswith(":0.1.0-cuda")
+    assert Counter(d["kind"] for d in docs) == Counter(EXPECTED_KINDS["gpu"]) + Counter(
+        {"Deployment": 1, "PersistentVolumeClaim": 1}
+    )

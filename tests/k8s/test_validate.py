@@ -53,7 +53,7 @@ def check(validator: str, path: Path, docs: list[dict[str, Any]], version: str) 
 
 
 @pytest.mark.parametrize("version", VERSIONS)
-@pytest.mark.parametrize("overlay", ["gpu", "cpu-demo"])
+@pytest.mark.parametrize("overlay", ["gpu", "cpu-demo", "gpu-two-bases"])
 def test_overlays_validate_strictly(
     validator: str, built: dict[str, list[dict[str, Any]]], overlay: str, version: str, tmp_path: Path
 ) -> None:

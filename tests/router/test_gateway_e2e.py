@@ -125,7 +125,8 @@ def test_models_list_routes_and_live_versions_in_openai_shape(
     models = openai.OpenAI(base_url=f"{gw.url}/v1", api_key="x").models.list()
     by_id = {m.id: m for m in models.data}
     assert set(by_id) == {"banking", v1, v2}
-    assert by_id[v1].model_extra["parent"] == "base"
+    # the true parent: the base model training recorded, not the name the engine serves it under
+    assert by_id[v1].model_extra["parent"] == "SmolLM2-135M-Instruct"
     assert by_id[v2].model_extra["root"] == str(registry.get(v2).adapter_path)
     assert by_id[v2].model_extra["lorafleet"]["state"] == "pinned"
 
