@@ -1,6 +1,7 @@
 """Issue 17: what serving several adapter versions costs one real vLLM engine.
 
-    python bench/multi_lora.py            about 4 minutes on 2 CPU cores
+    python bench/multi_lora.py                about 4 minutes on 2 CPU cores
+    python bench/multi_lora.py --shape qv8    smaller adapters: rank 8 on q_proj and v_proj only
 
 One real CPU vLLM engine (serve.engine.Engine, the embedded SmolLM2-135M-Instruct, --max-loras 8,
 --max-cpu-loras 8) and 12 real LoRA adapters of lorafleet's default shape (rank 16 on every
@@ -38,7 +39,7 @@ import httpx
 PROMPT = [{"role": "user", "content": "My card has not arrived yet, what should I do?"}]
 
 
-def make_adapters(base: Path, out: Path, n: int) -> list[Path]:
+def make_adapters(base: Path, out: Path, n: int, shape: str) -> list[Path]:
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
@@ -46,7 +47,10 @@ def make_adapters(base: Path, out: Path, n: int) -> list[Path]:
     from training.defaults import ALPHA, PROJECTIONS, RANK
 
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.bfloat16)
-    config = LoraConfig(r=RANK, lora_alpha=ALPHA, target_modules=list(PROJECTIONS), task_type="CAUSAL_LM")
+    if shape == "qv8":
+        config = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+    else:
+        config = LoraConfig(r=RANK, lora_alpha=ALPHA, target_modules=list(PROJECTIONS), task_type="CAUSAL_LM")
     peft = get_peft_model(model, config)
     paths = []
     for i in range(n):
@@ -105,7 +109,7 @@ async def main_async(args: argparse.Namespace, out: fakes.Tee) -> None:
     work = Path(tempfile.mkdtemp(prefix="lorafleet-bench-multilora-"))
     base = basemodel.resolve(None)
     out(fakes.machine_header("multi-LoRA serving cost on one real engine (issue 17)"))
-    adapters = make_adapters(base, work, 12)
+    adapters = make_adapters(base, work, 12, args.shape)
     settings = EngineSettings(
         port=fakes.free_port(),
         log_file=str(work / "engine.log"),
@@ -189,6 +193,12 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--max-tokens", type=int, default=16)
+    parser.add_argument(
+        "--shape",
+        choices=["default", "qv8"],
+        default="default",
+        help="default: lorafleet's training default (r16, every projection); qv8: r8 on q_proj/v_proj",
+    )
     parser.add_argument("--no-save", dest="save", action="store_false", help="Do not write bench/results/.")
     args = parser.parse_args()
     out = fakes.Tee()
