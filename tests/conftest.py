@@ -206,6 +206,7 @@ class FaultProxy:
         from aiohttp import web
 
         async def start() -> web.AppRunner:
+            self._stopping = asyncio.Event()
             self.session = aiohttp.ClientSession(auto_decompress=False)
             app = web.Application()
             app.router.add_route("*", "/{tail:.*}", self._handle)
@@ -237,7 +238,8 @@ class FaultProxy:
                 )
             if fault == "hang":
                 self.failed += 1
-                await asyncio.sleep(30)
+                with contextlib.suppress(TimeoutError):  # until 30 s have passed or the proxy stops
+                    await asyncio.wait_for(self._stopping.wait(), 30)
         if request.path.endswith("completions") and self.fail is not None and self.fail(body):
             self.failed += 1
             error = {"error": {"message": "injected: adapter crashed", "type": "InternalServerError"}}
@@ -267,6 +269,7 @@ class FaultProxy:
 
     def stop(self) -> None:
         async def close() -> None:
+            self._stopping.set()  # a hanging handler returns: cleanup waits for every handler
             await self.runner.cleanup()
             await self.session.close()
 
