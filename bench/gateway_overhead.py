@@ -353,7 +353,7 @@ def cost_breakdown(work: Path) -> list[tuple[str, str, float]]:
 
     from lorafleet.registry import Registry
     from monitor.entropy import EntropyAccumulator
-    from monitor.feedback import FeedbackStore
+    from monitor.feedback import open_store
     from monitor.metrics import Arm, build_metrics
     from router.answer import read_answer, with_logprobs, without_logprobs
     from router.ids import new_request_id
@@ -374,7 +374,7 @@ def cost_breakdown(work: Path) -> list[tuple[str, str, float]]:
     choice = answer.choices[0]
     events = [e for e in upstream.stream_events(names[0], 0, 5, True) if b"[DONE]" not in e]
     metrics = build_metrics(CollectorRegistry())
-    feedback = FeedbackStore(work / "feedback.sqlite3")
+    feedback = open_store(work / "feedback.sqlite3")
     observer = Observer(metrics, Registry(work / "registry"), feedback)
     observer.set_known({("bench", n): "stable" for n in names})
     n = [0]
