@@ -3,6 +3,7 @@ server, across restarts and processes."""
 
 import datetime as dt
 import logging
+import os
 import subprocess
 import sys
 import textwrap
@@ -17,8 +18,10 @@ from monitor.accuracy import restore_live_accuracy
 from monitor.errors import FeedbackConflictError, InvalidFeedbackError, UnknownCompletionError
 from monitor.feedback import FeedbackOutcome, FeedbackStore, open_store
 from monitor.metrics import build_metrics
+from tests.support import PostgresServer, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
+LORAFLEET = Path(sys.executable).parent / "lorafleet"
 V1 = "banking-v1-20261124"
 V2 = "banking-v2-20261201"
 
@@ -330,3 +333,36 @@ def test_a_foreign_or_newer_schema_is_refused_and_left_as_it_is(target: str) -> 
             db.execute("PRAGMA user_version=99")
         with pytest.raises(StoreSchemaError, match="schema version 99"):
             open_store(newer)
+
+
+def test_a_wrong_or_unreachable_database_url_stops_the_gateway_in_one_line(
+    tmp_path: Path, postgres: PostgresServer
+) -> None:
+    """`lorafleet gateway` on a database URL that cannot work: one `error:` line naming the URL
+    without its password, a `hint:` with the fix, exit 1, and the password nowhere in the output."""
+    nobody = free_port()
+    cases = {
+        f"postgresql://lorafleet:s3cret@127.0.0.1:{nobody}/feedback": (
+            f"postgresql://lorafleet:***@127.0.0.1:{nobody}/feedback"
+        ),
+        # the server is up, the database is not there
+        f"postgresql://lorafleet:s3cret@127.0.0.1:{postgres.port}/no_such_db": (
+            f"postgresql://lorafleet:***@127.0.0.1:{postgres.port}/no_such_db"
+        ),
+    }
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LORAFLEET_")}
+    env["LORAFLEET_HOME"] = str(tmp_path)
+    for url, shown in cases.items():
+        env["LORAFLEET_ROUTER_FEEDBACK__URL"] = url
+        proc = subprocess.run(
+            [LORAFLEET, "gateway", "--port", str(free_port())],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=env,
+        )
+        errors = [line for line in proc.stderr.splitlines() if line.startswith(("error:", "hint:"))]
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+        assert errors[0].startswith(f"error: cannot connect to the feedback database {shown}: "), proc.stderr
+        assert errors[1].startswith("hint: check LORAFLEET_ROUTER_FEEDBACK__URL"), proc.stderr
+        assert "s3cret" not in proc.stderr + proc.stdout
