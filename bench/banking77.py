@@ -120,7 +120,8 @@ def main() -> None:
 
     out = fakes.Tee()
     mode = "full" if args.per_intent == 0 else str(args.per_intent)
-    out(fakes.machine_header(f"BANKING77, all 77 intents, {mode} training examples per intent (issue 20)"))
+    shape = "the full training set" if mode == "full" else f"{mode} training examples per intent"
+    out(fakes.machine_header(f"BANKING77, all 77 intents, {shape} (issue 20)"))
     work = args.work or Path(tempfile.mkdtemp(prefix="lorafleet-banking77-"))
     work.mkdir(parents=True, exist_ok=True)
     train_rows, val_rows, test_rows = splits(
