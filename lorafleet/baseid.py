@@ -1,6 +1,7 @@
 """Which base model a folder holds: a name for people and a fingerprint for machines.
 
     identify(folder) -> BaseIdentity(name, fingerprint)
+    identify_model_folder(folder) -> the same, or None when the folder holds no model
 
 The fingerprint is a SHA-256 (its first 16 hex digits) over what makes two folders the same model:
 
@@ -128,6 +129,18 @@ def identify(folder: Path | str) -> BaseIdentity:
             raw = fh.read(count * width)
         digest.update(",".join(_rounded(v) for v in _floats(raw, dtype)).encode())
     return BaseIdentity(name=folder.resolve().name, fingerprint=digest.hexdigest()[:FINGERPRINT_DIGITS])
+
+
+def identify_model_folder(folder: Path | str) -> BaseIdentity | None:
+    """The identity of `folder` when it holds a model; None for a name that is not a folder, or a
+    folder without config.json or readable *.safetensors."""
+    path = Path(folder)
+    if not (path / "config.json").is_file():
+        return None
+    try:
+        return identify(path)
+    except (BaseModelError, OSError):
+        return None
 
 
 def alias(identity: BaseIdentity) -> str:

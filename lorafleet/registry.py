@@ -40,10 +40,9 @@ from typing import Any
 
 from pydantic import BaseModel, Field, ValidationError
 
-from lorafleet.baseid import BaseIdentity, identify
+from lorafleet.baseid import BaseIdentity, identify_model_folder
 from lorafleet.errors import (
     AdapterNotFoundError,
-    BaseModelError,
     InvalidVersionNameError,
     RegistryError,
 )
@@ -215,17 +214,6 @@ class Draft:
         target = self.path / name
         target.write_text(data + "\n")
         return target
-
-
-def _identity_of(base_model: str) -> BaseIdentity | None:
-    """The identity of a base model folder; None for a name, or a folder without safetensors."""
-    folder = Path(base_model)
-    if not (folder / "config.json").is_file():
-        return None
-    try:
-        return identify(folder)
-    except BaseModelError:
-        return None
 
 
 @dataclass(frozen=True)
@@ -462,7 +450,7 @@ class Registry:
             raise RegistryError(
                 f"{config_file} is not a PEFT adapter config with a rank 'r': {exc}"
             ) from None
-        base = new.base or _identity_of(new.base_model)
+        base = new.base or identify_model_folder(new.base_model)
         with self.new_version(task, now.date()) as draft:
             draft.adapter_path.mkdir()
             names = new.adapter_files or sorted(

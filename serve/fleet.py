@@ -26,50 +26,37 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
-from lorafleet.baseid import BaseIdentity, identify, parse_alias
+from lorafleet.baseid import BaseIdentity, identify_model_folder, parse_alias
 from lorafleet.discovery import resolve_urls
-from lorafleet.errors import BaseModelError
 from serve.adapters import AdapterClient
 from serve.errors import AdapterLoadError, EngineUnavailableError
-from serve.placement import EngineSlots, Placement, Wanted, place
+from serve.placement import EngineSlots, Placement, Wanted, compatible, place
 
 log = logging.getLogger("lorafleet.serve")
 
 _RETRY_FAILED_LOAD_S = 60.0
 DEFAULT_SLOTS = 8  # adapter slots of an engine that does not report its --max-loras
+_LORA_INFO = "vllm:lora_requests_info"  # its `max_lora` label: the engine's --max-loras
+_QUEUE = {"vllm:num_requests_running": "running", "vllm:num_requests_waiting": "waiting"}
 
 
-@functools.cache
-def _identity_of_folder(root: str) -> BaseIdentity | None:
-    """The identity of an engine's model folder, when it is readable here (the same machine)."""
-    folder = Path(root)
-    if not (folder / "config.json").is_file():
-        return None
+# An engine's model folder, when it is readable here (the same machine): read once per folder.
+_identity_of_folder = functools.cache(identify_model_folder)
+
+
+def _samples(text: str, names: set[str]) -> dict[str, list[tuple[dict[str, str], float]]]:
+    """The samples of these metrics in an engine's /metrics (Prometheus' text format): name ->
+    [(labels, value)]; empty for an unreadable page."""
+    out: dict[str, list[tuple[dict[str, str], float]]] = {name: [] for name in names}
     try:
-        return identify(folder)
-    except (BaseModelError, OSError):
-        return None
-
-
-def _metric_lines(text: str, name: str) -> list[tuple[dict[str, str], float]]:
-    """The samples of one metric in Prometheus' text format: (labels, value)."""
-    out = []
-    for line in text.splitlines():
-        if not line.startswith(name) or line[len(name) : len(name) + 1] not in ("{", " "):
-            continue
-        labels: dict[str, str] = {}
-        if line[len(name)] == "{":
-            inside, _, rest = line[len(name) + 1 :].partition("} ")
-            for part in inside.split('",'):
-                key, _, value = part.partition('="')
-                labels[key.strip(",")] = value.rstrip('"')
-        else:
-            rest = line[len(name) + 1 :]
-        try:
-            out.append((labels, float(rest.split()[0])))
-        except (ValueError, IndexError):
-            continue
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name in out:
+                    out[sample.name].append((sample.labels, sample.value))
+    except ValueError:
+        pass
     return out
 
 
@@ -105,7 +92,7 @@ class EngineState:
 
     def serves_base(self, fingerprint: str | None) -> bool:
         """Whether adapters of a base with `fingerprint` may go here (unknown on either side: yes)."""
-        return fingerprint is None or self.base is None or self.base.fingerprint == fingerprint
+        return compatible(fingerprint, self.fingerprint)
 
 
 @dataclass(frozen=True)
@@ -139,11 +126,9 @@ class Fleet:
     def healthy(self) -> list[EngineState]:
         return [e for e in self.engines.values() if e.healthy]
 
-    def base_model(self, fingerprint: str | None = None) -> str | None:
-        """The name the engines of a base serve it under (any base's, without `fingerprint`)."""
-        return next(
-            (e.base_model for e in self.healthy() if e.base_model and e.serves_base(fingerprint)), None
-        )
+    def base_model(self) -> str | None:
+        """The name the engines serve the base model under (the first healthy engine's)."""
+        return next((e.base_model for e in self.healthy() if e.base_model), None)
 
     def bases(self) -> dict[str, BaseIdentity]:
         """The verified bases the healthy engines serve, by fingerprint."""
@@ -185,9 +170,9 @@ class Fleet:
             if response.status_code != 200:
                 raise EngineUnavailableError(engine.url, f"/health answered {response.status_code}")
             models = await client.models()
-            bases = [m for m in models if not m.get("parent")]
-            aliases = [found for m in bases if (found := parse_alias(str(m["id"]))) is not None]
-            base = next((m for m in bases if parse_alias(str(m["id"])) is None), None)
+            bases = [(m, parse_alias(str(m["id"]))) for m in models if not m.get("parent")]
+            aliases = [found for _, found in bases if found is not None]
+            base = next((m for m, found in bases if found is None), None)
             engine.base_model = str(base["id"]) if base else None
             engine.base = (
                 aliases[0] if aliases else (_identity_of_folder(str(base.get("root"))) if base else None)
@@ -217,17 +202,13 @@ class Fleet:
             return
         if response.status_code != 200:
             return
-        text = response.text
-        for labels, _ in _metric_lines(text, "vllm:lora_requests_info"):
+        found = _samples(response.text, {_LORA_INFO, *_QUEUE})
+        for labels, _ in found[_LORA_INFO]:
             with contextlib.suppress(KeyError, ValueError):
                 engine.slots = int(labels["max_lora"])
-        for name, attr in (
-            ("vllm:num_requests_running", "running"),
-            ("vllm:num_requests_waiting", "waiting"),
-        ):
-            samples = _metric_lines(text, name)
-            if samples:
-                setattr(engine, attr, round(sum(v for _, v in samples)))
+        for name, attr in _QUEUE.items():
+            if found[name]:
+                setattr(engine, attr, round(sum(v for _, v in found[name])))
 
     async def refresh(self) -> None:
         """Resolve the targets, health-check every engine and read what it holds."""
