@@ -101,6 +101,7 @@ class Attempt:
     engine: EngineState
     response: UpstreamResponse
     started: float = field(default_factory=time.perf_counter)
+    model: str = ""  # the `model` the engine was asked for: the version, or its base model's name
     finished: bool = False
 
     def finish(self) -> bool:
@@ -141,12 +142,6 @@ class Forwarder:
         self._timeout = forward_timeout(settings)
         t = settings.timeouts
         self._longest = max(t.pool_s, t.connect_s, t.read_s)
-
-    def upstream_model(self, version: str, base: str | None = None) -> str | None:
-        """The `model` an engine serves `version` under (`base`: the name of that base model)."""
-        if version == BASE_FALLBACK:
-            return self.fleet.base_model(base)
-        return version
 
     async def send(
         self,
@@ -211,7 +206,7 @@ class Forwarder:
                 engine.in_flight -= 1
             reason = FailureReason.NOT_LOADED if response.status == 404 else FailureReason.STATUS_5XX
             raise EngineFailure(engine.url, reason, detail, response.status)
-        return Attempt(version, arm, engine, response, started)
+        return Attempt(version, arm, engine, response, started, upstream_model)
 
     async def _send_to_others(
         self,

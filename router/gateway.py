@@ -193,23 +193,26 @@ class Gateway:
             out[version] = Wanted(self.base_of(version), share, route.placement)
         return out
 
-    def base_of(self, version: str) -> str | None:
-        """The fingerprint of a version's base model, from the registry (None: not recorded)."""
+    def _base(self, version: str) -> BaseIdentity | None:
+        """A version's base model as training recorded it in the registry (None: not recorded, or
+        the registry cannot give it now: asked again next time)."""
         if version not in self._bases:
             try:
-                base = self.registry.get(version).info().base
+                self._bases[version] = self.registry.get(version).info().base
             except (LorafleetError, OSError, ValueError):
                 return None
-            self._bases[version] = base
-        found = self._bases[version]
-        return found.fingerprint if found else None
+        return self._bases[version]
+
+    def base_of(self, version: str) -> str | None:
+        """The fingerprint of a version's base model (None: not recorded)."""
+        base = self._base(version)
+        return base.fingerprint if base else None
 
     def parent_of(self, version: str) -> str:
         """A version's base model as /v1/models names it: the one training recorded, else the name
         the engines serve their base under."""
-        self.base_of(version)
-        recorded = self._bases.get(version)
-        return recorded.name if recorded else self.fleet.base_model() or BASE_FALLBACK
+        base = self._base(version)
+        return base.name if base else self.fleet.base_model() or BASE_FALLBACK
 
     def _version_meta(self, version: str) -> tuple[int, str | None]:
         """(created, adapter path) of a version, from the registry; (0, None) if it is missing
@@ -316,11 +319,11 @@ class Gateway:
 
     # --- answering ----------------------------------------------------------------------
 
-    def _headers(self, route: str, version: str, arm: Arm, request_id: str) -> dict[str, str]:
-        shown = version if version != BASE_FALLBACK else str(self.forwarder.upstream_model(BASE_FALLBACK))
+    def _headers(self, route: str, model: str, arm: Arm, request_id: str) -> dict[str, str]:
+        """`model`: the version that answered, or the base model's name after a `base` fallback."""
         return {
             ROUTE_HEADER: route,
-            VERSION_HEADER: shown,
+            VERSION_HEADER: model,
             ARM_HEADER: arm.value,
             REQUEST_ID_HEADER: request_id,
         }
@@ -362,7 +365,7 @@ class Gateway:
             )
             exc.headers = self._headers(target.route, target.version, target.arm, request_id)
             raise
-        out_headers = self._headers(target.route, attempt.version, attempt.arm, request_id)
+        out_headers = self._headers(target.route, attempt.model, attempt.arm, request_id)
         if attempt.response.status != 200:
             return await self.forwarder.pass_error(attempt, target, out_headers, start)
         if request.stream:
