@@ -24,7 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from bench.fakes import UpstreamConfig
 from lorafleet.registry import Registry
 from router.gateway import VERSION_HEADER
-from tests.support import free_port
+from tests.support import free_port, wait_until
 
 TOKEN = "test-admin-token"  # the admin token of the `gateway` fixture
 AUTH = {"authorization": f"Bearer {TOKEN}"}
@@ -376,11 +376,14 @@ def test_pin_and_session_headers_match_in_any_case(
 
 def _metrics_showing(url: str, line: str, timeout_s: float, failure: str) -> str:
     """The gateway's /metrics once it holds `line` (a stream is counted when its relay closes)."""
-    deadline = time.monotonic() + timeout_s
-    while line not in (text := httpx.get(f"{url}/metrics").text):
-        assert time.monotonic() < deadline, failure
-        time.sleep(0.1)
-    return text
+    pages: list[str] = []
+
+    def showing() -> bool:
+        pages.append(httpx.get(f"{url}/metrics").text)
+        return line in pages[-1]
+
+    wait_until(showing, timeout_s, failure)
+    return pages[-1]
 
 
 def test_a_client_that_leaves_after_done_got_the_whole_answer(
@@ -548,10 +551,11 @@ def test_clients_that_leave_at_any_point_leave_nothing_held(
     asyncio.run(run())
     state = gw.app.state.gateway
     engine = state.fleet.engines[slow.url]
-    deadline = time.monotonic() + 10
-    while engine.in_flight != 0 or _busy_connections(gw.url, slow.url) != 0:
-        assert time.monotonic() < deadline, (engine.in_flight, _busy_connections(gw.url, slow.url))
-        time.sleep(0.1)
+    wait_until(
+        lambda: engine.in_flight == 0 and _busy_connections(gw.url, slow.url) == 0,
+        10,
+        "no request in flight on the slow engine and none of its connections busy",
+    )
     answered = httpx.post(
         f"{gw.url}/v1/chat/completions", json={"model": "banking", "messages": MESSAGES}, timeout=10
     )

@@ -12,7 +12,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from typer.testing import CliRunner
 from lorafleet.cli import app
 from lorafleet.registry import Registry
 from router.gateway import VERSION_HEADER
+from tests.support import wait_until
 
 TOKEN = "test-admin-token"  # the admin token of the `gateway` fixture
 AUTH = {"authorization": f"Bearer {TOKEN}"}
@@ -70,13 +70,14 @@ def states(status: dict[str, Any], route: str = "banking") -> dict[str, str]:
 
 
 def wait_loaded(gw: Any, version: str) -> None:
-    deadline = time.monotonic() + 60
-    while not any(
-        v["version"] == version and v["loaded_on"]
-        for v in admin(gw, "status")["routes"]["banking"]["versions"]
-    ):
-        assert time.monotonic() < deadline, f"{version} was not loaded on the fake engine"
-        time.sleep(0.1)
+    wait_until(
+        lambda: any(
+            v["version"] == version and v["loaded_on"]
+            for v in admin(gw, "status")["routes"]["banking"]["versions"]
+        ),
+        60,
+        f"{version} loaded on the fake engine",
+    )
 
 
 def ask(gw: Any, n: int) -> list[str]:
