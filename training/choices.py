@@ -19,14 +19,14 @@ from typing import Any
 
 
 @dataclass
-class _Node:
-    children: dict[int, _Node] = field(default_factory=dict)
+class Node:
+    children: dict[int, Node] = field(default_factory=dict)
     label: str | None = None  # set on the node reached by a label's last token
 
 
 @dataclass
 class LabelTrie:
-    root: _Node
+    root: Node
     labels: list[str]
     end_id: int
 
@@ -38,18 +38,18 @@ class LabelTrie:
         the answer, cut at the end-of-turn token: the same ids training learned."""
         from training.train import answer_token_ids
 
-        root = _Node()
+        root = Node()
         for label in labels:
             ids = answer_token_ids(tokenizer, label)
             ids = ids[: ids.index(end_id) + 1] if end_id in ids else [*ids, end_id]
             node = root
             for token in ids:
-                node = node.children.setdefault(token, _Node())
+                node = node.children.setdefault(token, Node())
             node.label = label
         return cls(root, list(labels), end_id)
 
-    def _walk(self, generated: Sequence[int]) -> _Node | None:
-        node: _Node | None = self.root
+    def _walk(self, generated: Sequence[int]) -> Node | None:
+        node: Node | None = self.root
         for token in generated:
             if node is None:
                 return None
@@ -76,7 +76,7 @@ class LabelTrie:
     def max_tokens(self) -> int:
         """The most tokens any label takes, its end token included."""
 
-        def depth(node: _Node) -> int:
+        def depth(node: Node) -> int:
             return 1 + max((depth(c) for c in node.children.values()), default=0) if node.children else 0
 
         return depth(self.root)
