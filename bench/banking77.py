@@ -3,6 +3,8 @@
     python bench/banking77.py --per-intent 10          (a) 10 training examples per intent
     python bench/banking77.py --per-intent 0           (b) the full training set (10,003)
     python bench/banking77.py --per-intent 10 --test-per-intent 5   a stratified test sample
+    python bench/banking77.py --per-intent 10 --adapter /tmp/b77-a/adapter --no-base
+                                                 score an earlier run's adapter (same splits), no training
 
 What a new user does: a plain system prompt that does not list the labels (`--list-labels` adds
 them), `lorafleet train`'s defaults (chosen from the data: training/defaults.py) unless a flag
@@ -110,6 +112,11 @@ def main() -> None:
     )
     parser.add_argument("--base-model", help="A local model folder (default: the embedded SmolLM2-135M).")
     parser.add_argument("--work", type=Path, help="Keep the data and adapter here.")
+    parser.add_argument(
+        "--adapter",
+        type=Path,
+        help="Score this adapter (an earlier run's, same splits) instead of training one.",
+    )
     parser.add_argument("--no-save", dest="save", action="store_false")
     args = parser.parse_args()
 
@@ -144,33 +151,40 @@ def main() -> None:
     if args.base_model:
         overrides["base_model"] = args.base_model
     config = TrainConfig.build(overrides, "--set")
-    started = time.perf_counter()
-    result = train(
-        config, work / "train.jsonl", work / "val.jsonl", work / "adapter", progress=True, force=True
-    )
-    train_s = time.perf_counter() - started
-    out(
-        f"training config (as run): {result.config.model_dump_json(exclude={'device', 'threads', 'base_model'})}"
-    )
-    for note in result.notes:
-        out(f"  {note}")
-    h = result.history
-    out(
-        f"training: {train_s:.0f} s, {h.tokens} example tokens at {h.tokens_per_s:.0f} tokens/s; "
-        f"validation loss by epoch: {', '.join(f'{p.loss:.3f}' for p in h.val)}"
-    )
+    adapter = args.adapter or work / "adapter"
+    if args.adapter:
+        out(f"adapter: {args.adapter} (not trained in this run)")
+    else:
+        started = time.perf_counter()
+        result = train(
+            config, work / "train.jsonl", work / "val.jsonl", work / "adapter", progress=True, force=True
+        )
+        train_s = time.perf_counter() - started
+        out(
+            f"training config (as run): {result.config.model_dump_json(exclude={'device', 'threads', 'base_model'})}"
+        )
+        for note in result.notes:
+            out(f"  {note}")
+        h = result.history
+        out(
+            f"training: {train_s:.0f} s, {h.tokens} example tokens at {h.tokens_per_s:.0f} tokens/s; "
+            f"validation loss by epoch: {', '.join(f'{p.loss:.3f}' for p in h.val)}"
+        )
     started = time.perf_counter()
     report = evaluate(
         work / "test.jsonl",
-        work / "adapter",
+        adapter,
         train_path=work / "train.jsonl",
         skip_baseline=not args.base,
         base_model=args.base_model,
-        batch_size=32,
+        batch_size=16,
         log=lambda m: print(m, file=sys.stderr),
     )
     eval_s = time.perf_counter() - started
     out(f"evaluation: {eval_s:.0f} s for {len(test_rows)} examples" + (" x 2 models" if args.base else ""))
+    for name, r in report.models.items():
+        if r.choice is not None:
+            out(f"  {name}: constrained choice {r.choice.seconds:.0f} s, free generation {r.seconds:.0f} s")
     out()
     out(
         f"{'model':<8} {'accuracy (labels)':>18} {'95% interval':>16} {'macro-F1':>9} {'free acc.':>10} {'free in labels':>15}"
