@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 import textwrap
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from monitor.accuracy import restore_live_accuracy
 from monitor.errors import FeedbackConflictError, InvalidFeedbackError, UnknownCompletionError
 from monitor.feedback import FeedbackOutcome, FeedbackStore, open_store
 from monitor.metrics import build_metrics
-from tests.support import PostgresServer, free_port
+from tests.support import PostgresServer, free_port, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 LORAFLEET = Path(sys.executable).parent / "lorafleet"
@@ -129,12 +128,13 @@ def test_the_background_thread_writes_the_queue(target: str, caplog: pytest.LogC
         open_store(path, flush_interval_s=0.05) as writer,
         open_store(path, lookup_grace_s=0) as reader,
     ):
-        for n in range(3):  # batch after batch, each within a few intervals: the writer never backs off
-            writer.record_answer(f"bg{n}", "banking", V1, "card_arrival", "card_arrival")
-            deadline = time.monotonic() + 10
-            while reader.answer(f"bg{n}") is None and time.monotonic() < deadline:
-                time.sleep(0.02)
-            assert reader.answer(f"bg{n}") is not None
+        for request_id in ("bg0", "bg1", "bg2"):  # batch after batch: the writer never backs off
+            writer.record_answer(request_id, "banking", V1, "card_arrival", "card_arrival")
+
+            def written(request_id: str = request_id) -> bool:
+                return reader.answer(request_id) is not None
+
+            wait_until(written, 10, f"answer {request_id} to be written")
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
 
 

@@ -17,6 +17,7 @@ import pytest
 
 from lorafleet.registry import Registry
 from router.gateway import VERSION_HEADER
+from tests.support import versions_loaded, wait_until
 
 pytestmark = pytest.mark.engine
 
@@ -34,17 +35,7 @@ def versions(trained_registry: tuple[Registry, list[str]]) -> tuple[Registry, st
 
 
 def _wait_loaded(gw_url: str, versions: list[str], timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            data = httpx.get(f"{gw_url}/v1/models").json()["data"]
-        except httpx.HTTPError:
-            data = []  # not listening yet
-        loaded = {m["id"] for m in data if m["lorafleet"].get("loaded_on")}
-        if set(versions) <= loaded:
-            return
-        time.sleep(0.3)
-    raise AssertionError(f"versions {versions} were not loaded in time")
+    wait_until(lambda: versions_loaded(gw_url, versions), timeout_s, f"versions {versions} to be loaded")
 
 
 def test_sdk_sync_and_async_streaming_and_not(
@@ -316,9 +307,7 @@ def test_routes_file_reloads_while_traffic_flows(
     new = routes_file.with_suffix(".new")
     new.write_text(_routes(v2, f"    pinned: [{v1}]\n"))
     new.replace(routes_file)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline and not any(v == v2 for _, v in seen[-3:]):
-        time.sleep(0.2)
+    wait_until(lambda: any(v == v2 for _, v in seen[-3:]), 20, f"answers of {v2}")
     time.sleep(1)
     stop.set()
     for w in workers:
@@ -472,16 +461,10 @@ def test_a_version_that_is_no_longer_live_loses_its_drift_and_accuracy_series(
         text = httpx.get(f"{gw.url}/metrics").text
         return {s for s in series if s in text}
 
-    deadline = time.monotonic() + 30
-    while exported() != set(series):
-        assert time.monotonic() < deadline, exported()
-        time.sleep(0.2)
+    wait_until(lambda: exported() == set(series), 30, f"{series} to be exported")
     routes_file = next(tmp_path.glob("routes-*.yaml"))
     routes_file.write_text(_routes(v1))
-    deadline = time.monotonic() + 30
-    while exported():
-        assert time.monotonic() < deadline, f"still exported after {v2} left the routes: {exported()}"
-        time.sleep(0.2)
+    wait_until(lambda: not exported(), 30, f"{v2}'s series to go after it left the routes")
 
 
 def test_engine_answers_of_another_layout_or_shape(

@@ -7,7 +7,6 @@ import asyncio
 import os
 import shutil
 import signal
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,22 +18,11 @@ from lorafleet.registry import Registry
 from serve.adapters import AdapterClient
 from serve.errors import AdapterLoadError
 from serve.fleet import Fleet
+from tests.support import wait_until
 
 pytestmark = pytest.mark.engine
 
 TOKEN = {"authorization": "Bearer test-admin-token"}
-
-
-def _wait(predicate: Callable[[], bool], timeout_s: float = 120, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if predicate():
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_load_and_unload_are_idempotent(engine: Any, trained_registry: tuple[Registry, list[str]]) -> None:
@@ -117,7 +105,7 @@ def test_adapters_that_fail_to_load_are_reported_and_the_rest_keeps_serving(
                     found[v["version"]] = reason
         return found
 
-    _wait(lambda: set(failures()) == set(broken), what="all three failures reported")
+    wait_until(lambda: set(failures()) == set(broken), 120, "all three failures reported")
     reasons = failures()
     for name, kind in broken.items():
         assert reasons[name], kind
@@ -168,11 +156,11 @@ def test_a_crashed_engine_is_restarted_and_gets_its_adapters_back(
         json={"lora_name": v2, "lora_path": str(registry.get(v2).adapter_path)},
         timeout=60,
     )
-    _wait(lambda: {v1, v2} <= set(engine.supervisor.held), what="the supervisor to see both loaded")
+    wait_until(lambda: {v1, v2} <= set(engine.supervisor.held), 120, "the supervisor to see both loaded")
     restarts = engine.supervisor.restarts
     crashed = engine.supervisor.engine.process.pid
     os.kill(crashed, signal.SIGKILL)  # the API server alone: vLLM's engine-core processes outlive it
-    _wait(lambda: engine.supervisor.restarts == restarts + 1, 30, "the supervisor to notice")
+    wait_until(lambda: engine.supervisor.restarts == restarts + 1, 30, "the supervisor to notice")
 
     def group_gone() -> bool:
         try:
@@ -181,7 +169,7 @@ def test_a_crashed_engine_is_restarted_and_gets_its_adapters_back(
             return True
         return False
 
-    _wait(group_gone, 30, "the crashed engine's leftover processes to be killed")
+    wait_until(group_gone, 30, "the crashed engine's leftover processes to be killed")
     engine.wait_healthy(400)
 
     def serves(url: str, model: str) -> bool:
@@ -191,7 +179,7 @@ def test_a_crashed_engine_is_restarted_and_gets_its_adapters_back(
         return r.status_code == 200
 
     # v1 back through the gateway's reconcile, v2 through the supervisor alone.
-    _wait(lambda: serves(gw.url, "banking") and serves(engine.url, v2), 120, "the adapters to be back")
+    wait_until(lambda: serves(gw.url, "banking") and serves(engine.url, v2), 120, "the adapters to be back")
     up = [
         line
         for line in httpx.get(f"{gw.url}/metrics").text.splitlines()
