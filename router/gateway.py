@@ -46,7 +46,7 @@ from router.errors import ModelNotFoundError, RoutesFileError, UpstreamError
 from router.forward import Attempt, Forwarder, Target, request_deadline
 from router.ids import new_request_id
 from router.observe import Observer, Outcome
-from router.policy import BASE_FALLBACK, RoutesFile
+from router.policy import BASE_FALLBACK, Route, RoutesFile
 from router.relay import StreamWatch, abandoned, relay
 from router.requests import CHAT, CompletionRequest, decode_request
 from router.responses import REQUEST_ID_HEADER, AnswerResponse, EventStream
@@ -285,37 +285,24 @@ class Gateway:
             if pin:
                 if self.live.get(pin, ("", ""))[0] != model:
                     raise ModelNotFoundError(pin)
-                return Target(
-                    model,
-                    pin,
-                    Arm.PINNED,
-                    route.fallback,
-                    shadow,
-                    route.enforce_labels,
-                    self.base_of(route.stable),
-                )
+                return self._target(model, route, pin, Arm.PINNED, shadow)
             choice = choose(model, route, key, self.rng)
-            return Target(
-                model,
-                choice.version,
-                choice.arm,
-                route.fallback,
-                shadow,
-                route.enforce_labels,
-                self.base_of(route.stable),
-            )
+            return self._target(model, route, choice.version, choice.arm, shadow)
         if model in self.live:
             route_name = self.live[model][0]
-            owner = self.routes.routes[route_name]
-            return Target(
-                route_name,
-                model,
-                Arm.PINNED,
-                owner.fallback,
-                enforce_labels=owner.enforce_labels,
-                base=self.base_of(owner.stable),
-            )
+            return self._target(route_name, self.routes.routes[route_name], model, Arm.PINNED, None)
         raise ModelNotFoundError(model)
+
+    def _target(self, route_name: str, route: Route, version: str, arm: Arm, shadow: str | None) -> Target:
+        return Target(
+            route_name,
+            version,
+            arm,
+            route.fallback,
+            shadow,
+            route.enforce_labels,
+            self.base_of(route.stable),
+        )
 
     # --- answering ----------------------------------------------------------------------
 
