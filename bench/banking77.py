@@ -117,6 +117,9 @@ def main() -> None:
         type=Path,
         help="Score this adapter (an earlier run's, same splits) instead of training one.",
     )
+    parser.add_argument(
+        "--threads", type=int, help="CPU threads for training and eval (default: the idle cores)."
+    )
     parser.add_argument("--no-save", dest="save", action="store_false")
     args = parser.parse_args()
 
@@ -150,6 +153,8 @@ def main() -> None:
         overrides.update(read_config_file_value(key, value))
     if args.base_model:
         overrides["base_model"] = args.base_model
+    if args.threads:
+        overrides["threads"] = args.threads
     config = TrainConfig.build(overrides, "--set")
     adapter = args.adapter or work / "adapter"
     if args.adapter:
@@ -178,10 +183,17 @@ def main() -> None:
         skip_baseline=not args.base,
         base_model=args.base_model,
         batch_size=16,
+        threads=args.threads,
         log=lambda m: print(m, file=sys.stderr),
     )
     eval_s = time.perf_counter() - started
-    out(f"evaluation: {eval_s:.0f} s for {len(test_rows)} examples" + (" x 2 models" if args.base else ""))
+    import torch
+
+    out(
+        f"evaluation: {eval_s:.0f} s for {len(test_rows)} examples"
+        + (" x 2 models" if args.base else "")
+        + f" on {torch.get_num_threads()} CPU threads"
+    )
     for name, r in report.models.items():
         if r.choice is not None:
             out(f"  {name}: constrained choice {r.choice.seconds:.0f} s, free generation {r.seconds:.0f} s")
