@@ -1209,24 +1209,39 @@ def remove_worktree(path: Path) -> None:
     subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(path)], capture_output=True)
 
 
-def ensure_litellm(venv: Path = BENCH / ".venv-litellm") -> Path | None:
-    """LiteLLM's proxy (`litellm[proxy]`) in its own venv under bench/ (git-ignored; never a project
-    dependency): its `litellm` command, or None when it cannot be installed here."""
-    exe = venv / "bin" / "litellm"
+def bench_tool(name: str, requirement: str, exe_name: str | None = None) -> Path | None:
+    """A tool the benchmarks compare against or measure with, in its own venv under bench/
+    (`.venv-<name>`, git-ignored; never a project dependency), installed on first use: its
+    command, or None (with a message) when it cannot be installed here."""
+    venv = BENCH / f".venv-{name}"
+    exe = venv / "bin" / (exe_name or name)
     if exe.exists():
         return exe
+    print(f"installing {requirement} into {venv} (once)...", file=sys.stderr)
     try:
         if not (venv / "bin" / "python").exists():
             subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, capture_output=True)
         subprocess.run(
-            [str(venv / "bin" / "pip"), "install", "-q", "litellm[proxy]"], check=True, capture_output=True
+            [str(venv / "bin" / "pip"), "install", "-q", requirement],
+            check=True,
+            capture_output=True,
+            timeout=600,
         )
     except subprocess.CalledProcessError as exc:
         print(
-            f"litellm could not be installed: {exc.stderr.decode(errors='replace')[-300:]}", file=sys.stderr
+            f"{requirement} could not be installed: {exc.stderr.decode(errors='replace')[-300:]}",
+            file=sys.stderr,
         )
         return None
+    except (OSError, subprocess.SubprocessError) as exc:
+        print(f"{requirement} could not be installed ({exc})", file=sys.stderr)
+        return None
     return exe if exe.exists() else None
+
+
+def ensure_litellm() -> Path | None:
+    """LiteLLM's proxy (`litellm[proxy]`): its `litellm` command."""
+    return bench_tool("litellm", "litellm[proxy]")
 
 
 def start_litellm(exe: Path, core: int | None, upstream: str, log: Path, model: str) -> tuple[Server, str]:
@@ -1276,25 +1291,14 @@ def start_litellm(exe: Path, core: int | None, upstream: str, log: Path, model: 
     return server, url
 
 
-def ensure_vllm_router(venv: Path = BENCH / ".venv-vllm-router", version: str = "0.1.17") -> Path | None:
-    """vllm-router's launcher, installed into its own venv on first use; None (with a message) if that fails."""
-    exe = venv / "bin" / "vllm-router"
-    if exe.exists():
-        return exe
-    print(f"installing vllm-router=={version} into {venv} (once, about 15 s)...", file=sys.stderr)
-    try:
-        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-        subprocess.run(
-            [str(venv / "bin" / "pip"), "install", "-q", f"vllm-router=={version}"],
-            check=True,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            timeout=300,
-        )
-    except (OSError, subprocess.SubprocessError) as exc:
-        print(f"vllm-router could not be installed ({exc}); skipping it", file=sys.stderr)
-        return None
-    return exe if exe.exists() else None
+def ensure_vllm_router(version: str = "0.1.17") -> Path | None:
+    """vllm-router's launcher."""
+    return bench_tool("vllm-router", f"vllm-router=={version}")
+
+
+def ensure_pyspy(version: str = "0.4.3") -> Path | None:
+    """py-spy, the sampling profiler (bench/gateway_profile.py)."""
+    return bench_tool("pyspy", f"py-spy=={version}", "py-spy")
 
 
 def start_vllm_router(exe: Path, core: int | None, upstream: str, log: Path) -> tuple[Server, str]:
