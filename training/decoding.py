@@ -19,7 +19,7 @@ counts the identical ones.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -82,10 +82,12 @@ def greedy(
     batch_size: int = 16,
     choices: LabelTrie | None = None,
     top_k: int = 0,
+    progress: Callable[[int], None] | None = None,
 ) -> list[Decoded]:
     """Greedy answers to `prompt_ids` (token ids of chat prompts up to the assistant header), in
     their order. Free answers stop at `end_id` or after `max_new_tokens`; under `choices` an answer
-    is a label's tokens, its end token included, whatever `max_new_tokens` says."""
+    is a label's tokens, its end token included, whatever `max_new_tokens` says. `progress` is
+    called with the number of prompts answered after each batch."""
     import torch
 
     if choices is not None and top_k:
@@ -110,6 +112,8 @@ def greedy(
             model, rows, prompt_ids, shared, cache, max_new_tokens, end_id, pad_id, top_k
         ):
             out[row.index] = Decoded(row.ids, row.top)
+        if progress is not None:
+            progress(min(start + batch_size, len(order)))
     return [d for d in out if d is not None]
 
 

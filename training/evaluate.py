@@ -45,6 +45,7 @@ from training.taskmetrics import JsonScores, TaskKind, TextScores, json_scores, 
 
 ENTROPY_TOP_K = 5
 ANSWER_MARGIN_TOKENS = 4
+PROGRESS_MIN_EXAMPLES = 200  # smaller test splits take seconds: no progress lines
 EVAL_FILE = "eval.json"
 CONFUSION_PNG = "confusion.png"
 LOSS_PNG = "loss.png"
@@ -184,9 +185,11 @@ def generate(
     entropy: bool = False,
     threads: int | None = None,
     choices: LabelTrie | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> Generation:
     """Greedy answers to chat prompts, `batch_size` at a time, the prompts' shared beginning computed
-    once (training/decoding.py); with `choices`, each answer is one of its labels."""
+    once (training/decoding.py); with `choices`, each answer is one of its labels. `progress`: called
+    with the number answered after each batch."""
     import torch
 
     from training.decoding import greedy
@@ -208,6 +211,7 @@ def generate(
             batch_size=batch_size,
             choices=choices,
             top_k=ENTROPY_TOP_K if entropy and choices is None else 0,
+            progress=progress,
         )
     answers: list[str] = []
     entropies: list[float | None] = []
@@ -357,13 +361,45 @@ class Scorer:
             self.batch_size,
             self.threads,
         )
-        gen = generate(model, tokenizer, prompts, n, batch_size=batch, entropy=entropy, threads=threads)
+        gen = generate(
+            model,
+            tokenizer,
+            prompts,
+            n,
+            batch_size=batch,
+            entropy=entropy,
+            threads=threads,
+            progress=self._progress(f"{name}, free", len(prompts)),
+        )
         choice = None
         if self.trie is not None:
             choice = generate(
-                model, tokenizer, prompts, n, batch_size=batch, threads=threads, choices=self.trie
+                model,
+                tokenizer,
+                prompts,
+                n,
+                batch_size=batch,
+                threads=threads,
+                choices=self.trie,
+                progress=self._progress(f"{name}, constrained", len(prompts)),
             )
         return _result(kind, self.test, gen, self.labels, entropy, choice)
+
+    def _progress(self, what: str, total: int) -> Callable[[int], None] | None:
+        """A line at every tenth of a long run (PROGRESS_MIN_EXAMPLES or more), with the time so far."""
+        if total < PROGRESS_MIN_EXAMPLES:
+            return None
+        started, shown = time.perf_counter(), [0]
+
+        def report(done: int) -> None:
+            tenth = 10 * done // total
+            if tenth > shown[0]:
+                shown[0] = tenth
+                self.say(
+                    f"eval: {what}: {done}/{total} ({done / total:.0%}), {time.perf_counter() - started:.0f} s"
+                )
+
+        return report
 
     def few_shot(self, k: int) -> ModelResult:
         if not self.train:

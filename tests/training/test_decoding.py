@@ -87,9 +87,11 @@ def test_free_answers_are_those_of_generate_in_any_batch(model_and_tokenizer: tu
     assert common_prefix(ids) > 20  # the template's header and the system prompt run once
     expected = _reference(model, tokenizer, ids, 10, None)
     for batch_size in (1, 3, 16):
+        answered: list[int] = []
         with torch.no_grad():
-            got = greedy(model, ids, 10, tokenizer.eos_token_id, tokenizer.pad_token_id, batch_size=batch_size, top_k=5)  # fmt: skip
+            got = greedy(model, ids, 10, tokenizer.eos_token_id, tokenizer.pad_token_id, batch_size=batch_size, top_k=5, progress=answered.append)  # fmt: skip
         assert [d.ids for d in got] == expected, batch_size
+        assert answered == [min(n, len(ids)) for n in range(batch_size, len(ids) + batch_size, batch_size)]
         for d in got:  # one step's top logprobs for each token chosen, the end token included
             assert len(d.top) == len(d.ids) and all(
                 len(t) == 5 and t == sorted(t, reverse=True) for t in d.top
