@@ -6,9 +6,10 @@ Models, in report order:
     endpoint:<model>  any OpenAI-compatible endpoint a user names (concurrent requests)
     tuned           the base model with the adapter
 
-Local generation is batched: left padding, greedy, `max_new_tokens` = the longest label's tokens plus
-a margin. The base and the tuned model share one loaded copy of the weights (the adapter is switched
-off for the base). The tuned model's answers also yield each answer's mean top-5 entropy, computed
+Local generation is batched and greedy (training/decoding.py: the prompts' shared prefix computed
+once), `max_new_tokens` = the longest label's tokens plus a margin. The base and the tuned model
+share one loaded copy of the weights (the adapter is switched off for the base, merged into the
+weights for the tuned model). The tuned model's answers also yield each answer's mean top-5 entropy, computed
 with the gateway's estimator (lorafleet.textstats) over the tokens vLLM reports logprobs for (the
 answer's tokens and the EOS that ends it), for the version's reference statistics.
 
