@@ -151,16 +151,18 @@ def _decode_batch(
             logits_to_keep=1,
         )
         cache, logits = result.past_key_values, result.logits[:, -1, :].float()
-        for row, logit in zip(rows, logits, strict=True):
+        best = logits.argmax(dim=-1).tolist()  # one transfer per step, not one per row
+        tops = torch.log_softmax(logits, dim=-1).topk(top_k).values.tolist() if top_k else None
+        for k, row in enumerate(rows):
             row.pending = []
             if row.node is not None:
                 allowed = sorted(row.node.children)
-                row.take(allowed[int(logit[allowed].argmax())])
+                row.take(allowed[int(logits[k, allowed].argmax())])
                 row.follow_forced()
                 continue
-            if top_k:
-                row.top.append(torch.log_softmax(logit, dim=-1).topk(top_k).values.tolist())
-            row.take(int(logit.argmax()))
+            if tops is not None:
+                row.top.append(tops[k])
+            row.take(best[k])
             row.done = row.ids[-1] == end_id or len(row.ids) >= max_new_tokens
         for row in rows:
             if row.done:
