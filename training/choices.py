@@ -1,14 +1,17 @@
 """Constrained choice among a label set: the model may only write one of the labels.
 
-    LabelTrie.build(tokenizer, prompt, labels)   the labels' answer tokens exactly as training wrote
+    LabelTrie.build(tokenizer, labels, end_id)   the labels' answer tokens exactly as training wrote
                                                  them after the assistant header (`label<|im_end|>`),
-                                                 as a trie
+                                                 as a trie of Nodes from `trie.root`
     trie.allowed(generated)                      the tokens that may follow what was generated so far
+                                                 (transformers' `prefix_allowed_tokens_fn`)
+    trie.label_of(generated)                     the label those tokens spell, if any
 
 Greedy decoding restricted to the trie picks, token by token, the most likely continuation that
-still leads to a label: what vLLM's structured outputs `choice` does on the engine, here inside
-the batched local generation (training/evaluate.py), at the cost of free generation. A label's
-tokens end with the end-of-turn token, so an answer stops exactly where a label ends.
+still leads to a label: what vLLM's structured outputs `choice` does on the engine. Local eval
+walks the trie's nodes in its own decoder (training/decoding.py), which skips the model where a
+node has one child. A label's tokens end with the end-of-turn token, so an answer stops exactly
+where a label ends.
 """
 
 from __future__ import annotations

@@ -200,6 +200,7 @@ def generate(
         cpu_threads(threads)
     ids = [tokenizer(prompt_text(tokenizer, p), add_special_tokens=False).input_ids for p in prompts]
     eos = tokenizer.eos_token_id
+    top_k = ENTROPY_TOP_K if entropy and choices is None else 0  # entropy is a free answer's
     started = time.perf_counter()
     model.eval()
     with torch.no_grad():
@@ -211,7 +212,7 @@ def generate(
             tokenizer.pad_token_id,
             batch_size=batch_size,
             choices=choices,
-            top_k=ENTROPY_TOP_K if entropy and choices is None else 0,
+            top_k=top_k,
             progress=progress,
         )
     answers: list[str] = []
@@ -221,7 +222,7 @@ def generate(
         text = tokenizer.decode(d.ids[:n], skip_special_tokens=True)
         answers.append((choices.label_of(d.ids) or text) if choices is not None else text)
         # vLLM's logprobs include the EOS token that ends the answer: so do these
-        entropies.append(mean_entropy(d.top) if entropy and choices is None else None)
+        entropies.append(mean_entropy(d.top) if top_k else None)
     return Generation(answers, entropies, time.perf_counter() - started)
 
 
