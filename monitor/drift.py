@@ -122,24 +122,8 @@ def js_distance(p: Sequence[float], q: Sequence[float]) -> float:
     return min(1.0, math.sqrt(max(0.0, div)))
 
 
-class _Counts:
-    """Live counts over fixed bins with the reference distribution they are compared with."""
-
-    def __init__(self, reference: list[float]) -> None:
-        self.reference = reference
-        self.counts = [0] * len(reference)
-        self.n = 0  # requests that contributed
-
-    def score(self) -> DriftScore:
-        return DriftScore(psi(self.reference, self.counts), js_distance(self.reference, self.counts), self.n)
-
-
 def _histogram_reference(h: Histogram) -> list[float] | None:
     return [float(c) for c in h.counts] if sum(h.counts) > 0 else None
-
-
-# One request in the window: (length bin, word bins, label bin or -1).
-_Observation = tuple[int, tuple[int, ...], int]
 
 
 # A feature and one of its bins; bin REQUESTS_BIN counts the requests (or answers) that contributed.
@@ -149,7 +133,12 @@ REQUESTS_BIN = -1
 
 class DriftBins:
     """How one version's traffic is binned for each drift feature its reference allows, and the
-    reference's share of each bin. Stateless: `bins()` of a request, `score()` of counts."""
+    reference's share of each bin. Stateless: `slots()` of a request, `score()` of counts.
+
+    Every (feature, bin) pair, and each feature's REQUESTS_BIN, is one slot of a flat count list
+    (`size` slots, a feature's bins then its REQUESTS_BIN): the request path adds a request with
+    integer indexing alone, and `keys[slot]` names the pair when counts leave the process.
+    """
 
     def __init__(self, reference: ReferenceStats, *, vocabulary_words: int = VOCABULARY_DRIFT_WORDS) -> None:
         self.references: dict[DriftFeature, list[float]] = {}
@@ -162,7 +151,6 @@ class DriftBins:
             (w for w in reference.vocabulary if w != OTHER_WORD), key=lambda w: (-reference.vocabulary[w], w)
         )
         top = top[:vocabulary_words]
-        self._word_index = {w: i for i, w in enumerate(top)}
         if top:
             shares = [reference.vocabulary[w] for w in top]
             shares.append(max(0.0, 1.0 - sum(shares)))  # the OTHER_WORD bucket, last
@@ -184,6 +172,21 @@ class DriftBins:
                 self._entropy_edges = list(reference.entropy_nats.edges)
                 self.references[DriftFeature.ENTROPY] = entropy_ref
 
+        self.keys: list[BinKey] = []
+        first: dict[DriftFeature, int] = {}
+        for feature, ref in self.references.items():
+            first[feature] = len(self.keys)
+            self.keys.extend((feature, b) for b in range(len(ref)))
+            self.keys.append((feature, REQUESTS_BIN))
+        self.size = len(self.keys)
+        self._length_at = first.get(DriftFeature.INPUT_LENGTH, -1)
+        vocabulary_at = first.get(DriftFeature.INPUT_VOCABULARY, -1)
+        self._word_slot = {w: vocabulary_at + i for i, w in enumerate(top)}
+        self._other_word_slot = vocabulary_at + len(top)
+        self._label_at = first.get(DriftFeature.PREDICTED_LABEL, -1)
+        self._entropy_at = first.get(DriftFeature.ENTROPY, -1)
+        self._requests = {f: at + len(self.references[f]) for f, at in first.items()}
+
     @property
     def features(self) -> list[DriftFeature]:
         return list(self.references)
@@ -201,41 +204,35 @@ class DriftBins:
     def length_bin(self, tokens: Sequence[str]) -> int:
         return bin_index(len(tokens), self._length_edges)
 
-    def word_bins(self, tokens: Sequence[str]) -> list[int]:
-        other_word = len(self._word_index)
-        index = self._word_index.get
-        return [index(w, other_word) for w in tokens]
-
     def entropy_bin(self, entropy: float) -> int:
         return bin_index(entropy, self._entropy_edges)
 
-    def add(
-        self, counts: dict[BinKey, int], input_text: str, predicted_label: str | None, entropy: float | None
-    ) -> None:
-        """Count one request into `counts` (each feature's bins, and its REQUESTS_BIN)."""
-        refs = self.references
+    def slots(self, input_text: str, predicted_label: str | None) -> list[int]:
+        """The slots one request counts into, repeats included (one per input word): its length,
+        words and predicted label, each feature's REQUESTS_BIN too. Entropy: `entropy_slots`."""
         tokens = words(input_text)
-        if DriftFeature.INPUT_LENGTH in refs:
-            key = (DriftFeature.INPUT_LENGTH, self.length_bin(tokens))
-            counts[key] = counts.get(key, 0) + 1
-            key = (DriftFeature.INPUT_LENGTH, REQUESTS_BIN)
-            counts[key] = counts.get(key, 0) + 1
-        if DriftFeature.INPUT_VOCABULARY in refs:
-            for b in self.word_bins(tokens):
-                key = (DriftFeature.INPUT_VOCABULARY, b)
-                counts[key] = counts.get(key, 0) + 1
-            key = (DriftFeature.INPUT_VOCABULARY, REQUESTS_BIN)
-            counts[key] = counts.get(key, 0) + 1
-        if self._labels and DriftFeature.PREDICTED_LABEL in refs:
-            key = (DriftFeature.PREDICTED_LABEL, self.label_bin(predicted_label))
-            counts[key] = counts.get(key, 0) + 1
-            key = (DriftFeature.PREDICTED_LABEL, REQUESTS_BIN)
-            counts[key] = counts.get(key, 0) + 1
-        if DriftFeature.ENTROPY in refs and entropy is not None and math.isfinite(entropy):
-            key = (DriftFeature.ENTROPY, self.entropy_bin(entropy))
-            counts[key] = counts.get(key, 0) + 1
-            key = (DriftFeature.ENTROPY, REQUESTS_BIN)
-            counts[key] = counts.get(key, 0) + 1
+        out: list[int] = []
+        if self._length_at >= 0:
+            at = self._length_at
+            out.append(at + self.length_bin(tokens))
+            out.append(self._requests[DriftFeature.INPUT_LENGTH])
+        if self._word_slot:
+            other, slot = self._other_word_slot, self._word_slot.get
+            out.extend([slot(w, other) for w in tokens])
+            out.append(self._requests[DriftFeature.INPUT_VOCABULARY])
+        if self._label_at >= 0:
+            at = self._label_at
+            out.append(at + self.label_bin(predicted_label))
+            out.append(self._requests[DriftFeature.PREDICTED_LABEL])
+        return out
+
+    def entropy_slots(self, entropy: float | None) -> tuple[int, int] | None:
+        """The entropy bin's slot and the entropy REQUESTS_BIN's, or None (no entropy reference,
+        no entropy, or not a number)."""
+        if self._entropy_at < 0 or entropy is None or not math.isfinite(entropy):
+            return None
+        at = self._entropy_at
+        return at + self.entropy_bin(entropy), self._requests[DriftFeature.ENTROPY]
 
     def score(self, counts: Mapping[BinKey, int], min_samples: int) -> dict[DriftFeature, DriftScore]:
         """The features with at least `min_samples` requests counted (and some mass), scored."""
@@ -276,9 +273,10 @@ class DriftWindow:
         self.size = size
         self.min_samples = min_samples
         self.bins = DriftBins(reference, vocabulary_words=vocabulary_words)
-        self._window: deque[dict[BinKey, int]] = deque()
-        self._entropy_window: deque[dict[BinKey, int]] = deque()
-        self._totals: dict[BinKey, int] = {}
+        self._window: deque[list[int]] = deque()
+        self._entropy_window: deque[tuple[int, int]] = deque()
+        self._totals = [0] * self.bins.size
+        self._reported: set[int] = set()  # slots counts() has returned non-zero
 
     @property
     def features(self) -> list[DriftFeature]:
@@ -288,39 +286,45 @@ class DriftWindow:
     def __len__(self) -> int:
         return len(self._window)
 
-    def _apply(self, counts: dict[BinKey, int], sign: int) -> None:
-        totals = self._totals
-        for key, n in counts.items():
-            totals[key] = totals.get(key, 0) + sign * n
-
     def observe(self, input_text: str, predicted_label: str | None, entropy: float | None) -> None:
         """Add one request: the user's input, the label its answer named (None: no label), its entropy.
 
         `predicted_label` is ignored when the reference has no labels; None or a text that names
         no label counts as 'other'. `entropy` None (no logprobs) leaves the entropy feature out.
         """
-        counts: dict[BinKey, int] = {}
-        self.bins.add(counts, input_text, predicted_label, None)
-        self._apply(counts, +1)
-        self._window.append(counts)
+        totals = self._totals
+        slots = self.bins.slots(input_text, predicted_label)
+        for s in slots:
+            totals[s] += 1
+        self._window.append(slots)
         if len(self._window) > self.size:
-            self._apply(self._window.popleft(), -1)
-        if entropy is not None and math.isfinite(entropy) and DriftFeature.ENTROPY in self.bins.references:
-            scored: dict[BinKey, int] = {}
-            self.bins.add(scored, "", None, entropy)
-            scored = {k: v for k, v in scored.items() if k[0] is DriftFeature.ENTROPY}
-            self._apply(scored, +1)
+            for s in self._window.popleft():
+                totals[s] -= 1
+        scored = self.bins.entropy_slots(entropy)
+        if scored is not None:
+            totals[scored[0]] += 1
+            totals[scored[1]] += 1
             self._entropy_window.append(scored)
             if len(self._entropy_window) > self.size:
-                self._apply(self._entropy_window.popleft(), -1)
+                old, requests = self._entropy_window.popleft()
+                totals[old] -= 1
+                totals[requests] -= 1
 
     def scores(self) -> dict[DriftFeature, DriftScore]:
         """Scores of the features with at least `min_samples` requests in the window (and some mass)."""
-        return self.bins.score(self._totals, self.min_samples)
+        keys = self.bins.keys
+        return self.bins.score({keys[s]: n for s, n in enumerate(self._totals) if n}, self.min_samples)
 
     def counts(self) -> dict[BinKey, int]:
-        """The window's count in each (feature, bin), REQUESTS_BIN included: what a fleet sums."""
-        return dict(self._totals)
+        """The window's count in each (feature, bin), REQUESTS_BIN included: what a fleet sums.
+
+        Every bin counted now, and every bin returned before with a count, even one back to 0: a
+        store that upserts the pairs it is given is overwritten, never left with a stale count.
+        """
+        totals = self._totals
+        self._reported.update(s for s, n in enumerate(totals) if n)
+        keys = self.bins.keys
+        return {keys[s]: totals[s] for s in sorted(self._reported)}
 
     def publish(self, metrics: Metrics, route: str, version: str) -> Mapping[DriftFeature, DriftScore]:
         """Set the drift gauges of (route, version) from the current scores; return the scores."""

@@ -10,11 +10,13 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from lorafleet.registry import ReferenceStats
-from lorafleet.textstats import ENTROPY_EDGES_NATS, reference_stats
+from lorafleet.textstats import ENTROPY_EDGES_NATS, reference_stats, words
 from monitor.drift import (
     JS_THRESHOLD,
     PSI_MODERATE,
     PSI_SIGNIFICANT,
+    REQUESTS_BIN,
+    DriftBins,
     DriftLevel,
     DriftWindow,
     js_distance,
@@ -179,6 +181,27 @@ def test_entropy_of_a_busy_version_scored_on_a_few_answers_still_gets_a_score() 
     for i in range(500):  # calm again: the last 500 scored answers are all calm
         window.observe(SHORT[i % 3], LABELS[i % 3], rng.uniform(0.0, 0.08))
     assert window.scores()[DriftFeature.ENTROPY].psi < PSI_MODERATE
+
+
+def test_window_counts_are_what_a_fleet_sums() -> None:
+    """counts() holds each bin's count and each feature's requests; a bin that slid out of the
+    window is still named, at 0, so that a store upserting the pairs drops its old count."""
+    ref = small_reference()
+    window = DriftWindow(ref, size=3, min_samples=3)
+    window.observe(LONG[0], None, None)
+    first = window.counts()
+    assert first[(DriftFeature.INPUT_LENGTH, REQUESTS_BIN)] == 1
+    assert first[(DriftFeature.PREDICTED_LABEL, len(LABELS))] == 1  # no label: 'other'
+    assert sum(n for (f, b), n in first.items() if f is DriftFeature.INPUT_VOCABULARY and b >= 0) == len(
+        words(LONG[0])
+    )
+    for i in range(3):
+        window.observe(SHORT[i], LABELS[i], None)
+    later = window.counts()
+    assert later[(DriftFeature.PREDICTED_LABEL, len(LABELS))] == 0
+    assert later[(DriftFeature.INPUT_LENGTH, REQUESTS_BIN)] == 3
+    assert set(first) <= set(later)
+    assert window.scores() == DriftBins(ref).score(later, 3)
 
 
 def test_publish_sets_the_drift_gauges() -> None:
