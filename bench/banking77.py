@@ -196,7 +196,10 @@ def main() -> None:
     )
     for name, r in report.models.items():
         if r.choice is not None:
-            out(f"  {name}: constrained choice {r.choice.seconds:.0f} s, free generation {r.seconds:.0f} s")
+            out(
+                f"  {name}: constrained choice {r.choice.seconds:.0f} s, free generation {r.seconds:.0f} s"
+                " (each with the prompts' prefill, which they share)"
+            )
     out()
     out(
         f"{'model':<8} {'accuracy (labels)':>18} {'95% interval':>16} {'macro-F1':>9} {'free acc.':>10} {'free in labels':>15}"

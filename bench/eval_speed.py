@@ -10,7 +10,9 @@ the embedded base model, greedy answers, 80 test prompts:
               forward): 16 prompts per batch against 1 at a time, free generation and constrained
               choice among the labels (training/choices.py); the answers must be identical both
               ways. Beside it, the path it replaced: transformers' `generate` on left-padded
-              batches of 16 (`prefix_allowed_tokens_fn` for the choice), same prompts, same run
+              batches of 16 (`prefix_allowed_tokens_fn` for the choice), same prompts, same run;
+              and both answers from one prefill of each batch (what eval runs on a label task)
+              against the two decodes alone
     engine    the same prompts against a real vLLM engine (what `--endpoint` and the gateway use),
               with vLLM's structured outputs `choice`: 16 requests in flight against 1 at a time
 
@@ -52,7 +54,7 @@ def demo_examples(n: int) -> tuple[list[Example], list[str]]:
 def local(args: argparse.Namespace, out: fakes.Tee, examples: list[Example], labels: list[str]) -> None:
     from lorafleet import basemodel
     from training.choices import LabelTrie
-    from training.evaluate import generate, max_answer_tokens
+    from training.evaluate import generate, generate_both, max_answer_tokens
     from training.train import load_base_model, load_tokenizer
 
     base = basemodel.resolve(None)
@@ -64,8 +66,9 @@ def local(args: argparse.Namespace, out: fakes.Tee, examples: list[Example], lab
     n = max_answer_tokens(tok, labels)
     trie = LabelTrie.build(tok, labels, tok.eos_token_id)
     generate(model, tok, prompts[:4], n, batch_size=4)  # warm-up
+    alone = {}
     for kind, choices in (("free", None), ("constrained", trie)):
-        batched = generate(model, tok, prompts, n, batch_size=args.batch_size, choices=choices)
+        batched = alone[kind] = generate(model, tok, prompts, n, batch_size=args.batch_size, choices=choices)
         single = generate(model, tok, prompts, n, batch_size=1, choices=choices)
         before = transformers_generate(model, tok, prompts, n, args.batch_size, choices)
         same = sum(a == b for a, b in zip(batched.answers, single.answers, strict=True))
@@ -79,6 +82,17 @@ def local(args: argparse.Namespace, out: fakes.Tee, examples: list[Example], lab
             f"  transformers' generate, batch {args.batch_size}: {before[1]:6.1f} s: the decoder is "
             f"{before[1] / batched.seconds:.2f}x faster; identical answers {same_before} of {len(prompts)}"
         )
+    # What `lorafleet eval` runs on a label task: both answers, each batch prefilled once for both.
+    t = time.perf_counter()
+    free, constrained = generate_both(model, tok, prompts, n, trie, batch_size=args.batch_size)
+    both_s = time.perf_counter() - t
+    each_s = alone["free"].seconds + alone["constrained"].seconds
+    same_free = sum(a == b for a, b in zip(free.answers, alone["free"].answers, strict=True))
+    same_choice = sum(a == b for a, b in zip(constrained.answers, alone["constrained"].answers, strict=True))
+    out(
+        f"local both       : free and constrained from one prefill {both_s:6.1f} s, each alone "
+        f"{each_s:6.1f} s: {each_s / both_s:.2f}x; identical answers {same_free} and {same_choice} of {len(prompts)}"
+    )
 
 
 def transformers_generate(
@@ -100,17 +114,13 @@ def transformers_generate(
             idx = order[start : start + batch_size]
             enc = tok([texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False)
             width = enc["input_ids"].shape[1]
-
-            def allowed(_row: int, seq: Any, width: int = width) -> list[int]:
-                return list(trie.allowed(seq[width:].tolist()))
-
             got = model.generate(
                 **enc,
                 max_new_tokens=n if trie is None else trie.max_tokens(),
                 do_sample=False,
                 pad_token_id=tok.pad_token_id,
                 eos_token_id=tok.eos_token_id,
-                prefix_allowed_tokens_fn=allowed if trie is not None else None,
+                prefix_allowed_tokens_fn=trie.prefix_allowed_tokens_fn(width) if trie is not None else None,
             )
             for row, i in enumerate(idx):
                 ids = got[row, width:].tolist()

@@ -4,7 +4,7 @@
                                                  them after the assistant header (`label<|im_end|>`),
                                                  as a trie of Nodes from `trie.root`
     trie.allowed(generated)                      the tokens that may follow what was generated so far
-                                                 (transformers' `prefix_allowed_tokens_fn`)
+    trie.prefix_allowed_tokens_fn(prompt_width)  the same as transformers' `generate` takes it
     trie.label_of(generated)                     the label those tokens spell, if any
 
 Greedy decoding restricted to the trie picks, token by token, the most likely continuation that
@@ -16,7 +16,7 @@ where a label ends.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,6 +65,15 @@ class LabelTrie:
         if node is None or not node.children:
             return [self.end_id]
         return list(node.children)
+
+    def prefix_allowed_tokens_fn(self, prompt_width: int) -> Callable[[int, Any], list[int]]:
+        """transformers' `generate(prefix_allowed_tokens_fn=...)` for prompts `prompt_width` tokens
+        wide (padding included): each row's tokens after them walk the trie."""
+
+        def allowed(_row: int, seq: Any) -> list[int]:
+            return self.allowed(seq[prompt_width:].tolist())
+
+        return allowed
 
     def label_of(self, generated: Sequence[int]) -> str | None:
         """The label `generated` spells (its end token included or not), else None."""

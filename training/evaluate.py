@@ -38,6 +38,7 @@ from training.check import read_valid
 from training.choices import LabelTrie
 from training.config import Precision
 from training.dataset import Example, label_set
+from training.decoding import Decoded, greedy, greedy_both
 from training.endpoints import Endpoint, EndpointUsage, ask
 from training.errors import TrainingError
 from training.scoring import Scores, normalize, score
@@ -193,13 +194,7 @@ def generate(
     with the number answered after each batch."""
     import torch
 
-    from training.decoding import greedy
-    from training.train import cpu_threads, prompt_text
-
-    if next(model.parameters()).device.type == "cpu":
-        cpu_threads(threads)
-    ids = [tokenizer(prompt_text(tokenizer, p), add_special_tokens=False).input_ids for p in prompts]
-    eos = tokenizer.eos_token_id
+    ids = _prompt_ids(model, tokenizer, prompts, threads)
     top_k = ENTROPY_TOP_K if entropy and choices is None else 0  # entropy is a free answer's
     started = time.perf_counter()
     model.eval()
@@ -208,13 +203,68 @@ def generate(
             model,
             ids,
             max_new_tokens,
-            eos,
+            tokenizer.eos_token_id,
             tokenizer.pad_token_id,
             batch_size=batch_size,
             choices=choices,
             top_k=top_k,
             progress=progress,
         )
+    return _generation(tokenizer, decoded, choices, top_k, time.perf_counter() - started)
+
+
+def generate_both(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[Sequence[dict[str, str]]],
+    max_new_tokens: int,
+    choices: LabelTrie,
+    *,
+    batch_size: int = 16,
+    entropy: bool = False,
+    threads: int | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[Generation, Generation]:
+    """`generate`'s free answers and its answers under `choices`, each batch prefilled once for
+    both. Each one's seconds count the shared prefill: what it would have taken alone."""
+    import torch
+
+    ids = _prompt_ids(model, tokenizer, prompts, threads)
+    top_k = ENTROPY_TOP_K if entropy else 0
+    model.eval()
+    with torch.no_grad():
+        got = greedy_both(
+            model,
+            ids,
+            max_new_tokens,
+            tokenizer.eos_token_id,
+            tokenizer.pad_token_id,
+            choices,
+            batch_size=batch_size,
+            top_k=top_k,
+            progress=progress,
+        )
+    return (
+        _generation(tokenizer, got.free, None, top_k, got.prefill_s + got.free_s),
+        _generation(tokenizer, got.constrained, choices, 0, got.prefill_s + got.constrained_s),
+    )
+
+
+def _prompt_ids(
+    model: Any, tokenizer: Any, prompts: Sequence[Sequence[dict[str, str]]], threads: int | None
+) -> list[list[int]]:
+    """The chat prompts' token ids up to the assistant header (after pinning the CPU threads)."""
+    from training.train import cpu_threads, prompt_text
+
+    if next(model.parameters()).device.type == "cpu":
+        cpu_threads(threads)
+    return [tokenizer(prompt_text(tokenizer, p), add_special_tokens=False).input_ids for p in prompts]
+
+
+def _generation(
+    tokenizer: Any, decoded: Sequence[Decoded], choices: LabelTrie | None, top_k: int, seconds: float
+) -> Generation:
+    eos = tokenizer.eos_token_id
     answers: list[str] = []
     entropies: list[float | None] = []
     for d in decoded:
@@ -223,7 +273,7 @@ def generate(
         answers.append((choices.label_of(d.ids) or text) if choices is not None else text)
         # vLLM's logprobs include the EOS token that ends the answer: so do these
         entropies.append(mean_entropy(d.top) if top_k else None)
-    return Generation(answers, entropies, time.perf_counter() - started)
+    return Generation(answers, entropies, seconds)
 
 
 def load_adapter_model(
@@ -363,27 +413,29 @@ class Scorer:
             self.batch_size,
             self.threads,
         )
-        gen = generate(
-            model,
-            tokenizer,
-            prompts,
-            n,
-            batch_size=batch,
-            entropy=entropy,
-            threads=threads,
-            progress=self._progress(f"{name}, free", len(prompts)),
-        )
         choice = None
-        if self.trie is not None:
-            choice = generate(
+        if self.trie is None:
+            gen = generate(
                 model,
                 tokenizer,
                 prompts,
                 n,
                 batch_size=batch,
+                entropy=entropy,
                 threads=threads,
-                choices=self.trie,
-                progress=self._progress(f"{name}, constrained", len(prompts)),
+                progress=self._progress(name, len(prompts)),
+            )
+        else:
+            gen, choice = generate_both(
+                model,
+                tokenizer,
+                prompts,
+                n,
+                self.trie,
+                batch_size=batch,
+                entropy=entropy,
+                threads=threads,
+                progress=self._progress(f"{name}, free and constrained", len(prompts)),
             )
         return _result(kind, self.test, gen, self.labels, entropy, choice)
 

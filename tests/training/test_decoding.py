@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from training.choices import LabelTrie
-from training.decoding import common_prefix, greedy
+from training.decoding import common_prefix, greedy, greedy_both
 
 SYSTEM = "You classify online banking customer questions by intent. Answer with the intent's name only."
 QUESTIONS = [
@@ -57,12 +57,6 @@ def _reference(model: Any, tokenizer: Any, ids: Sequence[Sequence[int]], new: in
     out = []
     for prompt in ids:
         x = torch.tensor([list(prompt)])
-        allowed = None
-        if trie is not None:
-
-            def allowed(_row: int, seq: Any, width: int = len(prompt)) -> list[int]:
-                return trie.allowed(seq[width:].tolist())
-
         with torch.no_grad():
             got = model.generate(
                 input_ids=x,
@@ -71,7 +65,7 @@ def _reference(model: Any, tokenizer: Any, ids: Sequence[Sequence[int]], new: in
                 do_sample=False,
                 eos_token_id=tokenizer.eos_token_id,
                 pad_token_id=tokenizer.pad_token_id,
-                prefix_allowed_tokens_fn=allowed,
+                prefix_allowed_tokens_fn=trie.prefix_allowed_tokens_fn(len(prompt)) if trie else None,
             )
         answer = got[0, len(prompt) :].tolist()
         end = tokenizer.eos_token_id
@@ -125,3 +119,25 @@ def test_constrained_answers_are_labels_and_those_of_generate(model_and_tokenize
     assert calls < 1 + trie.max_tokens()
     with pytest.raises(ValueError, match="free answers"):
         greedy(model, ids, 0, 2, 2, choices=trie, top_k=5)
+
+
+def test_both_answers_from_one_prefill_are_those_of_each_alone(model_and_tokenizer: tuple[Any, Any]) -> None:
+    import torch
+
+    model, tokenizer = model_and_tokenizer
+    ids = _prompt_ids(tokenizer)
+    trie = LabelTrie.build(tokenizer, LABELS, tokenizer.eos_token_id)
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    answered: list[int] = []
+    with torch.no_grad():
+        both = greedy_both(model, ids, 10, eos, pad, trie, batch_size=3, top_k=5, progress=answered.append)
+        free = greedy(model, ids, 10, eos, pad, batch_size=3, top_k=5)
+        constrained = greedy(model, ids, 0, eos, pad, batch_size=3, choices=trie)
+    assert [d.ids for d in both.free] == [d.ids for d in free]
+    assert [d.ids for d in both.constrained] == [d.ids for d in constrained]
+    for a, b in zip(both.free, free, strict=True):
+        assert len(a.top) == len(b.top)
+        assert [x for t in a.top for x in t] == pytest.approx([x for t in b.top for x in t], abs=1e-4)
+    assert all(d.top == [] for d in both.constrained)
+    assert answered == [3, 6, 7]  # once per batch, for both
+    assert min(both.prefill_s, both.free_s, both.constrained_s) > 0
