@@ -1171,8 +1171,10 @@ def start_gateway(
     if source is None:
         command = [str(Path(sys.executable).parent / "lorafleet")]
     else:
-        command = [sys.executable, "-c", "from lorafleet.cli import main; main()"]
+        # -P: no current directory first on sys.path, which would import this tree's code again
+        command = [sys.executable, "-P", "-c", "from lorafleet.cli import main; main()"]
         env["PYTHONPATH"] = str(source)  # before the editable install's path
+        _check_imports_from(source, env)
     argv = [
         *command,
         "gateway",
@@ -1193,6 +1195,21 @@ def start_gateway(
     if core is not None:
         server.pin_all(core)
     return server, url
+
+
+def _check_imports_from(source: Path, env: dict[str, str]) -> None:
+    """Fail unless a child with `env` imports every package of the project from `source`."""
+    probe = "import lorafleet, monitor, router, serve, training; print(lorafleet.__file__, monitor.__file__, router.__file__)"
+    got = subprocess.run(
+        [sys.executable, "-P", "-c", probe],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    wrong = [f for f in got if not Path(f).resolve().is_relative_to(source.resolve())]
+    if wrong:
+        raise RuntimeError(f"the baseline at {source} would import {wrong[0]}: not the baseline's code")
 
 
 def worktree(ref: str, into: Path) -> Path:
