@@ -179,13 +179,18 @@ class DriftBins:
             self.keys.extend((feature, b) for b in range(len(ref)))
             self.keys.append((feature, REQUESTS_BIN))
         self.size = len(self.keys)
+        # Plain ints for the request path: a StrEnum key is hashed in Python.
+        requests = {f: at + len(self.references[f]) for f, at in first.items()}
         self._length_at = first.get(DriftFeature.INPUT_LENGTH, -1)
+        self._length_requests = requests.get(DriftFeature.INPUT_LENGTH, -1)
         vocabulary_at = first.get(DriftFeature.INPUT_VOCABULARY, -1)
         self._word_slot = {w: vocabulary_at + i for i, w in enumerate(top)}
         self._other_word_slot = vocabulary_at + len(top)
+        self._vocabulary_requests = requests.get(DriftFeature.INPUT_VOCABULARY, -1)
         self._label_at = first.get(DriftFeature.PREDICTED_LABEL, -1)
+        self._label_requests = requests.get(DriftFeature.PREDICTED_LABEL, -1)
         self._entropy_at = first.get(DriftFeature.ENTROPY, -1)
-        self._requests = {f: at + len(self.references[f]) for f, at in first.items()}
+        self._entropy_requests = requests.get(DriftFeature.ENTROPY, -1)
 
     @property
     def features(self) -> list[DriftFeature]:
@@ -215,15 +220,15 @@ class DriftBins:
         if self._length_at >= 0:
             at = self._length_at
             out.append(at + self.length_bin(tokens))
-            out.append(self._requests[DriftFeature.INPUT_LENGTH])
+            out.append(self._length_requests)
         if self._word_slot:
             other, slot = self._other_word_slot, self._word_slot.get
             out.extend([slot(w, other) for w in tokens])
-            out.append(self._requests[DriftFeature.INPUT_VOCABULARY])
+            out.append(self._vocabulary_requests)
         if self._label_at >= 0:
             at = self._label_at
             out.append(at + self.label_bin(predicted_label))
-            out.append(self._requests[DriftFeature.PREDICTED_LABEL])
+            out.append(self._label_requests)
         return out
 
     def entropy_slots(self, entropy: float | None) -> tuple[int, int] | None:
@@ -232,7 +237,7 @@ class DriftBins:
         if self._entropy_at < 0 or entropy is None or not math.isfinite(entropy):
             return None
         at = self._entropy_at
-        return at + self.entropy_bin(entropy), self._requests[DriftFeature.ENTROPY]
+        return at + self.entropy_bin(entropy), self._entropy_requests
 
     def score(self, counts: Mapping[BinKey, int], min_samples: int) -> dict[DriftFeature, DriftScore]:
         """The features with at least `min_samples` requests counted (and some mass), scored."""
