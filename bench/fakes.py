@@ -1199,7 +1199,8 @@ def start_gateway(
 
 def _check_imports_from(source: Path, env: dict[str, str]) -> None:
     """Fail unless a child with `env` imports every package of the project from `source`."""
-    probe = "import lorafleet, monitor, router, serve, training; print(lorafleet.__file__, monitor.__file__, router.__file__)"
+    packages = ("lorafleet", "monitor", "router", "serve", "training")
+    probe = f"import {', '.join(packages)}; print({', '.join(p + '.__file__' for p in packages)})"
     got = subprocess.run(
         [sys.executable, "-P", "-c", probe],
         env={**os.environ, **env},
