@@ -128,11 +128,14 @@ class RequestIdMiddleware:
 
 
 class GatewayApp(FastAPI):
-    """FastAPI with the two completion endpoints served in front of its middleware stack
-    (router/openai_api.py, CompletionsFastPath)."""
+    """FastAPI with the two completion endpoints served in front of it: before FastAPI's and
+    Starlette's own layers and the middleware stack (router/openai_api.py, CompletionsFastPath)."""
 
-    def build_middleware_stack(self) -> ASGIApp:
-        return CompletionsFastPath(super().build_middleware_stack(), self.state.api_keys)
+    fast_path: CompletionsFastPath
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not await self.fast_path(scope, receive, send):
+            await super().__call__(scope, receive, send)
 
 
 def create_app(
@@ -187,6 +190,7 @@ def create_app(
         gateway.reload_now()
         rollouts = Rollouts(route_store, registry, metrics, clock=clock, bases_served=fleet.bases)
         app.state.gateway = gateway
+        fast_path.gateway = gateway
         app.state.http = http
         app.state.rollouts = rollouts
         app.state.metrics = metrics
@@ -264,6 +268,7 @@ def create_app(
     )
     app.state.admin_token = settings.admin_secret()
     app.state.api_keys = [k.get_secret_value() for k in settings.api_keys]
+    app.fast_path = fast_path = CompletionsFastPath(app.state.api_keys)
     app.add_middleware(AuthMiddleware, admin_token=app.state.admin_token, api_keys=app.state.api_keys)
     app.add_middleware(RequestIdMiddleware)  # the outermost: 401s carry the id too
     app.router.routes.extend(openai_api.routes)

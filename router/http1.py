@@ -9,7 +9,9 @@ maintained clients (aiohttp, httpcore, pyreqwest) on the gateway's own request p
 
 When a request is sent twice. Never on a timing window: only when the connection provably carried
 none of it. A kept-alive connection is checked before it is reused (a poll of its socket): one
-the engine has closed (its keep-alive timer ran out) is dropped before anything is written. A
+the engine has closed (its keep-alive timer ran out) is dropped before anything is written
+(one idle for under a millisecond is not polled: the engine's close would have had to arrive in
+that millisecond, and the poll would only narrow the race, not end it). A
 request whose write had not completed when the connection closed (bytes of it still in the
 pool's buffer, so the engine cannot have the whole request) is sent once more on a new
 connection. A connection that closes after the whole request went out, before any byte of the
@@ -48,6 +50,10 @@ _MAX_BUFFERED = 1 << 20  # bytes of a stream held unread before the engine's soc
 _WRITE_PIECE = 1 << 16  # a large body is written this much at a time, waiting while the socket is full
 DEFAULT_MAX_ANSWER_BYTES = 64 << 20
 _READABLE = select.POLLIN | select.POLLRDHUP | select.POLLPRI
+# A connection idle for less than this is reused without polling its socket: the poll only
+# narrows the race with an engine's close to the microseconds before the write, and a busy
+# pool (where it would cost a syscall per request) reuses connections idle for far less.
+_POLL_AFTER_S = 0.001
 
 
 class UpstreamConnectionError(ConnectionError):
@@ -193,7 +199,10 @@ class Http1Pool:
             now = time.monotonic()
             while origin.idle:
                 conn, since = origin.idle.pop()
-                if now - since < self.idle_s and not conn.peer_closed():
+                idle = now - since
+                if idle < self.idle_s and (
+                    conn.reusable() if idle < _POLL_AFTER_S else not conn.peer_closed()
+                ):
                     return conn
                 conn.close()
             if origin.open < origin.limit:

@@ -5,8 +5,9 @@ error shape by the handlers registered in router/app.py. These are plain Starlet
 FastAPI ones: on the request path FastAPI's dependency machinery costs more CPU than it gives here.
 
 `CompletionsFastPath` answers `POST /v1/chat/completions` and `POST /v1/completions` in front of
-the app's middleware stack and Starlette's router, which together cost about 100 us of CPU per
-request and more on streams (bench/gateway_overhead.py). For these two endpoints it does what the
+FastAPI, the app's middleware stack and Starlette's router, which together cost about 100 us of
+CPU per request and more on streams (bench/gateway_overhead.py); router/app.py's GatewayApp calls
+it first. For these two endpoints it does what the
 middlewares would: the request id, the API-key check (a request without a valid key goes on to
 the stack, whose auth middleware answers the 401), a 500 in OpenAI's shape for an unexpected error.
 Any other method or spelling of those paths reaches the Starlette routes below.
@@ -21,7 +22,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from lorafleet.errors import LorafleetError
 from monitor.errors import (
@@ -205,21 +206,22 @@ class CompletionsFastPath:
 
     ENDPOINTS = {"/v1/chat/completions": CHAT, "/v1/completions": COMPLETIONS}
 
-    def __init__(self, app: ASGIApp, api_keys: Sequence[str] = ()) -> None:
-        self.app = app
+    def __init__(self, api_keys: Sequence[str] = ()) -> None:
         self.api_keys = [k.encode() for k in api_keys]
+        self.gateway: Gateway | None = None  # set while the app serves (its lifespan)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> bool:
+        """Answer the request and return True, or return False (untouched) for the app's stack."""
+        gateway = self.gateway
         endpoint = (
             self.ENDPOINTS.get(route_path(scope))
             if scope["type"] == "http" and scope["method"] == "POST"
             else None
         )
-        gateway: Gateway | None = getattr(scope["app"].state, "gateway", None) if endpoint else None
-        keyless = endpoint is not None and self.api_keys and not has_key(scope["headers"], self.api_keys)
-        if endpoint is None or gateway is None or keyless:
-            await self.app(scope, receive, send)
-            return
+        if endpoint is None or gateway is None:
+            return False
+        if self.api_keys and not has_key(scope["headers"], self.api_keys):
+            return False
         # One pass over the raw headers (Starlette's Headers scans them again on every lookup);
         # reversed, so that the first of repeated headers wins, as with Headers.get.
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in reversed(scope["headers"])}
@@ -237,6 +239,7 @@ class CompletionsFastPath:
         except Exception as exc:
             response = internal_error(exc, request_id)
         await response(scope, receive, send)
+        return True
 
 
 routes = [

@@ -112,6 +112,8 @@ def gateway(
             workers=settings.workers,
             log_level=log_level,
             access_log=False,
+            # Nothing in the gateway reads the client's address or scheme: no X-Forwarded-* rewrite.
+            proxy_headers=False,
             timeout_graceful_shutdown=30,
         )
     finally:
