@@ -26,6 +26,7 @@ from router.answer import Usage, chunk_text, read_answer, rewrite_logprobs, stri
 from router.forward import Attempt, Target
 from router.http1 import DeadlineExceededError
 from router.observe import Observer, Outcome
+from router.responses import DONE_EVENT
 from router.upstream import UPSTREAM_ERRORS
 
 log = logging.getLogger("lorafleet.router")
@@ -62,9 +63,7 @@ def sse(payload: dict[str, Any] | str) -> bytes:
 
 
 def error_event(message: str, type_: str, code: str) -> bytes:
-    return (
-        sse({"error": {"message": message, "type": type_, "param": None, "code": code}}) + b"data: [DONE]\n\n"
-    )
+    return sse({"error": {"message": message, "type": type_, "param": None, "code": code}}) + DONE_EVENT
 
 
 class StreamWatch:
@@ -97,7 +96,7 @@ class StreamWatch:
         out: list[bytes] = []
         for payload in payloads:
             if payload == b"[DONE]":
-                out.append(b"data: [DONE]\n\n")
+                out.append(DONE_EVENT)
                 self.done = True
                 continue
             try:

@@ -300,6 +300,7 @@ ADMIN_TOKEN = "test-admin-token"
 def start_gateway(tmp_path: Path) -> Iterator[Callable[..., InThreadServer]]:
     """Start a gateway: start_gateway(routes_yaml, registry=..., engines=[...], **settings)."""
     from router.app import create_app
+    from router.server import GatewayHttpProtocol
     from router.settings import GatewaySettings
 
     started: list[InThreadServer] = []
@@ -321,7 +322,7 @@ def start_gateway(tmp_path: Path) -> Iterator[Callable[..., InThreadServer]]:
             reload_interval_s=0.2,
             **{"reconcile_interval_s": 1.0, **kwargs},
         )
-        gw = InThreadServer(create_app(settings, **(app_kwargs or {})))
+        gw = InThreadServer(create_app(settings, **(app_kwargs or {})), http=GatewayHttpProtocol)
         started.append(gw)
         return gw
 

@@ -143,12 +143,25 @@ def free_port() -> int:
 class InThreadServer:
     """An ASGI app served by uvicorn in a thread, on a free port (optionally under a root path)."""
 
-    def __init__(self, app: Any, root_path: str = "", port: int | None = None) -> None:
+    def __init__(
+        self,
+        app: Any,
+        root_path: str = "",
+        port: int | None = None,
+        http: type[asyncio.Protocol] | None = None,
+    ) -> None:
+        """`http`: uvicorn's HTTP protocol class (the gateway's GatewayHttpProtocol), or its default."""
         self.app = app
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         config = uvicorn.Config(
-            app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on", root_path=root_path
+            app,
+            host="127.0.0.1",
+            port=self.port,
+            log_level="warning",
+            lifespan="on",
+            root_path=root_path,
+            http=http or "auto",
         )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, name="in-thread-server", daemon=True)

@@ -69,6 +69,7 @@ def gateway(
     import uvicorn
 
     from lorafleet import logs
+    from router.server import GatewayHttpProtocol
 
     overrides: dict[str, object] = {}
     for key, value in {
@@ -112,6 +113,7 @@ def gateway(
             workers=settings.workers,
             log_level=log_level,
             access_log=False,
+            http=GatewayHttpProtocol,
             # Nothing in the gateway reads the client's address or scheme: no X-Forwarded-* rewrite.
             proxy_headers=False,
             timeout_graceful_shutdown=30,

@@ -19,6 +19,7 @@ import pytest
 from bench.fakes import UpstreamConfig, register_versions
 from lorafleet.registry import Registry
 from router.app import create_app
+from router.server import GatewayHttpProtocol
 from router.settings import GatewaySettings
 from tests.support import FakeEngine, InThreadServer, free_port
 
@@ -58,7 +59,12 @@ def gateway(tmp_path: Path, versions: tuple[Registry, list[str]]) -> Iterator[Ca
             admin_token=ADMIN_TOKEN,
             **{"reconcile_interval_s": 60.0, **kwargs},
         )
-        server = InThreadServer(create_app(settings, **(app_kwargs or {})), root_path=root_path, port=port)
+        server = InThreadServer(
+            create_app(settings, **(app_kwargs or {})),
+            root_path=root_path,
+            port=port,
+            http=GatewayHttpProtocol,
+        )
         started.append(server)
         return server
 

@@ -1,0 +1,169 @@
+"""router/server.py: the gateway's uvicorn protocol sends what one loop turn wrote in one write."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from router.server import CorkedTransport, GatewayHttpProtocol
+from tests.support import InThreadServer
+
+
+class RecordingTransport(asyncio.Transport):
+    """A stand-in for the socket's transport that keeps each write it is given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: Any) -> None:
+        assert not self.closed, "written after close"
+        self.writes.append(bytes(data))
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return {"peername": ("127.0.0.1", 1)}.get(name, default)
+
+
+def test_writes_of_one_turn_leave_together_in_order() -> None:
+    async def scenario() -> RecordingTransport:
+        inner = RecordingTransport()
+        corked = CorkedTransport(inner, asyncio.get_running_loop())
+        corked.write(b"HTTP/1.1 200 OK\r\n\r\n")
+        corked.write(b"body")
+        assert inner.writes == []  # nothing before the turn ends
+        await asyncio.sleep(0)
+        corked.write(b"next turn")
+        await asyncio.sleep(0)
+        return inner
+
+    inner = asyncio.run(scenario())
+    assert inner.writes == [b"HTTP/1.1 200 OK\r\n\r\nbody", b"next turn"]
+
+
+def test_close_sends_what_is_pending_first_and_a_reset_drops_it() -> None:
+    async def scenario() -> tuple[RecordingTransport, RecordingTransport]:
+        loop = asyncio.get_running_loop()
+        closed_by_us = RecordingTransport()
+        corked = CorkedTransport(closed_by_us, loop)
+        corked.write(b"last words")
+        corked.close()
+        reset = RecordingTransport()
+        corked_reset = CorkedTransport(reset, loop)
+        corked_reset.write(b"too late")
+        reset.close()  # the peer reset the connection before the turn ended
+        await asyncio.sleep(0)
+        assert corked_reset.get_extra_info("peername") == ("127.0.0.1", 1)  # the rest is the transport's
+        return closed_by_us, reset
+
+    closed_by_us, reset = asyncio.run(scenario())
+    assert closed_by_us.writes == [b"last words"] and closed_by_us.closed
+    assert reset.writes == []
+
+
+async def _app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    if scope["type"] == "lifespan":
+        while (message := await receive())["type"] != "lifespan.shutdown":
+            await send({"type": "lifespan.startup.complete"})
+        await send({"type": "lifespan.shutdown.complete"})
+        return
+    body = b""
+    while True:
+        message = await receive()
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            break
+    if scope["path"] == "/stream":
+        await send(
+            {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]}
+        )
+        for i in range(3):
+            await send({"type": "http.response.body", "body": f"event {i}\n".encode(), "more_body": True})
+            await asyncio.sleep(0.01)
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        return
+    answer = json.dumps({"path": scope["path"], "echo": body.decode()}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(answer)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": answer})
+
+
+class Counted:
+    """The socket's real transport, passed through, counting the writes that reach it."""
+
+    writes: list[bytes] = []
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+        self.transport.write(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.transport, name)
+
+
+class CountingProtocol(GatewayHttpProtocol):
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(Counted(transport))  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[InThreadServer]:
+    srv = InThreadServer(_app, http=CountingProtocol)
+    yield srv
+    srv.stop()
+
+
+def test_a_json_answer_leaves_in_one_write(server: InThreadServer) -> None:
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        for i in range(3):  # kept alive
+            Counted.writes.clear()
+            body = json.dumps({"n": i}).encode()
+            sock.sendall(
+                b"POST /v1/x HTTP/1.1\r\nhost: t\r\ncontent-type: application/json\r\n"
+                + b"content-length: %d\r\n\r\n" % len(body)
+                + body
+            )
+            first = sock.recv(65536)
+            head, _, rest = first.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200"), first
+            assert json.loads(rest) == {"path": "/v1/x", "echo": body.decode()}
+            assert Counted.writes == [first]  # head and body: one write, one segment
+
+
+def test_pipelined_requests_and_streams_answer_in_order(server: InThreadServer) -> None:
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(b"GET /a HTTP/1.1\r\nhost: t\r\n\r\nGET /b HTTP/1.1\r\nhost: t\r\n\r\n")
+        data = b""
+        while data.count(b"HTTP/1.1 200") < 2 or not data.endswith(b'"echo": ""}'):
+            chunk = sock.recv(65536)
+            assert chunk, data
+            data += chunk
+        assert data.index(b'"/a"') < data.index(b'"/b"')
+    with httpx.Client(base_url=server.url, timeout=10) as client:
+        with client.stream("GET", "/stream") as response:
+            assert response.headers["transfer-encoding"] == "chunked"
+            assert response.read() == b"event 0\nevent 1\nevent 2\n"
+        assert client.post("/after", content=b"x").json() == {"path": "/after", "echo": "x"}
