@@ -54,6 +54,9 @@ _READABLE = select.POLLIN | select.POLLRDHUP | select.POLLPRI
 # narrows the race with an engine's close to the microseconds before the write, and a busy
 # pool (where it would cost a syscall per request) reuses connections idle for far less.
 _POLL_AFTER_S = 0.001
+# A timer may fire this much before its time (the loop's clock has millisecond steps): close
+# enough to count as on time, so that it is never set again for a fraction of a millisecond.
+_TIMER_SLACK_S = 0.001
 
 
 class UpstreamConnectionError(ConnectionError):
@@ -569,6 +572,8 @@ class Http1Response:
         self._received = False
         self._error: BaseException | None = None
         self._waiter: asyncio.Future[None] | None = None
+        self._wait_since = 0.0
+        self._timer: asyncio.TimerHandle | None = None
         self._paused = False
         self._whole = False  # read() wants the whole body: never pause the socket
 
@@ -591,10 +596,12 @@ class Http1Response:
 
     def _finish(self) -> None:
         self._complete = True
+        self._stop_timer()
         self._wake()
 
     def _fail(self, error: BaseException) -> None:
         self._error = error
+        self._stop_timer()
         self._wake()
 
     def _wake(self) -> None:
@@ -606,17 +613,39 @@ class Http1Response:
         """Until the connection says something, or `read_s` passes, or the deadline."""
         loop = asyncio.get_running_loop()
         waiter = self._waiter = loop.create_future()
-        delay = self._read_s
-        if self._until is not None and self._until - time.monotonic() < delay:
-            delay = max(0.0, self._until - time.monotonic())
-            timer = loop.call_later(delay, _deadline, waiter)
-        else:
-            timer = loop.call_later(delay, _expire, waiter, delay)
+        now = self._wait_since = time.monotonic()
+        if self._timer is None:
+            self._timer = loop.call_later(self._time_left(now), self._check_time, loop)
         try:
             await waiter
         finally:
-            timer.cancel()
             self._waiter = None
+
+    # One timer for the whole answer, not one per wait (a stream waits once per event): when it
+    # fires it fails the wait in progress if that wait is over its time, else it is set again.
+    def _time_left(self, now: float) -> float:
+        due = self._wait_since + self._read_s
+        if self._until is not None and self._until < due:
+            due = self._until
+        return max(0.0, due - now)
+
+    def _check_time(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._timer = None
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            return  # not waiting: the next wait sets the timer again
+        now = time.monotonic() + _TIMER_SLACK_S
+        if self._until is not None and now >= self._until:
+            waiter.set_exception(DeadlineExceededError("the request's deadline passed"))
+        elif now - self._wait_since >= self._read_s:
+            waiter.set_exception(TimeoutError(f"the engine sent nothing for {self._read_s:g} s"))
+        else:
+            self._timer = loop.call_later(self._time_left(now), self._check_time, loop)
+
+    def _stop_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     async def _wait_head(self) -> None:
         while not self.status:
@@ -664,6 +693,7 @@ class Http1Response:
 
     def release(self) -> None:
         """Give the connection back (the answer was read whole) or close it (it was not)."""
+        self._stop_timer()
         conn, self._conn = self._conn, None
         if conn is None:
             return
@@ -671,13 +701,3 @@ class Http1Response:
             conn.done()
         else:
             conn.close()
-
-
-def _expire(waiter: asyncio.Future[None], read_s: float) -> None:
-    if not waiter.done():
-        waiter.set_exception(TimeoutError(f"the engine sent nothing for {read_s:g} s"))
-
-
-def _deadline(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_exception(DeadlineExceededError("the request's deadline passed"))

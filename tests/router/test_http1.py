@@ -225,6 +225,26 @@ async def test_a_stream_that_stalls_times_out_between_chunks() -> None:
         assert pool.stats(url).open == 0
 
 
+async def test_a_steady_stream_longer_than_the_read_timeout_is_not_cut() -> None:
+    """The read timeout counts from the last byte, not from the answer's start."""
+
+    async def steady(_r: asyncio.StreamReader, w: asyncio.StreamWriter, _h: bytes, _b: bytes) -> bool:
+        w.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+        for _ in range(8):  # 0.4 s in all, a chunk every 0.05 s
+            await asyncio.sleep(0.05)
+            w.write(b"1\r\na\r\n")
+            await w.drain()
+        w.write(b"0\r\n\r\n")
+        await w.drain()
+        return True
+
+    async with serving(steady) as (_, url):
+        pool = Http1Pool(limit=4)
+        response = await pool.post(url, "/x", b"{}", {}, Timeouts(pool_s=2.0, connect_s=2.0, read_s=0.3))
+        assert b"".join([piece async for piece in response.iter_any()]) == b"a" * 8
+        response.release()
+
+
 async def test_an_answer_cut_off_mid_body_is_an_error_and_its_connection_is_not_reused() -> None:
     async def cut(_r: asyncio.StreamReader, w: asyncio.StreamWriter, _h: bytes, _b: bytes) -> bool:
         w.write(b'HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n{"partial')
