@@ -373,6 +373,7 @@ def cost_breakdown(work: Path) -> list[tuple[str, str, float]]:
     assert answer is not None and answer.choices
     choice = answer.choices[0]
     events = [e for e in upstream.stream_events(names[0], 0, 5, True) if b"[DONE]" not in e]
+    plain_events = [e for e in upstream.stream_events(names[0], 0, None, True) if b"[DONE]" not in e]
     metrics = build_metrics(CollectorRegistry())
     feedback = open_store(work / "feedback.sqlite3")
     observer = Observer(metrics, Registry(work / "registry"), feedback)
@@ -405,6 +406,12 @@ def cost_breakdown(work: Path) -> list[tuple[str, str, float]]:
     def relay_events() -> bytes:
         watch = StreamWatch(chat=True, start=0.0, rewrite=True, keep_top=None, asked_usage=False)
         return b"".join(watch.relay(SSEBuffer().feed(e)) for e in events)
+
+    def relay_plain() -> str:
+        watch = StreamWatch(chat=True, start=0.0, rewrite=False, keep_top=None, asked_usage=False)
+        for e in plain_events:
+            watch.relay(SSEBuffer().feed(e))
+        return watch.answer()
 
     settings = GatewaySettings()
     rows = [
@@ -455,6 +462,11 @@ def cost_breakdown(work: Path) -> list[tuple[str, str, float]]:
             "relay.relay",
             "per stream: SSEBuffer + _StreamWatch.relay (decode, entropy, cut logprobs: each event)",
             _time_us(relay_events, 500),
+        ),
+        (
+            "relay.relay",
+            "per stream without logprobs (most streams): SSEBuffer + _StreamWatch.relay, the text",
+            _time_us(relay_plain, 500),
         ),
     ]
     feedback.close()

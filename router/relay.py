@@ -40,6 +40,13 @@ class SSEBuffer:
 
     def feed(self, chunk: bytes) -> list[bytes]:
         """The payloads of every event that `chunk` completes."""
+        if (
+            not self._rest
+            and chunk.startswith(b"data:")
+            and chunk.find(b"\n") == len(chunk) - 2
+            and chunk.endswith(b"\n\n")
+        ):
+            return [chunk[5:-2].strip()]  # one whole one-line event: what engines send most
         *events, self._rest = (self._rest + chunk if self._rest else chunk).split(b"\n\n")
         payloads: list[bytes] = []
         for event in events:
@@ -114,12 +121,17 @@ class StreamWatch:
                     continue
             choice = chunk.first()
             if choice is not None:
-                self.entropy.add(choice.tokens())
+                if choice.has_logprobs:
+                    self.entropy.add(choice.tokens())
                 self._seen(choice.content)
             if self.rewrite and chunk.choices:
                 payload = rewrite_logprobs(payload, chunk, self.keep_top)
             out.append(b"data: " + payload + b"\n\n")
         return b"".join(out)
+
+    def answer(self) -> str:
+        """The text so far."""
+        return "".join(self.parts)
 
     def _seen(self, piece: str | None) -> None:
         if piece:
@@ -186,7 +198,7 @@ async def relay(
         raise
     finally:
         attempt.finish()
-        answer = "".join(watch.parts)
+        answer = watch.answer()
         observer.record(
             Outcome(
                 route=target.route,

@@ -82,7 +82,11 @@ class EventStream(Response):
         self.on_close = on_close
         self.status_code = 200
         self.background = None
-        self.init_headers({**headers, "cache-control": "no-cache"})
+        self.raw_headers = [
+            (b"content-type", b"text/event-stream; charset=utf-8"),
+            (b"cache-control", b"no-cache"),
+            *((k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()),
+        ]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         task = asyncio.current_task()
