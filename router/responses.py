@@ -12,6 +12,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
 from router.errors import RouterError
+from router.server import DISCONNECT_EXTENSION
 
 log = logging.getLogger("lorafleet.router")
 
@@ -91,13 +92,26 @@ class EventStream(Response):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         task = asyncio.current_task()
         assert task is not None
-        left = asyncio.ensure_future(_client_left(receive))
+        client_left = False
 
-        def stop(watch: asyncio.Future[None]) -> None:
-            if not watch.cancelled():
-                task.cancel()
+        def stop() -> None:
+            nonlocal client_left
+            client_left = True
+            task.cancel()
 
-        left.add_done_callback(stop)
+        def watched(watcher: asyncio.Future[None]) -> None:
+            if not watcher.cancelled():
+                stop()
+
+        # The gateway's own server says when the connection is lost (router/server.py); under
+        # another, a task watches `receive` for the disconnect.
+        on_lost: list[Callable[[], object]] | None = scope.get("extensions", {}).get(DISCONNECT_EXTENSION)
+        watcher = None
+        if on_lost is not None:
+            on_lost.append(stop)
+        else:
+            watcher = asyncio.ensure_future(_client_left(receive))
+            watcher.add_done_callback(watched)
         complete = False
         try:
             await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
@@ -109,13 +123,17 @@ class EventStream(Response):
                 complete = event.endswith(DONE_EVENT)
                 await send({"type": "http.response.body", "body": event, "more_body": not complete})
         except asyncio.CancelledError:
-            if left.done() and not left.cancelled():
+            if client_left:
                 task.uncancel()
                 return
             raise
         finally:
-            left.remove_done_callback(stop)
-            left.cancel()
+            if on_lost is not None:
+                if stop in on_lost:
+                    on_lost.remove(stop)
+            elif watcher is not None:
+                watcher.remove_done_callback(watched)
+                watcher.cancel()
             aclose = getattr(self.events, "aclose", None)
             try:
                 if aclose is not None:

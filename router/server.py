@@ -14,9 +14,15 @@ Nothing waits longer than the rest of the turn that wrote it.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+# The scope extension through which a response hears of its client's leaving: a list; a callable
+# appended to it is called once if the connection is lost, unless removed before. Cheaper than a
+# task watching `receive` for `http.disconnect`.
+DISCONNECT_EXTENSION = "lorafleet.on_disconnect"
 
 
 class CorkedTransport:
@@ -73,12 +79,27 @@ class CorkedTransport:
 
 class GatewayHttpProtocol(HttpToolsProtocol):
     """uvicorn's HTTP/1.1 protocol (httptools) writing through a `CorkedTransport`; a response
-    leaves as soon as its last byte is written, not at the end of the turn."""
+    leaves as soon as its last byte is written, not at the end of the turn. Each request's scope
+    carries the DISCONNECT_EXTENSION."""
 
     transport: CorkedTransport  # type: ignore[assignment]
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(CorkedTransport(transport, self.loop))  # type: ignore[arg-type]
+        # Per connection, and nothing in it refers back to the protocol: no reference cycle.
+        self._on_lost: list[Callable[[], object]] = []
+        self._extensions = {DISCONNECT_EXTENSION: self._on_lost}
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self.scope["extensions"] = self._extensions  # type: ignore[typeddict-item]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        callbacks = self._on_lost[:]
+        self._on_lost.clear()
+        for callback in callbacks:
+            callback()
 
     def on_response_complete(self) -> None:
         # The app may go on working in this turn (the gateway records its monitoring after the

@@ -5,14 +5,16 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-from collections.abc import Iterator
+import threading
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
 import pytest
 
+from router.responses import EventStream
 from router.server import CorkedTransport, GatewayHttpProtocol
-from tests.support import InThreadServer
+from tests.support import InThreadServer, wait_until
 
 
 class RecordingTransport(asyncio.Transport):
@@ -167,3 +169,35 @@ def test_pipelined_requests_and_streams_answer_in_order(server: InThreadServer) 
             assert response.headers["transfer-encoding"] == "chunked"
             assert response.read() == b"event 0\nevent 1\nevent 2\n"
         assert client.post("/after", content=b"x").json() == {"path": "/after", "echo": "x"}
+
+
+@pytest.mark.parametrize("protocol", [GatewayHttpProtocol, None], ids=["gateway-protocol", "plain-uvicorn"])
+def test_a_stream_stops_when_its_client_leaves(protocol: type[asyncio.Protocol] | None) -> None:
+    """Told by the protocol's disconnect extension, or found by watching `receive` elsewhere."""
+    produced: list[int] = []
+    closed = threading.Event()
+
+    async def events() -> AsyncIterator[bytes]:
+        try:
+            for i in range(200):  # 10 s if nobody stops it
+                produced.append(i)
+                yield f"data: {i}\n\n".encode()
+                await asyncio.sleep(0.05)
+        finally:
+            closed.set()
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            await _app(scope, receive, send)
+            return
+        await EventStream(events(), {"x-test": "1"})(scope, receive, send)
+
+    srv = InThreadServer(app, http=protocol)
+    try:
+        with httpx.stream("GET", f"{srv.url}/s", timeout=10) as r:
+            assert r.headers["x-test"] == "1" and r.headers["content-type"].startswith("text/event-stream")
+            next(r.iter_lines())
+        wait_until(closed.is_set, 5, "the stream went on after its client left")
+        assert len(produced) < 200
+    finally:
+        srv.stop()
