@@ -9,9 +9,11 @@ maintained clients (aiohttp, httpcore, pyreqwest) on the gateway's own request p
 
 When a request is sent twice. Never on a timing window: only when the connection provably carried
 none of it. A kept-alive connection is checked before it is reused (a poll of its socket): one
-the engine has closed (its keep-alive timer ran out) is dropped before anything is written
-(one idle for under a millisecond is not polled: the engine's close would have had to arrive in
-that millisecond, and the poll would only narrow the race, not end it). A
+the engine has closed (its keep-alive timer ran out) is dropped before anything is written.
+One idle for under 0.25 s is not polled: no server's keep-alive timer is that short (uvicorn's
+is 5 s, gunicorn's 2 s), and an engine that goes away is heard of by the loop within its turn,
+which the poll would only narrow, not close. A busy pool reuses its connections within
+milliseconds, so this saves a system call per request where it counts. A
 request whose write had not completed when the connection closed (bytes of it still in the
 pool's buffer, so the engine cannot have the whole request) is sent once more on a new
 connection. A connection that closes after the whole request went out, before any byte of the
@@ -50,10 +52,7 @@ _MAX_BUFFERED = 1 << 20  # bytes of a stream held unread before the engine's soc
 _WRITE_PIECE = 1 << 16  # a large body is written this much at a time, waiting while the socket is full
 DEFAULT_MAX_ANSWER_BYTES = 64 << 20
 _READABLE = select.POLLIN | select.POLLRDHUP | select.POLLPRI
-# A connection idle for less than this is reused without polling its socket: the poll only
-# narrows the race with an engine's close to the microseconds before the write, and a busy
-# pool (where it would cost a syscall per request) reuses connections idle for far less.
-_POLL_AFTER_S = 0.001
+_POLL_AFTER_S = 0.25  # a connection idle for less is reused without a poll (see above)
 # A timer may fire this much before its time (the loop's clock has millisecond steps): close
 # enough to count as on time, so that it is never set again for a fraction of a millisecond.
 _TIMER_SLACK_S = 0.001
