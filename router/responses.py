@@ -65,8 +65,10 @@ class EventStream(Response):
     When the client goes away the task serving it is cancelled, so the relay stops reading the
     engine at once (it sees CancelledError and counts the request as cancelled by the client).
     Starlette's StreamingResponse does the same with an anyio task group, at about 200 us of CPU
-    per stream more (bench/gateway_overhead.py); this watches with one plain task. An event that
-    ends with `data: [DONE]` completes the response; anything `events` yields after it is dropped.
+    per stream more (bench/gateway_overhead.py); this hears of it from the gateway's server
+    (router/server.py's DISCONNECT_EXTENSION) or, under another server, from one plain task
+    watching `receive`. An event that ends with `data: [DONE]` completes the response; anything
+    `events` yields after it is dropped.
     """
 
     media_type = "text/event-stream"

@@ -9,6 +9,10 @@ uvicorn a `CorkedTransport`: the writes made before the event loop's next turn g
 at the end of the turn, in their order, or as soon as a response is complete. A JSON answer's head
 and body leave in one send; so does a stream's last event with the chunked terminator after it.
 Nothing waits longer than the rest of the turn that wrote it.
+
+It subclasses uvicorn's protocol (uvicorn is pinned in requirements/engine-cpu.lock) and relies on
+its `loop`, `scope`, `on_message_begin` and `on_response_complete`; tests/router/test_server.py
+checks what each gives, so an upgrade that changes them fails there.
 """
 
 from __future__ import annotations

@@ -75,6 +75,30 @@ def test_close_sends_what_is_pending_first_and_a_reset_drops_it() -> None:
     assert reset.writes == []
 
 
+WRITTEN_WHEN_ANSWERED: list[int] = []
+
+
+class Counted:
+    """The socket's real transport, passed through, counting the writes that reach it."""
+
+    writes: list[bytes] = []
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+        self.transport.write(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.transport, name)
+
+
+class CountingProtocol(GatewayHttpProtocol):
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(Counted(transport))  # type: ignore[arg-type]
+
+
 async def _app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     if scope["type"] == "lifespan":
         while (message := await receive())["type"] != "lifespan.shutdown":
@@ -108,27 +132,8 @@ async def _app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         }
     )
     await send({"type": "http.response.body", "body": answer})
-
-
-class Counted:
-    """The socket's real transport, passed through, counting the writes that reach it."""
-
-    writes: list[bytes] = []
-
-    def __init__(self, transport: asyncio.Transport) -> None:
-        self.transport = transport
-
-    def write(self, data: bytes) -> None:
-        self.writes.append(data)
-        self.transport.write(data)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.transport, name)
-
-
-class CountingProtocol(GatewayHttpProtocol):
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(Counted(transport))  # type: ignore[arg-type]
+    # Still in the turn that sent the body (as the gateway's monitoring is): already written.
+    WRITTEN_WHEN_ANSWERED.append(len(Counted.writes))
 
 
 @pytest.fixture(scope="module")
@@ -142,6 +147,7 @@ def test_a_json_answer_leaves_in_one_write(server: InThreadServer) -> None:
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
         for i in range(3):  # kept alive
             Counted.writes.clear()
+            WRITTEN_WHEN_ANSWERED.clear()
             body = json.dumps({"n": i}).encode()
             sock.sendall(
                 b"POST /v1/x HTTP/1.1\r\nhost: t\r\ncontent-type: application/json\r\n"
@@ -153,6 +159,7 @@ def test_a_json_answer_leaves_in_one_write(server: InThreadServer) -> None:
             assert head.startswith(b"HTTP/1.1 200"), first
             assert json.loads(rest) == {"path": "/v1/x", "echo": body.decode()}
             assert Counted.writes == [first]  # head and body: one write, one segment
+            assert WRITTEN_WHEN_ANSWERED == [1]  # sent when complete, not at the turn's end
 
 
 def test_pipelined_requests_and_streams_answer_in_order(server: InThreadServer) -> None:
