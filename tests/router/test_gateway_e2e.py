@@ -158,7 +158,10 @@ def test_weighted_split_over_many_users_and_sticky_users(
 
     async def send(users: list[str]) -> dict[str, str]:
         sem = asyncio.Semaphore(16)
-        async with httpx.AsyncClient(timeout=120) as client:
+        # Idle connections expire on the client's side well before uvicorn's 5 s keep-alive closes
+        # them: with httpx's default (also 5 s) a slow machine can reuse one the server is closing.
+        limits = httpx.Limits(keepalive_expiry=2.0)
+        async with httpx.AsyncClient(timeout=120, limits=limits) as client:
 
             async def one(user: str) -> tuple[str, str]:
                 async with sem:
