@@ -81,21 +81,6 @@ class Outcome:
     error: ErrorReason | None = None
 
 
-class _Series:
-    """The metric children one request of (route, version) always touches, looked up once."""
-
-    __slots__ = ("duration", "entropy", "input_tokens", "output_tokens", "requests", "route", "version")
-
-    def __init__(self, m: Metrics, route: str, version: str) -> None:
-        self.route = route
-        self.version = version
-        self.requests: dict[tuple[Arm, int], Any] = {}  # (arm, status // 100) -> child
-        self.duration = m.request_duration.labels(route, version)
-        self.entropy = m.entropy.labels(route, version)
-        self.input_tokens = m.tokens.labels(route, version, Direction.INPUT.value)
-        self.output_tokens = m.tokens.labels(route, version, Direction.OUTPUT.value)
-
-
 class Observer:
     """Per (route, version) signals, bounded to the versions the routes file names."""
 
@@ -130,7 +115,6 @@ class Observer:
         self._refreshed_at = 0.0
         self._answers: dict[tuple[str, str], list[int]] = {}  # (answers, answers naming no label)
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
-        self._series: dict[tuple[str, str], _Series] = {}
 
     def set_known(self, live: dict[tuple[str, str], str]) -> None:
         """The live (route, version) pairs -> state; anything else is exported as 'other'.
@@ -180,7 +164,6 @@ class Observer:
         ):
             gauge.remove_by_labels(labels)
         self._windows.pop((route, version), None)
-        self._series.pop((route, version), None)  # its requests count as 'other' from now on
         self._changed.discard((route, version))
         self._drift_scores.pop((route, version), None)
         self._answers.pop((route, version), None)
@@ -236,31 +219,12 @@ class Observer:
             child = self._children[key] = metric.labels(*labels)
         return child
 
-    def _series_of(self, route: str, version: str) -> _Series:
-        """The series a request of (route, version) counts into: its own when live, else 'other'."""
-        series = self._series.get((route, version))
-        if series is None:
-            labels = self.label_values(route, version)
-            series = self._series.get(labels)
-            if series is None:
-                series = _Series(self.metrics, *labels)
-                if labels in self.known or labels[1] == OTHER:
-                    self._series[labels] = series  # bounded: the live pairs and a route's 'other'
-        return series
-
     def record(self, o: Outcome) -> None:
         m = self.metrics
         inc, observe = m.pending.inc, m.pending.observe
-        s = self._series_of(o.route, o.version)
-        route, version = s.route, s.version
-        status = o.status // 100
-        requests = s.requests.get((o.arm, status))
-        if requests is None:
-            requests = s.requests[(o.arm, status)] = m.requests.labels(
-                route, version, o.arm.value, f"{status}xx"
-            )
-        inc(requests)
-        observe(s.duration, o.duration_s)
+        route, version = self.label_values(o.route, o.version)
+        inc(self._child(m.requests, route, version, o.arm.value, f"{o.status // 100}xx"))
+        observe(self._child(m.request_duration, route, version), o.duration_s)
         if o.error is not None:
             inc(self._child(m.errors, route, version, o.error.value))
         if o.ttft_s is not None:
@@ -269,13 +233,13 @@ class Observer:
                 tpot = (o.duration_s - o.ttft_s) / (o.completion_tokens - 1)
                 observe(self._child(m.time_per_output_token, route, version), max(tpot, 0.0))
         if o.prompt_tokens:
-            inc(s.input_tokens, o.prompt_tokens)
+            inc(self._child(m.tokens, route, version, Direction.INPUT.value), o.prompt_tokens)
         if o.completion_tokens:
-            inc(s.output_tokens, o.completion_tokens)
+            inc(self._child(m.tokens, route, version, Direction.OUTPUT.value), o.completion_tokens)
         if o.answer is None or o.status != 200 or version == OTHER:
             return
         if o.entropy is not None:
-            observe(s.entropy, o.entropy)
+            observe(self._child(m.entropy, route, version), o.entropy)
         labels = self.label_set(version)
         predicted = match_label(o.answer, labels) if labels else None
         if labels is not None:
