@@ -47,7 +47,7 @@ from router.forward import Attempt, Forwarder, Target, request_deadline
 from router.ids import new_request_id
 from router.observe import Observer, Outcome
 from router.policy import BASE_FALLBACK, Route, RoutesFile
-from router.relay import StreamWatch, abandoned, relay
+from router.relay import Relay, StreamWatch
 from router.requests import CHAT, CompletionRequest, decode_request
 from router.responses import REQUEST_ID_HEADER, AnswerResponse, EventStream
 from router.selector import choose, mirror
@@ -360,20 +360,17 @@ class Gateway:
                 chat, start, strip, keep_top, request.asked_usage, top_k=self.settings.entropy_top_k
             )
             shadow_body = {k: v for k, v in upstream.items() if k not in ("stream", "stream_options")}
-            return EventStream(
-                relay(
-                    attempt,
-                    target,
-                    watch,
-                    self.observer,
-                    request.input_text(),
-                    request.system_text(),
-                    request_id,
-                    functools.partial(self.shadows.mirror, endpoint, shadow_body, target),
-                ),
-                out_headers,
-                on_close=functools.partial(abandoned, attempt, target, self.observer, start),
+            stream = Relay(
+                attempt,
+                target,
+                watch,
+                self.observer,
+                request.input_text(),
+                request.system_text(),
+                request_id,
+                functools.partial(self.shadows.mirror, endpoint, shadow_body, target),
             )
+            return EventStream(stream, out_headers, push=stream.push)
         return await self._whole(
             endpoint, upstream, target, attempt, request, request_id, out_headers, strip, keep_top, start
         )

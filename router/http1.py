@@ -44,6 +44,7 @@ import ssl
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Protocol
 from urllib.parse import urlsplit
 
 import httptools
@@ -553,8 +554,16 @@ class _Connection(asyncio.Protocol):
             self.transport.close()
 
 
+class BodySink(Protocol):
+    """Where `Http1Response.pipe` hands an answer's body, from the connection's own callbacks."""
+
+    def data(self, chunk: bytes) -> None: ...
+    def end(self, error: BaseException | None) -> None: ...
+
+
 class Http1Response:
-    """An engine's answer: `status`, `headers` (lower-case names), then `read()` or `iter_any()`."""
+    """An engine's answer: `status`, `headers` (lower-case names), then `read()`, `iter_any()` or
+    `pipe()`."""
 
     def __init__(
         self, conn: _Connection, read_s: float, max_answer_bytes: int, until: float | None = None
@@ -575,12 +584,24 @@ class Http1Response:
         self._timer: asyncio.TimerHandle | None = None
         self._paused = False
         self._whole = False  # read() wants the whole body: never pause the socket
+        self._sink: BodySink | None = None  # pipe(): fed from the connection's callbacks
+        self._held = False  # pipe(): the sink paused the reading
 
     # fed by the connection
     def _head_arrived(self) -> None:
         self._wake()
 
     def _feed(self, data: bytes) -> None:
+        sink = self._sink
+        if sink is not None:
+            self._wait_since = time.monotonic()
+            try:
+                sink.data(data)
+            except Exception as exc:  # the sink's bug: it hears of it in end(), the engine is let go
+                self._fail(exc)
+                if self._conn is not None:
+                    self._conn.close()
+            return
         self._chunks.append(data)
         self._buffered += len(data)
         if self._whole:
@@ -597,11 +618,20 @@ class Http1Response:
         self._complete = True
         self._stop_timer()
         self._wake()
+        self._end_sink()
 
     def _fail(self, error: BaseException) -> None:
+        if self._error is not None:
+            return
         self._error = error
         self._stop_timer()
         self._wake()
+        self._end_sink()
+
+    def _end_sink(self) -> None:
+        sink, self._sink = self._sink, None
+        if sink is not None:
+            sink.end(self._error)
 
     def _wake(self) -> None:
         waiter = self._waiter
@@ -630,16 +660,27 @@ class Http1Response:
 
     def _check_time(self, loop: asyncio.AbstractEventLoop) -> None:
         self._timer = None
+        piping = self._sink is not None
         waiter = self._waiter
-        if waiter is None or waiter.done():
+        if not piping and (waiter is None or waiter.done()):
             return  # not waiting: the next wait sets the timer again
         now = time.monotonic() + _TIMER_SLACK_S
+        error: TimeoutError | None = None
         if self._until is not None and now >= self._until:
-            waiter.set_exception(DeadlineExceededError("the request's deadline passed"))
-        elif now - self._wait_since >= self._read_s:
-            waiter.set_exception(TimeoutError(f"the engine sent nothing for {self._read_s:g} s"))
-        else:
+            error = DeadlineExceededError("the request's deadline passed")
+        elif now - self._wait_since >= self._read_s and not self._held:
+            error = TimeoutError(f"the engine sent nothing for {self._read_s:g} s")
+        if error is None:
+            if self._held:  # the sink's client is slow, not the engine: only the deadline counts
+                self._wait_since = now
             self._timer = loop.call_later(self._time_left(now), self._check_time, loop)
+        elif piping:
+            self._fail(error)
+            if self._conn is not None:
+                self._conn.close()
+        else:
+            assert waiter is not None
+            waiter.set_exception(error)
 
     def _stop_timer(self) -> None:
         if self._timer is not None:
@@ -690,13 +731,58 @@ class Http1Response:
                 raise self._error
             await self._wait()
 
+    def pipe(self, sink: BodySink) -> None:
+        """Hand the body to `sink` as it arrives, from the connection's callbacks, with no task
+        woken for each piece: `sink.data(piece)` for each, then `sink.end(None)` once the answer is
+        complete, or `sink.end(error)` (what `iter_any` would raise, or an exception of
+        `sink.data`). The read timeout and the deadline hold as for `iter_any`, which this replaces.
+        What arrived before is handed over now; `end` may come before this returns."""
+        self._sink = sink
+        if self._paused:
+            self._resume()
+        chunks = self._chunks
+        if chunks:
+            data = b"".join(chunks)
+            chunks.clear()
+            self._buffered = 0
+            self._feed(data)
+        if self._sink is None:
+            return  # its sink failed
+        if self._complete or self._error is not None:
+            self._end_sink()
+            return
+        self._wait_since = time.monotonic()
+        if self._timer is None:
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_later(self._time_left(self._wait_since), self._check_time, loop)
+
+    def hold(self) -> None:
+        """pipe(): stop reading the engine (the sink's client is not taking its bytes)."""
+        if not self._held and self._conn is not None and self._conn.transport is not None:
+            self._held = True
+            self._conn.transport.pause_reading()
+
+    def unhold(self) -> None:
+        """pipe(): read the engine again."""
+        if self._held:
+            self._held = False
+            self._wait_since = time.monotonic()
+            if self._conn is not None and self._conn.transport is not None:
+                self._conn.transport.resume_reading()
+
+    def _resume(self) -> None:
+        self._paused = False
+        if self._conn is not None and self._conn.transport is not None:
+            self._conn.transport.resume_reading()
+
     def release(self) -> None:
         """Give the connection back (the answer was read whole) or close it (it was not)."""
         self._stop_timer()
         conn, self._conn = self._conn, None
         if conn is None:
             return
-        if self._complete and self._error is None and not self._paused:
+        self._sink = None
+        if self._complete and self._error is None and not self._paused and not self._held:
             conn.done()
         else:
             conn.close()

@@ -1,13 +1,14 @@
 """The stream relay: an engine's SSE events passed on as they come, watched, and ended by the deadline.
 
-    relay(...)        the client's byte stream: each engine event as the client gets it (logprobs
+    Relay             the client's byte stream: each engine event as the client gets it (logprobs
                       it did not ask for removed, usage only if asked); an engine that breaks or a
                       deadline that passes ends it with an error event and `[DONE]`; the outcome
-                      is recorded once, however it ends
+                      is recorded once, however it ends. Pushed from the engine connection's
+                      callbacks to the client's socket under the gateway's server, else iterated
     StreamWatch       what a stream has shown so far: text, first-token time, usage, entropy
     SSEBuffer, sse    `data:` payloads out of a byte stream, and one event's bytes
 
-The events of one chunk from the engine leave in one write: as many sends as the engine's.
+The events of one chunk from the engine leave in one write: as many writes as the engine's.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from router.forward import Attempt, Target
 from router.http1 import DeadlineExceededError
 from router.observe import Observer, Outcome
 from router.responses import DONE_EVENT
+from router.server import BodyWriter
 from router.upstream import UPSTREAM_ERRORS
 
 log = logging.getLogger("lorafleet.router")
@@ -152,86 +154,174 @@ class StreamWatch:
         return payload
 
 
-async def relay(
-    attempt: Attempt,
-    target: Target,
-    watch: StreamWatch,
-    observer: Observer,
-    input_text: str,
-    system: str | None,
-    request_id: str,
-    on_answer: Callable[[str, str | None], None],
-) -> AsyncIterator[bytes]:
-    """Pass an engine's SSE stream on as it comes, observing it; end it cleanly on failure or at
-    the request's deadline. `on_answer(text, completion_id)` runs after a complete answer."""
-    events = SSEBuffer()
-    error: ErrorReason | None = None
-    status = 200
-    try:
-        # The transport's reads stop at the request's deadline: no timer of our own per chunk.
-        async for raw in attempt.response.iter_any():
-            out = watch.relay(events.feed(raw))
+class Relay:
+    """One engine stream relayed to one client, watched, ended cleanly on failure or at the
+    request's deadline, its outcome recorded once however it ends (`aclose`).
+
+    EventStream drives it one of two ways. `push(writer)`, under the gateway's own server: the
+    engine connection's callbacks (Http1Response.pipe) relay each piece and write it to the
+    client's socket (router/server.py's BodyWriter), with no task woken for each event; reading
+    the engine pauses while the client's socket is full. Iterated (`async for`), under any other
+    ASGI server: each piece is read and yielded for the server's `send`.
+    """
+
+    def __init__(
+        self,
+        attempt: Attempt,
+        target: Target,
+        watch: StreamWatch,
+        observer: Observer,
+        input_text: str,
+        system: str | None,
+        request_id: str,
+        on_answer: Callable[[str, str | None], None],
+    ) -> None:
+        """`on_answer(text, completion_id)` runs after a complete answer."""
+        self.attempt = attempt
+        self.target = target
+        self.watch = watch
+        self.observer = observer
+        self.input_text = input_text
+        self.system = system
+        self.request_id = request_id
+        self.on_answer = on_answer
+        self.events = SSEBuffer()
+        self.error: ErrorReason | None = None
+        self.status = 200
+        self.started = False
+        self.recorded = False
+        self._pulled: AsyncIterator[bytes] | None = None
+        self._writer: BodyWriter | None = None
+        self._ended: asyncio.Future[None] | None = None
+        self._written_last = False
+
+    # iterated: the pieces for the server's `send`
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        self._pulled = self._pull()
+        return self._pulled
+
+    async def _pull(self) -> AsyncIterator[bytes]:
+        self.started = True
+        try:
+            # The transport's reads stop at the request's deadline: no timer of our own per chunk.
+            async for raw in self.attempt.response.iter_any():
+                out = self.watch.relay(self.events.feed(raw))
+                if out:
+                    yield out
+            out = self.watch.relay(self.events.close())
             if out:
                 yield out
-        out = watch.relay(events.close())
+        except UPSTREAM_ERRORS as exc:
+            yield self._failed(exc)
+        except (asyncio.CancelledError, GeneratorExit):
+            self._cancelled()
+            raise
+
+    # pushed: from the engine connection's callbacks to the client's socket
+    async def push(self, writer: BodyWriter) -> None:
+        """Relay the whole stream through `writer`; return once it ended. Its last bytes (`[DONE]`)
+        are written to leave with the response's end, which the caller sends next."""
+        self.started = True
+        self._writer = writer
+        self._ended = asyncio.get_running_loop().create_future()
+        self.attempt.response.pipe(self)
+        try:
+            await self._ended
+        except asyncio.CancelledError:
+            self._cancelled()
+            raise
+
+    def data(self, chunk: bytes) -> None:
+        out = self.watch.relay(self.events.feed(chunk))
         if out:
-            yield out
-    except TimeoutError as exc:
-        error, status = ErrorReason.TIMEOUT, 504
-        log.warning("stream of request %s from %s timed out: %s", request_id, attempt.engine.url, exc)
-        yield error_event(
-            f"the answer of {attempt.version} stopped: {exc} (request {request_id})",
-            "timeout",
-            "deadline_exceeded" if isinstance(exc, DeadlineExceededError) else "upstream_timeout",
-        )
-    except UPSTREAM_ERRORS as exc:
-        error, status = ErrorReason.STREAM_ABORTED, 502
+            self._write(out)
+
+    def end(self, error: BaseException | None) -> None:
+        if error is None:
+            out = self.watch.relay(self.events.close())
+        elif isinstance(error, UPSTREAM_ERRORS):
+            out = self._failed(error)
+        else:  # a bug of the relay's own, which pipe() handed back: the client gets an error event
+            log.error("relaying request %s failed", self.request_id, exc_info=error)
+            self.error, self.status = ErrorReason.STREAM_ABORTED, 500
+            out = error_event(
+                f"internal error relaying {self.attempt.version} (request {self.request_id}); the gateway's "
+                "log has the detail",
+                "server_error",
+                "internal_error",
+            )
+        if out:
+            self._write(out)
+        if self._ended is not None and not self._ended.done():
+            self._ended.set_result(None)
+
+    def _write(self, out: bytes) -> None:
+        writer = self._writer
+        if writer is None or self._written_last:
+            return  # nothing follows `[DONE]`
+        if out.endswith(DONE_EVENT):
+            self._written_last = True
+            writer.write(out, last=True)
+        elif not writer.write(out):
+            response = self.attempt.response
+            response.hold()
+            writer.when_writable(response.unhold)
+
+    # either way
+    def _failed(self, exc: BaseException) -> bytes:
+        """The error event that ends a stream the engine failed (UPSTREAM_ERRORS)."""
+        attempt, request_id = self.attempt, self.request_id
+        if isinstance(exc, TimeoutError):
+            self.error, self.status = ErrorReason.TIMEOUT, 504
+            log.warning("stream of request %s from %s timed out: %s", request_id, attempt.engine.url, exc)
+            return error_event(
+                f"the answer of {attempt.version} stopped: {exc} (request {request_id})",
+                "timeout",
+                "deadline_exceeded" if isinstance(exc, DeadlineExceededError) else "upstream_timeout",
+            )
+        self.error, self.status = ErrorReason.STREAM_ABORTED, 502
         log.warning("stream of request %s from %s broke: %s", request_id, attempt.engine.url, exc)
-        yield error_event(
+        return error_event(
             f"the stream of {attempt.version} broke (request {request_id})", "server_error", "stream_aborted"
         )
-    except (asyncio.CancelledError, GeneratorExit):
+
+    def _cancelled(self) -> None:
         # A client that hangs up once it has `[DONE]` (the SDK's streams do) got the whole
         # answer: cancelled only before that.
-        if not watch.done:
-            error, status = ErrorReason.CLIENT_CANCELLED, 499
-        raise
-    finally:
+        if not self.watch.done and self.error is None:
+            self.error, self.status = ErrorReason.CLIENT_CANCELLED, 499
+
+    async def aclose(self) -> None:
+        """Let the engine's stream go and record the outcome, once. A relay that never started
+        (the client left before the first byte) counts as cancelled by the client."""
+        if self._pulled is not None:
+            pulled, self._pulled = self._pulled, None
+            await pulled.aclose()  # type: ignore[attr-defined]
+        if self.recorded:
+            return
+        self.recorded = True
+        attempt, watch = self.attempt, self.watch
         attempt.finish()
+        if not self.started:
+            self.error, self.status = ErrorReason.CLIENT_CANCELLED, 499
         answer = watch.answer()
-        observer.record(
+        self.observer.record(
             Outcome(
-                route=target.route,
+                route=self.target.route,
                 version=attempt.version,
                 arm=attempt.arm,
-                status=status,
+                status=self.status,
                 duration_s=time.perf_counter() - watch.start,
-                input_text=input_text,
-                system=system,
-                answer=answer if error is None else None,
+                input_text=self.input_text,
+                system=self.system,
+                answer=answer if self.error is None else None,
                 completion_id=watch.completion_id,
                 ttft_s=watch.ttft,
                 prompt_tokens=watch.usage.prompt_tokens,
                 completion_tokens=watch.usage.completion_tokens,
                 entropy=watch.entropy.value(),
-                error=error,
+                error=self.error,
             )
         )
-        if error is None:
-            on_answer(answer, watch.completion_id)
-
-
-def abandoned(attempt: Attempt, target: Target, observer: Observer, start: float) -> None:
-    """After a stream's response: if its relay never ran (the client left before the first
-    byte), give the engine's stream back and count the request as cancelled by the client."""
-    if attempt.finish():
-        observer.record(
-            Outcome(
-                target.route,
-                attempt.version,
-                attempt.arm,
-                499,
-                time.perf_counter() - start,
-                error=ErrorReason.CLIENT_CANCELLED,
-            )
-        )
+        if self.error is None:
+            self.on_answer(answer, watch.completion_id)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterable, Awaitable, Callable, Mapping
 from typing import Any
 
 import orjson
@@ -12,7 +12,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
 from router.errors import RouterError
-from router.server import DISCONNECT_EXTENSION
+from router.server import BODY_WRITER_EXTENSION, DISCONNECT_EXTENSION, BodyWriter
 
 log = logging.getLogger("lorafleet.router")
 
@@ -69,20 +69,25 @@ class EventStream(Response):
     (router/server.py's DISCONNECT_EXTENSION) or, under another server, from one plain task
     watching `receive`. An event that ends with `data: [DONE]` completes the response; anything
     `events` yields after it is dropped.
+
+    With `push`, under the gateway's server, the body is written by `push(writer)` through the
+    server's BodyWriter instead of iterating `events`; the response ends when it returns.
     """
 
     media_type = "text/event-stream"
 
     def __init__(
         self,
-        events: AsyncIterator[bytes],
+        events: AsyncIterable[bytes],
         headers: Mapping[str, str],
         on_close: Callable[[], object] | None = None,
+        push: Callable[[BodyWriter], Awaitable[None]] | None = None,
     ) -> None:
         """`on_close` runs once the stream ends, however it ends: also when the client left before
         `events` started (closing a generator that never started runs none of its code)."""
         self.events = events
         self.on_close = on_close
+        self.push = push
         self.status_code = 200
         self.background = None
         self.raw_headers = [
@@ -107,7 +112,8 @@ class EventStream(Response):
 
         # The gateway's own server says when the connection is lost (router/server.py); under
         # another, a task watches `receive` for the disconnect.
-        on_lost: list[Callable[[], object]] | None = scope.get("extensions", {}).get(DISCONNECT_EXTENSION)
+        extensions = scope.get("extensions", {})
+        on_lost: list[Callable[[], object]] | None = extensions.get(DISCONNECT_EXTENSION)
         watcher = None
         if on_lost is not None:
             on_lost.append(stop)
@@ -117,13 +123,21 @@ class EventStream(Response):
         complete = False
         try:
             await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
-            async for event in self.events:
-                if complete:
-                    continue  # nothing follows `[DONE]`; the relay reads on to the engine's end
-                # `[DONE]` ends the response at once (with the terminator, in one write), before
-                # the relay records the stream's outcome.
-                complete = event.endswith(DONE_EVENT)
-                await send({"type": "http.response.body", "body": event, "more_body": not complete})
+            writer_for = extensions.get(BODY_WRITER_EXTENSION) if self.push is not None else None
+            writer = writer_for(send) if writer_for is not None else None
+            if writer is not None:
+                assert self.push is not None
+                await self.push(writer)
+                complete = True  # its `[DONE]` is written, to leave with the end
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+            else:
+                async for event in self.events:
+                    if complete:
+                        continue  # nothing follows `[DONE]`; the relay reads on to the engine's end
+                    # `[DONE]` ends the response at once (with the terminator, in one write),
+                    # before the relay records the stream's outcome.
+                    complete = event.endswith(DONE_EVENT)
+                    await send({"type": "http.response.body", "body": event, "more_body": not complete})
         except asyncio.CancelledError:
             if client_left:
                 task.uncancel()

@@ -10,23 +10,33 @@ at the end of the turn, in their order, or as soon as a response is complete. A 
 and body leave in one send; so does a stream's last event with the chunked terminator after it.
 Nothing waits longer than the rest of the turn that wrote it.
 
+A relayed stream's events are written by `BodyWriter` (BODY_WRITER_EXTENSION) straight from the
+engine connection's callbacks, framed as uvicorn frames them, with no task woken and no `send`
+awaited for each event; the response still starts and ends through ASGI's `send`.
+
 It subclasses uvicorn's protocol (uvicorn is pinned in requirements/engine-cpu.lock) and relies on
-its `loop`, `scope`, `on_message_begin` and `on_response_complete`; tests/router/test_server.py
-checks what each gives, so an upgrade that changes them fails there.
+its `loop`, `scope`, `flow`, `on_message_begin`, `on_response_complete` and `resume_writing`, and
+on its RequestResponseCycle (`send` a bound method of it; `response_started`, `response_complete`,
+`chunked_encoding`, `disconnected`); tests/router/test_server.py checks what each gives, so an
+upgrade that changes them fails there.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 # The scope extension through which a response hears of its client's leaving: a list; a callable
 # appended to it is called once if the connection is lost, unless removed before. Cheaper than a
 # task watching `receive` for `http.disconnect`.
 DISCONNECT_EXTENSION = "lorafleet.on_disconnect"
+# The scope extension that gives a started chunked response a BodyWriter: a callable taking the
+# request's ASGI `send`, returning None when it cannot write for that `send`.
+BODY_WRITER_EXTENSION = "lorafleet.body_writer"
 
 
 class CorkedTransport:
@@ -36,20 +46,34 @@ class CorkedTransport:
     pending first, as the wrapped transport would for data already written to it.
     """
 
-    __slots__ = ("_loop", "_pending", "_transport")
+    __slots__ = ("_held", "_loop", "_pending", "_transport")
 
     def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
         self._transport = transport
         self._loop = loop
         self._pending: list[bytes] | None = None
+        self._held = False  # what is pending was written held: no flush is due
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         pending = self._pending
         if pending is None:
             self._pending = [bytes(data)]
             self._loop.call_soon(self.flush)
+        elif self._held:
+            self._held = False
+            pending.append(bytes(data))
+            self._loop.call_soon(self.flush)
         else:
             pending.append(bytes(data))
+
+    def write_held(self, data: bytes) -> None:
+        """Write `data` to go out with the next write, flush or close, not at the end of this turn:
+        a response's last bytes, which its end (the next `send`) follows."""
+        if self._pending is None:
+            self._pending = [data]
+            self._held = True
+        else:
+            self._pending.append(data)
 
     def writelines(self, lines: Any) -> None:
         for data in lines:
@@ -58,6 +82,7 @@ class CorkedTransport:
     def flush(self) -> None:
         """Send what was written and not sent yet (no-op when nothing is pending)."""
         pending, self._pending = self._pending, None
+        self._held = False
         # A connection the peer reset is closed before uvicorn hears of it: drop what it can't carry.
         if pending and not self._transport.is_closing():
             self._transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
@@ -72,6 +97,7 @@ class CorkedTransport:
 
     def abort(self) -> None:
         self._pending = None
+        self._held = False
         self._transport.abort()
 
     def is_closing(self) -> bool:
@@ -81,18 +107,60 @@ class CorkedTransport:
         return getattr(self._transport, name)
 
 
+class BodyWriter:
+    """Writes the body of a started chunked response outside ASGI's `send`, at once: for a stream
+    relayed from another connection's callbacks, where there is no task to await `send` in.
+
+    The response must still end with `send` (an empty last body), as ASGI has it."""
+
+    __slots__ = ("_cycle", "_on_writable", "_transport")
+
+    def __init__(
+        self, cycle: RequestResponseCycle, transport: CorkedTransport, on_writable: list[Callable[[], object]]
+    ) -> None:
+        self._cycle = cycle
+        self._transport = transport
+        self._on_writable = on_writable
+
+    def write(self, data: bytes, last: bool = False) -> bool:
+        """Write one chunk of the body; `last`: the body's last bytes, to leave with the end that
+        `send` writes next. False when the client's socket is full: write no more before
+        `when_writable` calls back. A client that left takes nothing, silently (it is told apart
+        by DISCONNECT_EXTENSION)."""
+        cycle = self._cycle
+        if cycle.disconnected or cycle.response_complete:
+            return True
+        chunk = b"%x\r\n%b\r\n" % (len(data), data)
+        if last:
+            self._transport.write_held(chunk)
+        else:
+            self._transport.write(chunk)
+        return not cycle.flow.write_paused
+
+    def when_writable(self, callback: Callable[[], object]) -> None:
+        """Call `callback` once when the client's socket takes bytes again (at once if it does)."""
+        if self._cycle.flow.write_paused:
+            self._on_writable.append(callback)
+        else:
+            callback()
+
+
 class GatewayHttpProtocol(HttpToolsProtocol):
     """uvicorn's HTTP/1.1 protocol (httptools) writing through a `CorkedTransport`; a response
     leaves as soon as its last byte is written, not at the end of the turn. Each request's scope
-    carries the DISCONNECT_EXTENSION."""
+    carries the DISCONNECT_EXTENSION and the BODY_WRITER_EXTENSION."""
 
     transport: CorkedTransport  # type: ignore[assignment]
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(CorkedTransport(transport, self.loop))  # type: ignore[arg-type]
-        # Per connection, and nothing in it refers back to the protocol: no reference cycle.
+        # Per connection, and nothing in them refers back to the protocol: no reference cycle.
         self._on_lost: list[Callable[[], object]] = []
-        self._extensions = {DISCONNECT_EXTENSION: self._on_lost}
+        self._on_writable: list[Callable[[], object]] = []
+        self._extensions = {
+            DISCONNECT_EXTENSION: self._on_lost,
+            BODY_WRITER_EXTENSION: functools.partial(_body_writer, self.transport, self._on_writable),
+        }
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -105,8 +173,33 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         for callback in callbacks:
             callback()
 
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        callbacks = self._on_writable[:]
+        self._on_writable.clear()
+        for callback in callbacks:
+            callback()
+
     def on_response_complete(self) -> None:
         # The app may go on working in this turn (the gateway records its monitoring after the
         # answer): the client must not wait for that.
         self.transport.flush()
         super().on_response_complete()
+
+
+def _body_writer(
+    transport: CorkedTransport, on_writable: list[Callable[[], object]], send: Callable[..., object]
+) -> BodyWriter | None:
+    """A BodyWriter for the response `send` belongs to, if it is one of this connection's started
+    chunked responses (uvicorn's own `send`, not a wrapper of it)."""
+    cycle = getattr(send, "__self__", None)
+    if (
+        not isinstance(cycle, RequestResponseCycle)
+        or cycle.transport is not cast(Any, transport)  # uvicorn types it as asyncio.Transport
+        or not cycle.response_started
+        or cycle.response_complete
+        or not cycle.chunked_encoding
+        or cycle.scope["method"] == "HEAD"
+    ):
+        return None
+    return BodyWriter(cycle, transport, on_writable)

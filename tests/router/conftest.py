@@ -10,6 +10,7 @@ fake_engines  fixture: fake_engines(config=None) -> a FAKE engine (`FakeEngine`:
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,7 @@ def gateway(tmp_path: Path, versions: tuple[Registry, list[str]]) -> Iterator[Ca
         root_path: str = "",
         port: int | None = None,
         app_kwargs: dict[str, Any] | None = None,
+        http: type[asyncio.Protocol] | None = GatewayHttpProtocol,
         **kwargs: Any,
     ) -> InThreadServer:
         routes_file = tmp_path / f"routes-{len(started)}.yaml"
@@ -63,7 +65,7 @@ def gateway(tmp_path: Path, versions: tuple[Registry, list[str]]) -> Iterator[Ca
             create_app(settings, **(app_kwargs or {})),
             root_path=root_path,
             port=port,
-            http=GatewayHttpProtocol,
+            http=http,
         )
         started.append(server)
         return server

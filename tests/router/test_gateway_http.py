@@ -24,6 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from bench.fakes import UpstreamConfig
 from lorafleet.registry import Registry
 from router.gateway import VERSION_HEADER
+from router.server import GatewayHttpProtocol
 from tests.support import free_port, wait_until
 
 TOKEN = "test-admin-token"  # the admin token of the `gateway` fixture
@@ -374,6 +375,13 @@ def test_pin_and_session_headers_match_in_any_case(
     assert r.headers["x-request-id"] == "req-mine"
 
 
+# Streams are pushed from the engine's connection to the client's socket under the gateway's own
+# server, and iterated under any other: both ways.
+SERVERS = pytest.mark.parametrize(
+    "http", [GatewayHttpProtocol, None], ids=["pushed-gateway-protocol", "iterated-plain-uvicorn"]
+)
+
+
 def _metrics_showing(url: str, line: str, timeout_s: float, failure: str) -> str:
     """The gateway's /metrics once it holds `line` (a stream is counted when its relay closes)."""
     pages: list[str] = []
@@ -386,15 +394,17 @@ def _metrics_showing(url: str, line: str, timeout_s: float, failure: str) -> str
     return pages[-1]
 
 
+@SERVERS
 def test_a_client_that_leaves_after_done_got_the_whole_answer(
     gateway: Callable[..., Any],
     fake_engines: Callable[..., Any],
     versions: tuple[Registry, list[str]],
+    http: type[asyncio.Protocol] | None,
 ) -> None:
     """The SDK stops reading at `[DONE]`; an engine may end its body later: not a cancelled request."""
     _, (v1, _) = versions
     late = fake_engines(UpstreamConfig(end_after_done_s=3.0))
-    gw = gateway(_routes(v1), [late.url])
+    gw = gateway(_routes(v1), [late.url], http=http)
     body = {"model": "banking", "messages": MESSAGES, "stream": True}
     with httpx.stream("POST", f"{gw.url}/v1/chat/completions", json=body) as r:
         assert r.status_code == 200
@@ -416,14 +426,16 @@ def test_a_client_that_leaves_after_done_got_the_whole_answer(
     assert verdict.status_code == 201, verdict.text
 
 
+@SERVERS
 def test_a_client_that_leaves_mid_stream_is_not_an_error_of_the_version(
     gateway: Callable[..., Any],
     fake_engines: Callable[..., Any],
     versions: tuple[Registry, list[str]],
+    http: type[asyncio.Protocol] | None,
 ) -> None:
     _, (v1, _) = versions
     slow = fake_engines(UpstreamConfig(chunks=40, itl_s=0.2))  # a slow engine: time to leave mid-stream
-    gw = gateway(_routes(v1), [slow.url])
+    gw = gateway(_routes(v1), [slow.url], http=http)
     body = {"model": "banking", "messages": MESSAGES, "stream": True}
     with httpx.stream("POST", f"{gw.url}/v1/chat/completions", json=body) as r:
         assert r.status_code == 200
@@ -636,14 +648,16 @@ def test_an_engine_that_never_answers_is_abandoned_at_the_sdk_timeout_fallback_i
     assert "deadline" in answered.value.message and v1 in answered.value.message
 
 
+@SERVERS
 def test_a_stream_past_its_deadline_ends_with_an_error_event(
     gateway: Callable[..., Any],
     fake_engines: Callable[..., Any],
     versions: tuple[Registry, list[str]],
+    http: type[asyncio.Protocol] | None,
 ) -> None:
     _, (v1, _) = versions
     slow = fake_engines(UpstreamConfig(chunks=40, itl_s=0.1))
-    gw = gateway(_routes(v1), [slow.url])
+    gw = gateway(_routes(v1), [slow.url], http=http)
     body = {"model": "banking", "messages": MESSAGES, "stream": True}
     with httpx.stream(
         "POST", f"{gw.url}/v1/chat/completions", json=body, headers={"x-request-timeout": "1.5"}, timeout=30

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import struct
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
@@ -14,6 +15,7 @@ import pytest
 
 from router.http1 import (
     AnswerTooLargeError,
+    DeadlineExceededError,
     Http1Pool,
     Timeouts,
     UpstreamConnectionError,
@@ -628,3 +630,133 @@ async def test_connecting_takes_at_most_connect_s() -> None:
         finally:
             for s in fillers:
                 s.close()
+
+
+class Collected:
+    """A BodySink keeping what pipe() hands it."""
+
+    def __init__(self) -> None:
+        self.pieces: list[bytes] = []
+        self.ended = asyncio.get_running_loop().create_future()
+
+    def data(self, chunk: bytes) -> None:
+        self.pieces.append(chunk)
+
+    def end(self, error: BaseException | None) -> None:
+        assert not self.ended.done(), "ended twice"
+        self.ended.set_result(error)
+
+
+async def test_a_piped_stream_is_handed_over_as_it_arrives_then_ended() -> None:
+    go_on = asyncio.Event()
+
+    async def stream(_r: asyncio.StreamReader, w: asyncio.StreamWriter, _h: bytes, _b: bytes) -> bool:
+        w.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n7\r\ndata: 1\r\n")
+        await w.drain()
+        await go_on.wait()
+        w.write(b"7\r\ndata: 2\r\n0\r\n\r\n")
+        await w.drain()
+        return True
+
+    async with serving(stream) as (server, url):
+        pool = Http1Pool(limit=4)
+        response = await pool.post(url, "/s", b"{}", {}, FAST)
+        await asyncio.sleep(0.05)  # the first piece arrives before the pipe: handed over at once
+        sink = Collected()
+        response.pipe(sink)
+        assert sink.pieces == [b"data: 1"] and not sink.ended.done()
+        go_on.set()
+        assert await asyncio.wait_for(sink.ended, 2) is None
+        assert sink.pieces == [b"data: 1", b"data: 2"]
+        response.release()
+        again = await pool.post(url, "/s", b"{}", {}, FAST)  # the connection was given back
+        assert await again.read() == b"data: 1data: 2"
+        again.release()
+        await pool.close()
+    assert server.connections == 1
+
+
+async def test_a_piped_stream_ends_with_the_read_timeout_the_deadline_or_the_sinks_error() -> None:
+    async def stalls(_r: asyncio.StreamReader, w: asyncio.StreamWriter, _h: bytes, _b: bytes) -> bool:
+        w.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n1\r\na\r\n")
+        await w.drain()
+        await asyncio.sleep(5)
+        return False
+
+    quick = Timeouts(pool_s=2.0, connect_s=2.0, read_s=0.2)
+    async with serving(stalls) as (_, url):
+        pool = Http1Pool(limit=4)
+        response = await pool.post(url, "/x", b"{}", {}, quick)
+        sink = Collected()
+        response.pipe(sink)
+        error = await asyncio.wait_for(sink.ended, 2)
+        assert isinstance(error, TimeoutError) and "sent nothing for 0.2 s" in str(error)
+        assert sink.pieces == [b"a"]
+        response.release()
+
+        loop = asyncio.get_running_loop()
+        response = await pool.post(url, "/x", b"{}", {}, FAST, deadline=time.monotonic() + 0.3)
+        sink = Collected()
+        response.pipe(sink)
+        started = loop.time()
+        error = await asyncio.wait_for(sink.ended, 2)
+        assert isinstance(error, DeadlineExceededError)
+        assert 0.15 < loop.time() - started < 1.0
+        response.release()
+
+        class Broken(Collected):
+            def data(self, chunk: bytes) -> None:
+                raise RuntimeError("a bug of the sink's")
+
+        response = await pool.post(url, "/x", b"{}", {}, FAST)
+        sink = Broken()
+        response.pipe(sink)
+        error = await asyncio.wait_for(sink.ended, 2)
+        assert isinstance(error, RuntimeError)
+        response.release()
+        await asyncio.sleep(0.05)
+        assert pool.stats(url).open == 0  # none of those connections is reused
+        await pool.close()
+
+
+async def test_a_held_pipe_stops_reading_and_its_silence_is_not_a_timeout() -> None:
+    """A sink whose own client is slow holds the engine's reading: bytes back up in the kernel,
+    not in the gateway, and the read timeout does not count while held (the deadline does)."""
+    piece = b"x" * 65536
+    sent = 0
+
+    async def fast(_r: asyncio.StreamReader, w: asyncio.StreamWriter, _h: bytes, _b: bytes) -> bool:
+        nonlocal sent
+        w.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+        for _ in range(200):  # 12.5 MiB: more than the sockets' buffers hold
+            w.write(b"%x\r\n%b\r\n" % (len(piece), piece))
+            await w.drain()
+            sent += len(piece)
+        w.write(b"0\r\n\r\n")
+        await w.drain()
+        return True
+
+    async with serving(fast) as (_, url):
+        pool = Http1Pool(limit=4)
+        response = await pool.post(url, "/x", b"{}", {}, Timeouts(pool_s=2.0, connect_s=2.0, read_s=0.2))
+
+        class Holding(Collected):
+            holding = True
+
+            def data(self, chunk: bytes) -> None:
+                super().data(chunk)
+                if self.holding:
+                    response.hold()
+
+        sink = Holding()
+        response.pipe(sink)
+        await asyncio.sleep(0.5)  # over the read timeout, held
+        assert not sink.ended.done()
+        got = sum(map(len, sink.pieces))
+        assert got < 1 << 20 and sent < 200 * len(piece)  # the engine is held back too
+        sink.holding = False
+        response.unhold()
+        assert await asyncio.wait_for(sink.ended, 5) is None
+        assert sum(map(len, sink.pieces)) == 200 * len(piece)
+        response.release()
+        await pool.close()

@@ -208,3 +208,103 @@ def test_a_stream_stops_when_its_client_leaves(protocol: type[asyncio.Protocol] 
         assert len(produced) < 200
     finally:
         srv.stop()
+
+
+class Pushed:
+    """A stream written through the server's BodyWriter from loop callbacks (as the relay writes
+    from the engine connection's), or iterated under a server that has none."""
+
+    def __init__(self, n: int) -> None:
+        self.events = [f"data: {i}\n\n".encode() for i in range(n)] + [b"data: [DONE]\n\n"]
+        self.pushed = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for event in self.events:
+            yield event
+
+    async def push(self, writer: Any) -> None:
+        self.pushed = True
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+
+        def write(i: int) -> None:
+            last = i == len(self.events) - 1
+            writer.write(self.events[i], last=last)
+            if last:
+                done.set_result(None)
+            else:
+                loop.call_later(0.005, write, i + 1)
+
+        loop.call_soon(write, 0)
+        await done
+
+
+@pytest.mark.parametrize("protocol", [CountingProtocol, None], ids=["gateway-protocol", "plain-uvicorn"])
+def test_a_pushed_stream_is_written_by_the_body_writer_its_end_with_its_last_event(
+    protocol: type[asyncio.Protocol] | None,
+) -> None:
+    stream = Pushed(3)
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            await _app(scope, receive, send)
+            return
+        await EventStream(stream, {}, push=stream.push)(scope, receive, send)
+
+    srv = InThreadServer(app, http=protocol)
+    try:
+        Counted.writes.clear()
+        with httpx.Client(base_url=srv.url, timeout=10) as client:
+            r = client.get("/s")
+            assert r.text == "data: 0\n\ndata: 1\n\ndata: 2\n\ndata: [DONE]\n\n"
+            assert r.headers["transfer-encoding"] == "chunked"
+            assert client.get("/s").status_code == 200  # the connection was kept alive
+        assert stream.pushed is (protocol is not None)
+        if protocol is not None:
+            assert Counted.writes[-1] == b"e\r\ndata: [DONE]\n\n\r\n0\r\n\r\n"  # the end with the last event
+    finally:
+        srv.stop()
+
+
+def test_the_body_writer_says_when_the_client_is_full_and_when_it_takes_bytes_again() -> None:
+    piece = b"y" * 65536
+    told: dict[str, Any] = {}
+
+    async def push(writer: Any) -> None:
+        loop = asyncio.get_running_loop()
+        writable = loop.create_future()
+        written = 0
+        while writer.write(piece):  # a client that reads nothing: its socket fills up
+            written += 1
+            assert written < 2000, "never full"
+            await asyncio.sleep(0)  # the corked writes reach the socket at the turn's end
+        told["full_after"] = written
+        writer.when_writable(lambda: writable.set_result(None))
+        await writable
+        writer.write(b"end", last=True)
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            await _app(scope, receive, send)
+            return
+        await EventStream(_nothing(), {}, push=push)(scope, receive, send)
+
+    srv = InThreadServer(app, http=GatewayHttpProtocol)
+    try:
+        with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+            sock.sendall(b"GET /s HTTP/1.1\r\nhost: t\r\n\r\n")
+            wait_until(lambda: "full_after" in told, 5, "the body writer never said the client was full")
+            data = b""
+            while not data.endswith(b"3\r\nend\r\n0\r\n\r\n"):
+                chunk = sock.recv(1 << 20)
+                assert chunk, data[-100:]
+                data += chunk
+        assert data.count(piece) == told["full_after"] + 1  # the piece that found it full was written
+    finally:
+        srv.stop()
+
+
+async def _nothing() -> AsyncIterator[bytes]:
+    return
+    yield b""
