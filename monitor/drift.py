@@ -253,7 +253,10 @@ class DriftBins:
 class DriftWindow:
     """The last `size` requests of one version, counted over its DriftBins, scored on demand.
 
-    `observe` is O(words of the request) and `scores` O(bins), whatever the window size. A feature
+    `observe` is O(1): a request's words are counted when the window is next read (`scores`,
+    `counts`, `len`), and only if it is still one of the last `size` then, so a busy version's
+    requests that a later read would find gone are never counted. A read is O(bins + words of the
+    requests counted), whatever the window size. A feature
     is scored once at least `min_samples` (default: 200, or `size` if smaller) requests of the
     window contributed to it. Entropy has its own window, of the last `size` answers that carried
     one: the gateway scores the entropy of only some answers of a busy version (`entropy_max_per_s`),
@@ -279,6 +282,7 @@ class DriftWindow:
         self.min_samples = min_samples
         self.bins = DriftBins(reference, vocabulary_words=vocabulary_words)
         self._window: deque[list[int]] = deque()
+        self._uncounted: deque[tuple[str, str | None]] = deque(maxlen=size)  # the newest requests
         self._entropy_window: deque[tuple[int, int]] = deque()
         self._totals = [0] * self.bins.size
         self._reported: set[int] = set()  # slots counts() has returned non-zero
@@ -289,6 +293,7 @@ class DriftWindow:
         return self.bins.features
 
     def __len__(self) -> int:
+        self._count()
         return len(self._window)
 
     def observe(self, input_text: str, predicted_label: str | None, entropy: float | None) -> None:
@@ -297,16 +302,10 @@ class DriftWindow:
         `predicted_label` is ignored when the reference has no labels; None or a text that names
         no label counts as 'other'. `entropy` None (no logprobs) leaves the entropy feature out.
         """
-        totals = self._totals
-        slots = self.bins.slots(input_text, predicted_label)
-        for s in slots:
-            totals[s] += 1
-        self._window.append(slots)
-        if len(self._window) > self.size:
-            for s in self._window.popleft():
-                totals[s] -= 1
+        self._uncounted.append((input_text, predicted_label))
         scored = self.bins.entropy_slots(entropy)
         if scored is not None:
+            totals = self._totals
             totals[scored[0]] += 1
             totals[scored[1]] += 1
             self._entropy_window.append(scored)
@@ -315,8 +314,25 @@ class DriftWindow:
                 totals[old] -= 1
                 totals[requests] -= 1
 
+    def _count(self) -> None:
+        """Count the requests observed since the last read (the last `size` of them at most)."""
+        uncounted = self._uncounted
+        if not uncounted:
+            return
+        totals, window, slots_of = self._totals, self._window, self.bins.slots
+        for input_text, predicted_label in uncounted:
+            slots = slots_of(input_text, predicted_label)
+            for s in slots:
+                totals[s] += 1
+            window.append(slots)
+        uncounted.clear()
+        while len(window) > self.size:
+            for s in window.popleft():
+                totals[s] -= 1
+
     def scores(self) -> dict[DriftFeature, DriftScore]:
         """Scores of the features with at least `min_samples` requests in the window (and some mass)."""
+        self._count()
         keys = self.bins.keys
         return self.bins.score({keys[s]: n for s, n in enumerate(self._totals) if n}, self.min_samples)
 
@@ -326,6 +342,7 @@ class DriftWindow:
         Every bin counted now, and every bin returned before with a count, even one back to 0: a
         store that upserts the pairs it is given is overwritten, never left with a stale count.
         """
+        self._count()
         totals = self._totals
         self._reported.update(s for s, n in enumerate(totals) if n)
         keys = self.bins.keys
@@ -334,7 +351,7 @@ class DriftWindow:
     def publish(self, metrics: Metrics, route: str, version: str) -> Mapping[DriftFeature, DriftScore]:
         """Set the drift gauges of (route, version) from the current scores; return the scores."""
         scores = self.scores()
-        publish_scores(metrics, route, version, scores, len(self._window))
+        publish_scores(metrics, route, version, scores, len(self))
         return scores
 
 

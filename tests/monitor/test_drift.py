@@ -108,6 +108,34 @@ def test_window_scores_only_after_min_samples() -> None:
     assert all(s.n == 5 for s in scores.values())
 
 
+def test_window_counts_at_each_read_what_it_would_have_counted_at_once() -> None:
+    """Requests are counted when the window is read; whatever the reads' rhythm (none for many
+    windows, or after every request), the counts are those of the last `size` requests."""
+    ref = small_reference()
+    rng = random.Random(7)
+    texts, labels = SHORT + LONG, [*LABELS, None, "not a label"]
+    window = DriftWindow(ref, size=8, min_samples=1)
+    seen: list[tuple[str, str | None, float | None]] = []
+    for step in range(400):
+        request = (rng.choice(texts), rng.choice(labels), rng.choice([None, rng.uniform(0, 3)]))
+        window.observe(*request)
+        seen.append(request)
+        if rng.random() < (0.5 if step < 200 else 0.02):  # often, then rarely (bursts of > size)
+            text_once, entropy_once = (DriftWindow(ref, size=8, min_samples=1) for _ in range(2))
+            for old in seen[-8:]:
+                text_once.observe(old[0], old[1], None)
+            for old in [r for r in seen if r[2] is not None][-8:]:
+                entropy_once.observe("", None, old[2])  # the entropy window: the last 8 answers with one
+            got = {k: n for k, n in window.counts().items() if n}
+            assert {k: n for k, n in got.items() if k[0] is not DriftFeature.ENTROPY} == {
+                k: n for k, n in text_once.counts().items() if n and k[0] is not DriftFeature.ENTROPY
+            }
+            assert {k: n for k, n in got.items() if k[0] is DriftFeature.ENTROPY} == {
+                k: n for k, n in entropy_once.counts().items() if n and k[0] is DriftFeature.ENTROPY
+            }
+            assert len(window) == min(8, step + 1)
+
+
 def test_window_keeps_only_the_last_requests() -> None:
     """After `size` new requests, the scores are those of a window that only ever saw them."""
     ref = small_reference()
