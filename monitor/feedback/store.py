@@ -31,6 +31,7 @@ database: from an event loop, run them in a thread (`asyncio.to_thread`).
 from __future__ import annotations
 
 import abc
+import collections
 import datetime as dt
 import enum
 import hashlib
@@ -131,7 +132,7 @@ class FeedbackStore(abc.ABC):
         self.log_inputs = log_inputs
         self.dropped_answers = 0
         self._on_drop = on_drop
-        self._pending: list[AnswerRow] = []
+        self._pending: collections.deque[AnswerRow] = collections.deque()
         self._pending_drift: dict[tuple[str, str, str], tuple[dict[tuple[str, int], int], float]] = {}
         self._pending_lock = threading.Lock()
         self._flush_lock = threading.Lock()
@@ -226,9 +227,9 @@ class FeedbackStore(abc.ABC):
             self._pending.append(row)
             if len(self._pending) > self.max_pending:
                 # The database is down or far behind: keep memory bounded and say so.
-                dropped = len(self._pending) - self.max_pending
-                del self._pending[:dropped]
-                self.dropped_answers += dropped
+                self._pending.popleft()
+                dropped = 1
+                self.dropped_answers += 1
             wake = len(self._pending) >= 1000
         if dropped:
             if self._on_drop is not None:
@@ -263,7 +264,7 @@ class FeedbackStore(abc.ABC):
         """
         with self._flush_lock:
             with self._pending_lock:
-                rows, self._pending = self._pending, []
+                rows, self._pending = list(self._pending), collections.deque()
                 drift, self._pending_drift = self._pending_drift, {}
             if not rows and not drift:
                 return
@@ -283,11 +284,13 @@ class FeedbackStore(abc.ABC):
                 with self._pending_lock:
                     for key, value in drift.items():
                         self._pending_drift.setdefault(key, value)  # unless a newer one came
-                    self._pending[:0] = rows
-                    overflow = len(self._pending) - self.max_pending
-                    if overflow > 0:
-                        del self._pending[:overflow]
-                        self.dropped_answers += overflow
+                    # Back in front, the oldest dropped past max_pending: O(rows), not O(queue).
+                    overflow = max(0, len(self._pending) + len(rows) - self.max_pending)
+                    self._pending.extendleft(reversed(rows[overflow:]))
+                    if overflow > len(rows):
+                        for _ in range(overflow - len(rows)):
+                            self._pending.popleft()
+                    self.dropped_answers += overflow
                 if overflow > 0 and self._on_drop is not None:
                     self._on_drop(overflow)
                 raise

@@ -9,6 +9,7 @@ import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -366,3 +367,29 @@ def test_a_wrong_or_unreachable_database_url_stops_the_gateway_in_one_line(
         assert errors[0].startswith(f"error: cannot connect to the feedback database {shown}: "), proc.stderr
         assert errors[1].startswith("hint: check LORAFLEET_ROUTER_FEEDBACK__URL"), proc.stderr
         assert "s3cret" not in proc.stderr + proc.stdout
+
+
+def test_a_full_queue_drops_the_oldest_answers_and_a_failed_write_keeps_the_newest(tmp_path: Path) -> None:
+    """The queue is bounded by max_pending: while the database is down or behind, the oldest
+    answers go (counted); a write that fails puts its answers back before the ones queued since."""
+    drops: list[int] = []
+    with open_store(
+        tmp_path / "feedback.sqlite3", max_pending=3, flush_interval_s=3600, on_drop=drops.append
+    ) as s:
+        for i in range(5):
+            s.record_answer(f"c{i}", "banking", V1, "card_arrival", "card_arrival")
+        assert s.pending == 3 and s.dropped_answers == 2 and drops == [1, 1]
+        write = s._write  # the database goes down during a write, while two more answers come
+
+        def failing(rows: list[Any]) -> None:
+            s.record_answer("c5", "banking", V1, "x", None)
+            s.record_answer("c6", "banking", V1, "x", None)
+            raise OSError("database is down")
+
+        s._write = failing  # type: ignore[method-assign]
+        with pytest.raises(OSError, match="down"):
+            s.flush()
+        assert s.pending == 3 and s.dropped_answers == 4 and drops == [1, 1, 2]
+        s._write = write  # type: ignore[method-assign]
+        s.flush()
+        assert [s.answer(f"c{i}") is not None for i in range(7)] == [False] * 4 + [True] * 3
