@@ -454,18 +454,18 @@ def cost_breakdown(work: Path) -> list[tuple[str, str, float]]:
             _time_us(lambda: without_logprobs(raw_answer, answer)),
         ),
         (
-            "relay.relay",
+            "relay.Relay.data",
             f"SSEBuffer.feed over one stream ({len(events)} events)",
             _time_us(lambda: [SSEBuffer().feed(e) for e in events], 500),
         ),
         (
-            "relay.relay",
-            "per stream: SSEBuffer + _StreamWatch.relay (decode, entropy, cut logprobs: each event)",
+            "relay.Relay.data",
+            "per stream: SSEBuffer + StreamWatch.relay (decode, entropy, cut logprobs: each event)",
             _time_us(relay_events, 500),
         ),
         (
-            "relay.relay",
-            "per stream without logprobs (most streams): SSEBuffer + _StreamWatch.relay, the text",
+            "relay.Relay.data",
+            "per stream without logprobs (most streams): SSEBuffer + StreamWatch.relay, the text",
             _time_us(relay_plain, 500),
         ),
     ]
