@@ -397,11 +397,11 @@ def test_a_full_queue_drops_the_oldest_answers_and_a_failed_write_keeps_the_newe
 
 def test_a_batch_keeps_every_field_exactly_and_the_first_of_a_repeated_id(store: FeedbackStore) -> None:
     when = dt.datetime(2026, 12, 4, 12, 0, 0, 123456, tzinfo=dt.UTC)
-    store.record_answer("r1", "banking", V1, "carte arrivée 🃏 \"quoted\"\n", None, when, input_text="où ?")
+    store.record_answer("r1", "banking", V1, 'carte arrivée 🃏 "quoted"\n', None, when, input_text="où ?")
     store.record_answer("r1", "banking", V2, "second", "card_arrival", when)  # same id, same batch
     store.record_answer("r2", "banking", V1, "x", "card_arrival", when, system="sys", primary_id="r1")
     first, second = store.answer("r1"), store.answer("r2")
     assert first is not None and second is not None
-    assert (first.version, first.answer, first.label) == (V1, "carte arrivée 🃏 \"quoted\"\n", None)
+    assert (first.version, first.answer, first.label) == (V1, 'carte arrivée 🃏 "quoted"\n', None)
     assert first.created_at == when and first.input == "où ?" and first.system is None
     assert (second.system, second.primary_id, second.label) == ("sys", "r1", "card_arrival")
