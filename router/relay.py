@@ -192,7 +192,8 @@ class Relay:
         self.recorded = False
         self._pulled: AsyncIterator[bytes] | None = None
         self._writer: BodyWriter | None = None
-        self._ended: asyncio.Future[None] | None = None
+        self._ended: asyncio.Future[None] | None = None  # push: the engine's stream ended
+        self._answered: asyncio.Future[None] | None = None  # push: `[DONE]` written, or ended
         self._written_last = False
 
     # iterated: the pieces for the server's `send`
@@ -219,14 +220,17 @@ class Relay:
 
     # pushed: from the engine connection's callbacks to the client's socket
     async def push(self, writer: BodyWriter) -> None:
-        """Relay the whole stream through `writer`; return once it ended. Its last bytes (`[DONE]`)
-        are written to leave with the response's end, which the caller sends next."""
+        """Relay the stream through `writer`; return once the client has the whole answer (its
+        `[DONE]` is written, to leave with the response's end, which the caller sends next) or
+        the stream ended. What the engine sends after `[DONE]` is read by `aclose`."""
         self.started = True
         self._writer = writer
-        self._ended = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        self._ended = loop.create_future()
+        self._answered = loop.create_future()
         self.attempt.response.pipe(self)
         try:
-            await self._ended
+            await self._answered
         except asyncio.CancelledError:
             self._cancelled()
             raise
@@ -252,8 +256,8 @@ class Relay:
             )
         if out:
             self._write(out)
-        if self._ended is not None and not self._ended.done():
-            self._ended.set_result(None)
+        _settle(self._ended)
+        _settle(self._answered)
 
     def _write(self, out: bytes) -> None:
         writer = self._writer
@@ -262,6 +266,7 @@ class Relay:
         if out.endswith(DONE_EVENT):
             self._written_last = True
             writer.write(out, last=True)
+            _settle(self._answered)
         elif not writer.write(out):
             response = self.attempt.response
             response.hold()
@@ -292,13 +297,22 @@ class Relay:
             self.error, self.status = ErrorReason.CLIENT_CANCELLED, 499
 
     async def aclose(self) -> None:
-        """Let the engine's stream go and record the outcome, once. A relay that never started
-        (the client left before the first byte) counts as cancelled by the client."""
+        """Read the engine's stream to its end (a pushed stream may go on after `[DONE]`: its
+        connection is reused only if read whole), let it go and record the outcome, once. A
+        relay that never started (the client left before the first byte) counts as cancelled by
+        the client."""
         if self._pulled is not None:
             pulled, self._pulled = self._pulled, None
             await pulled.aclose()  # type: ignore[attr-defined]
         if self.recorded:
             return
+        try:
+            if self._ended is not None and not self._ended.done():
+                await self._ended  # bounded by the read timeout and the deadline (pipe's timer)
+        finally:
+            self._record()
+
+    def _record(self) -> None:
         self.recorded = True
         attempt, watch = self.attempt, self.watch
         attempt.finish()
@@ -325,3 +339,8 @@ class Relay:
         )
         if self.error is None:
             self.on_answer(answer, watch.completion_id)
+
+
+def _settle(future: asyncio.Future[None] | None) -> None:
+    if future is not None and not future.done():
+        future.set_result(None)

@@ -427,6 +427,27 @@ def test_a_client_that_leaves_after_done_got_the_whole_answer(
 
 
 @SERVERS
+def test_an_engine_that_ends_its_body_late_does_not_hold_the_client(
+    gateway: Callable[..., Any],
+    fake_engines: Callable[..., Any],
+    versions: tuple[Registry, list[str]],
+    http: type[asyncio.Protocol] | None,
+) -> None:
+    """The response ends with the engine's `[DONE]`; the engine's body is read to its end after."""
+    _, (v1, _) = versions
+    late = fake_engines(UpstreamConfig(end_after_done_s=8.0))
+    gw = gateway(_routes(v1), [late.url], http=http)
+    body = {"model": "banking", "messages": MESSAGES, "stream": True}
+    # A client that reads the whole HTTP body, with less patience than the engine's lag.
+    r = httpx.post(f"{gw.url}/v1/chat/completions", json=body, timeout=4)
+    assert r.status_code == 200 and r.text.endswith("data: [DONE]\n\n")
+    ok = (
+        f'lorafleet_router_requests_total{{arm="stable",code_class="2xx",route="banking",version="{v1}"}} 1.0'
+    )
+    _metrics_showing(gw.url, ok, 15, "the stream was not counted once the engine ended it")
+
+
+@SERVERS
 def test_a_client_that_leaves_mid_stream_is_not_an_error_of_the_version(
     gateway: Callable[..., Any],
     fake_engines: Callable[..., Any],
