@@ -297,8 +297,9 @@ class Relay:
             self.error, self.status = ErrorReason.CLIENT_CANCELLED, 499
 
     async def aclose(self) -> None:
-        """Read the engine's stream to its end (a pushed stream may go on after `[DONE]`: its
-        connection is reused only if read whole), let it go and record the outcome, once. A
+        """Read the engine's stream to its end if the client has the whole answer (a pushed
+        stream may go on after `[DONE]`: its connection is reused only if read whole), else let
+        it go at once; record the outcome, once. A
         relay that never started (the client left before the first byte) counts as cancelled by
         the client."""
         if self._pulled is not None:
@@ -307,8 +308,10 @@ class Relay:
         if self.recorded:
             return
         try:
-            if self._ended is not None and not self._ended.done():
-                await self._ended  # bounded by the read timeout and the deadline (pipe's timer)
+            # After a whole answer only: a client that left mid-stream lets the engine go at once.
+            ended = self._ended
+            if ended is not None and not ended.done() and self._written_last and self.error is None:
+                await ended  # bounded by the read timeout and the deadline (pipe's timer)
         finally:
             self._record()
 
