@@ -644,7 +644,7 @@ class Http1Response:
         waiter = self._waiter = loop.create_future()
         now = self._wait_since = time.monotonic()
         if self._timer is None:
-            self._timer = loop.call_later(self._time_left(now), self._check_time, loop)
+            self._set_timer(loop, now)
         try:
             await waiter
         finally:
@@ -652,6 +652,9 @@ class Http1Response:
 
     # One timer for the whole answer, not one per wait (a stream waits once per event): when it
     # fires it fails the wait in progress if that wait is over its time, else it is set again.
+    def _set_timer(self, loop: asyncio.AbstractEventLoop, now: float) -> None:
+        self._timer = loop.call_later(self._time_left(now), self._check_time, loop)
+
     def _time_left(self, now: float) -> float:
         due = self._wait_since + self._read_s
         if self._until is not None and self._until < due:
@@ -673,7 +676,7 @@ class Http1Response:
         if error is None:
             if self._held:  # the sink's client is slow, not the engine: only the deadline counts
                 self._wait_since = now
-            self._timer = loop.call_later(self._time_left(now), self._check_time, loop)
+            self._set_timer(loop, now)
         elif piping:
             self._fail(error)
             if self._conn is not None:
@@ -699,9 +702,8 @@ class Http1Response:
         self._whole = True
         if self._buffered > self._max_bytes:
             raise AnswerTooLargeError(f"the engine's answer is over {self._max_bytes} bytes")
-        if self._paused and self._conn is not None:
-            self._paused = False
-            self._conn.transport.resume_reading()  # type: ignore[union-attr]
+        if self._paused:
+            self._resume()
         while True:
             if self._error is not None:
                 raise self._error
@@ -720,9 +722,8 @@ class Http1Response:
                 data = b"".join(chunks) if len(chunks) > 1 else chunks[0]
                 chunks.clear()
                 self._buffered = 0
-                if self._paused and self._conn is not None:
-                    self._paused = False
-                    self._conn.transport.resume_reading()  # type: ignore[union-attr]
+                if self._paused:
+                    self._resume()
                 yield data
                 continue
             if self._complete:
@@ -751,10 +752,9 @@ class Http1Response:
         if self._complete or self._error is not None:
             self._end_sink()
             return
-        self._wait_since = time.monotonic()
+        now = self._wait_since = time.monotonic()
         if self._timer is None:
-            loop = asyncio.get_running_loop()
-            self._timer = loop.call_later(self._time_left(self._wait_since), self._check_time, loop)
+            self._set_timer(asyncio.get_running_loop(), now)
 
     def hold(self) -> None:
         """pipe(): stop reading the engine (the sink's client is not taking its bytes)."""
