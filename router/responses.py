@@ -80,13 +80,11 @@ class EventStream(Response):
         self,
         events: AsyncIterable[bytes],
         headers: Mapping[str, str],
-        on_close: Callable[[], object] | None = None,
         push: Callable[[BodyWriter], Awaitable[None]] | None = None,
     ) -> None:
-        """`on_close` runs once the stream ends, however it ends: also when the client left before
-        `events` started (closing a generator that never started runs none of its code)."""
+        """`events.aclose()`, if it has one, is awaited once the stream ends, however it ends:
+        also when the client left before `events` started."""
         self.events = events
-        self.on_close = on_close
         self.push = push
         self.status_code = 200
         self.background = None
@@ -151,12 +149,8 @@ class EventStream(Response):
                 watcher.remove_done_callback(watched)
                 watcher.cancel()
             aclose = getattr(self.events, "aclose", None)
-            try:
-                if aclose is not None:
-                    await aclose()  # a relay stopped early records its outcome now, not when collected
-            finally:
-                if self.on_close is not None:
-                    self.on_close()
+            if aclose is not None:
+                await aclose()  # a relay stopped early records its outcome now, not when collected
         if not complete:
             await send({"type": "http.response.body", "body": b"", "more_body": False})
 
