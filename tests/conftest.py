@@ -171,7 +171,7 @@ class FaultProxy:
     """Fault injection, named as such: a pass-through HTTP proxy in front of a real engine, in a
     thread. It plays `script`'s faults on the first completion requests (429 with Retry-After,
     500, a hang), answers 500 to the completion requests whose body `fail(body)` picks, with
-    `break_after` set it cuts every stream after that many chunks (the connection dropped, as by
+    `break_after` set it cuts every stream after that many events (the connection dropped, as by
     an engine that crashed), and with `rewrite` set it replaces each JSON completion answer by
     `rewrite(answer)` (an engine answering in another shape). Everything else reaches the engine
     unchanged."""
@@ -256,14 +256,20 @@ class FaultProxy:
                 return web.Response(body=answer, status=resp.status, headers={"Content-Type": content_type})
             out = web.StreamResponse(status=resp.status, headers={"Content-Type": content_type})
             await out.prepare(request)
-            sent = 0
+            events = 0  # whole events passed on; TCP may bring the engine's events in any chunks
             async for chunk in resp.content.iter_any():
-                await out.write(chunk)
-                sent += 1
-                if self.break_after is not None and sent >= self.break_after:
+                cut = 0
+                while self.break_after is not None and events < self.break_after:
+                    end = chunk.find(b"\n\n", cut)
+                    if end < 0:
+                        break
+                    cut, events = end + 2, events + 1
+                if self.break_after is not None and events >= self.break_after:
+                    await out.write(chunk[:cut])
                     assert request.transport is not None
                     request.transport.abort()
                     return out
+                await out.write(chunk)
             await out.write_eof()
             return out
 
