@@ -12,7 +12,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
 from router.errors import RouterError
-from router.server import BODY_WRITER_EXTENSION, DISCONNECT_EXTENSION, BodyWriter
+from router.server import BODY_WRITER_EXTENSION, DISCONNECT_EXTENSION, WHOLE_ANSWER_EXTENSION, BodyWriter
 
 log = logging.getLogger("lorafleet.router")
 
@@ -48,8 +48,10 @@ class AnswerResponse(Response):
         ]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
-        await send({"type": "http.response.body", "body": self.body})
+        respond = scope.get("extensions", {}).get(WHOLE_ANSWER_EXTENSION)  # the gateway's server
+        if respond is None or not respond(send, 200, self.raw_headers, self.body):
+            await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+            await send({"type": "http.response.body", "body": self.body})
         if self.after is not None:
             await self.after()
 

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from router.responses import EventStream
-from router.server import CorkedTransport, GatewayHttpProtocol
+from router.server import WHOLE_ANSWER_EXTENSION, CorkedTransport, GatewayHttpProtocol
 from tests.support import InThreadServer, wait_until
 
 
@@ -76,6 +76,7 @@ def test_close_sends_what_is_pending_first_and_a_reset_drops_it() -> None:
 
 
 WRITTEN_WHEN_ANSWERED: list[int] = []
+RESPONDED: list[bool] = []
 
 
 class Counted:
@@ -121,16 +122,16 @@ async def _app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         await send({"type": "http.response.body", "body": b"", "more_body": False})
         return
     answer = json.dumps({"path": scope["path"], "echo": body.decode()}).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 200,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(answer)).encode()),
-            ],
-        }
-    )
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(answer)).encode())]
+    if scope["path"].startswith("/whole") and (b"x-skip", b"1") not in scope["headers"]:
+        if scope["path"] == "/whole/bad":
+            headers.append((b"x-request-id", b"a\x01b"))
+        respond = scope["extensions"][WHOLE_ANSWER_EXTENSION]
+        RESPONDED.append(respond(send, 200, headers, answer))
+        if RESPONDED[-1]:
+            WRITTEN_WHEN_ANSWERED.append(len(Counted.writes))
+            return
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
     await send({"type": "http.response.body", "body": answer})
     # Still in the turn that sent the body (as the gateway's monitoring is): already written.
     WRITTEN_WHEN_ANSWERED.append(len(Counted.writes))
@@ -160,6 +161,48 @@ def test_a_json_answer_leaves_in_one_write(server: InThreadServer) -> None:
             assert json.loads(rest) == {"path": "/v1/x", "echo": body.decode()}
             assert Counted.writes == [first]  # head and body: one write, one segment
             assert WRITTEN_WHEN_ANSWERED == [1]  # sent when complete, not at the turn's end
+
+
+def _exchange(sock: socket.socket, request: bytes) -> bytes:
+    sock.sendall(request)
+    data = b""
+    while b"\r\n\r\n" not in data or not data.endswith(b"}"):
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def test_a_whole_answer_is_written_at_once_as_uvicorn_would_write_it(server: InThreadServer) -> None:
+    def post(path: str, extra: bytes = b"") -> bytes:
+        return b"POST %b HTTP/1.1\r\nhost: t\r\n%bcontent-length: 2\r\n\r\nhi" % (path.encode(), extra)
+
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        by_send = _exchange(sock, post("/whole-x", b"x-skip: 1\r\n"))  # the control: no extension
+        RESPONDED.clear()
+        for _ in range(3):  # kept alive
+            Counted.writes.clear()
+            WRITTEN_WHEN_ANSWERED.clear()
+            first = _exchange(sock, post("/whole-x"))
+            assert RESPONDED[-1] is True
+            assert Counted.writes == [first]  # one write, sent when complete
+            assert WRITTEN_WHEN_ANSWERED == [1]
+
+            def same(raw: bytes) -> list[bytes]:
+                return [line for line in raw.split(b"\r\n") if not line.startswith(b"date:")]
+
+            assert same(first) == same(by_send)
+        closing = _exchange(sock, post("/whole-x", b"connection: close\r\n"))
+        assert b"\r\nconnection: close\r\n" in closing and RESPONDED[-1] is True
+        assert sock.recv(100) == b""  # closed after the answer, as uvicorn closes it
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(b"HEAD /whole-x HTTP/1.1\r\nhost: t\r\n\r\n")
+        head = sock.recv(65536)
+        assert head.startswith(b"HTTP/1.1 200") and head.endswith(b"\r\n\r\n")  # no body
+        assert RESPONDED[-1] is False  # left to uvicorn's `send`, which knows HEAD
+        bad = _exchange(sock, post("/whole/bad"))
+        assert bad.startswith(b"HTTP/1.1 500"), bad  # a control byte in a value: refused, as by `send`
 
 
 def test_pipelined_requests_and_streams_answer_in_order(server: InThreadServer) -> None:
