@@ -22,7 +22,7 @@ import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 from starlette.responses import Response
@@ -81,8 +81,7 @@ def request_deadline(headers: Mapping[str, str], request_s: float) -> float:
     return time.monotonic() + budget
 
 
-@dataclass(frozen=True)
-class Target:
+class Target(NamedTuple):  # made per request: a NamedTuple is made ~4x faster than a frozen dataclass
     route: str
     version: str
     arm: Arm

@@ -20,6 +20,13 @@ REQUEST_ID_HEADER = "x-request-id"
 DONE_EVENT = b"data: [DONE]\n\n"
 
 
+def _encoded(raw: list[tuple[bytes, bytes]], headers: Mapping[str, str]) -> list[tuple[bytes, bytes]]:
+    """`raw` with `headers` appended, encoded for ASGI."""
+    for name, value in headers.items():
+        raw.append((name.encode("latin-1"), value.encode("latin-1")))
+    return raw
+
+
 class FastJSONResponse(JSONResponse):
     """A JSON response serialised by orjson (several times faster than json on large answers)."""
 
@@ -41,11 +48,9 @@ class AnswerResponse(Response):
         self.status_code = 200
         self.background = None
         self.after = after
-        self.raw_headers = [
-            (b"content-length", str(len(body)).encode()),
-            (b"content-type", b"application/json"),
-            *((k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()),
-        ]
+        self.raw_headers = _encoded(
+            [(b"content-length", b"%d" % len(body)), (b"content-type", b"application/json")], headers
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         respond = scope.get("extensions", {}).get(WHOLE_ANSWER_EXTENSION)  # the gateway's server
@@ -90,11 +95,9 @@ class EventStream(Response):
         self.push = push
         self.status_code = 200
         self.background = None
-        self.raw_headers = [
-            (b"content-type", b"text/event-stream; charset=utf-8"),
-            (b"cache-control", b"no-cache"),
-            *((k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()),
-        ]
+        self.raw_headers = _encoded(
+            [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache")], headers
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         task = asyncio.current_task()

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import random
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from monitor.metrics import Arm
 from router.policy import Route
@@ -28,8 +28,7 @@ def bucket(route: str, key: str, salt: str = "split") -> int:
     return int.from_bytes(digest, "big") % BUCKETS
 
 
-@dataclass(frozen=True)
-class Choice:
+class Choice(NamedTuple):
     version: str
     arm: Arm
 
