@@ -77,8 +77,9 @@ class EventStream(Response):
     watching `receive`. An event that ends with `data: [DONE]` completes the response; anything
     `events` yields after it is dropped.
 
-    With `push`, under the gateway's server, the body is written by `push(writer)` through the
-    server's BodyWriter instead of iterating `events`; the response ends when it returns.
+    With `push`, under the gateway's server, the response is started by the server's
+    BODY_WRITER_EXTENSION and its body written by `push(writer)` through the BodyWriter instead of
+    iterating `events`; the response ends when it returns.
     """
 
     media_type = "text/event-stream"
@@ -125,15 +126,15 @@ class EventStream(Response):
             watcher.add_done_callback(watched)
         complete = False
         try:
-            await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
-            writer_for = extensions.get(BODY_WRITER_EXTENSION) if self.push is not None else None
-            writer = writer_for(send) if writer_for is not None else None
+            start = extensions.get(BODY_WRITER_EXTENSION) if self.push is not None else None
+            writer = start(send, 200, self.raw_headers) if start is not None else None
             if writer is not None:
                 assert self.push is not None
                 await self.push(writer)
                 complete = True  # its `[DONE]` is written, to leave with the end
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                writer.end()
             else:
+                await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
                 async for event in self.events:
                     if complete:
                         continue  # nothing follows `[DONE]`; the relay reads on to the engine's end

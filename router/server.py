@@ -14,9 +14,9 @@ A whole answer of the app's own (`respond`, WHOLE_ANSWER_EXTENSION) is written a
 body, without the two awaited `send`s and their checks of every header (uvicorn's `send` for a JSON
 answer costs ~7 us; this ~2 us).
 
-A relayed stream's events are written by `BodyWriter` (BODY_WRITER_EXTENSION) straight from the
-engine connection's callbacks, framed as uvicorn frames them, with no task woken and no `send`
-awaited for each event; the response still starts and ends through ASGI's `send`.
+A relayed stream is started by `start_chunked` (BODY_WRITER_EXTENSION), and its events are written
+by its `BodyWriter` straight from the engine connection's callbacks, framed as uvicorn frames them,
+with no task woken and no `send` awaited for each event.
 
 It subclasses uvicorn's protocol (uvicorn is pinned in requirements/engine-cpu.lock) and relies on
 its `loop`, `scope`, `flow`, `on_message_begin`, `on_response_complete` and `resume_writing`, and
@@ -40,8 +40,8 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 # appended to it is called once if the connection is lost, unless removed before. Cheaper than a
 # task watching `receive` for `http.disconnect`.
 DISCONNECT_EXTENSION = "lorafleet.on_disconnect"
-# The scope extension that gives a started chunked response a BodyWriter: a callable taking the
-# request's ASGI `send`, returning None when it cannot write for that `send`.
+# The scope extension that starts a chunked response and gives its BodyWriter: `start_chunked`,
+# bound to the connection, taking the request's ASGI `send`, the status and the headers.
 BODY_WRITER_EXTENSION = "lorafleet.body_writer"
 # The scope extension that writes a whole fixed-length response at once: `respond`, bound to the
 # connection, taking the request's ASGI `send`.
@@ -119,10 +119,9 @@ class CorkedTransport:
 
 
 class BodyWriter:
-    """Writes the body of a started chunked response outside ASGI's `send`, at once: for a stream
-    relayed from another connection's callbacks, where there is no task to await `send` in.
-
-    The response must still end with `send` (an empty last body), as ASGI has it."""
+    """A chunked response written outside ASGI's `send`, at once: for a stream relayed from another
+    connection's callbacks, where there is no task to await `send` in. Made by `start_chunked`
+    (BODY_WRITER_EXTENSION), which writes the head; `end` completes the response."""
 
     __slots__ = ("_cycle", "_on_writable", "_transport")
 
@@ -134,8 +133,8 @@ class BodyWriter:
         self._on_writable = on_writable
 
     def write(self, data: bytes, last: bool = False) -> bool:
-        """Write one chunk of the body; `last`: the body's last bytes, to leave with the end that
-        `send` writes next. False when the client's socket is full: write no more before
+        """Write one chunk of the body; `last`: the body's last bytes, to leave with the `end`
+        that follows. False when the client's socket is full: write no more before
         `when_writable` calls back. A client that left takes nothing, silently (it is told apart
         by DISCONNECT_EXTENSION)."""
         cycle = self._cycle
@@ -155,6 +154,14 @@ class BodyWriter:
         else:
             callback()
 
+    def end(self) -> None:
+        """Write the body's end and complete the response, as `send` of an empty last body does."""
+        cycle = self._cycle
+        if cycle.disconnected or cycle.response_complete:
+            return
+        self._transport.write_held(b"0\r\n\r\n")
+        _complete(cycle, self._transport)
+
 
 class GatewayHttpProtocol(HttpToolsProtocol):
     """uvicorn's HTTP/1.1 protocol (httptools) writing through a `CorkedTransport`; a response
@@ -170,7 +177,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         self._on_writable: list[Callable[[], object]] = []
         self._extensions = {
             DISCONNECT_EXTENSION: self._on_lost,
-            BODY_WRITER_EXTENSION: functools.partial(_body_writer, self.transport, self._on_writable),
+            BODY_WRITER_EXTENSION: functools.partial(start_chunked, self.transport, self._on_writable),
             WHOLE_ANSWER_EXTENSION: functools.partial(respond, self.transport),
         }
 
@@ -199,21 +206,69 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         super().on_response_complete()
 
 
-def _body_writer(
-    transport: CorkedTransport, on_writable: list[Callable[[], object]], send: Callable[..., object]
-) -> BodyWriter | None:
-    """A BodyWriter for the response `send` belongs to, if it is one of this connection's started
-    chunked responses (uvicorn's own `send`, not a wrapper of it)."""
+def _cycle_of(transport: CorkedTransport, send: Callable[..., object]) -> RequestResponseCycle | None:
+    """The response `send` belongs to if it is uvicorn's own `send` (not a wrapper of it) of this
+    connection, not started yet, not for a HEAD request, and the client's socket takes bytes."""
     cycle = getattr(send, "__self__", None)
     if (
         not isinstance(cycle, RequestResponseCycle)
         or cycle.transport is not cast(Any, transport)  # uvicorn types it as asyncio.Transport
-        or not cycle.response_started
-        or cycle.response_complete
-        or not cycle.chunked_encoding
+        or cycle.response_started
+        or cycle.flow.write_paused
         or cycle.scope["method"] == "HEAD"
     ):
         return None
+    return cycle
+
+
+def _head(cycle: RequestResponseCycle, status: int, headers: list[tuple[bytes, bytes]], last: bytes) -> bytes:
+    """A response's head as uvicorn's `send` writes it, `last` the header lines after the app's;
+    the response is started."""
+    content = [STATUS_LINE[status]]
+    for name, value in cycle.default_headers:
+        content += (name, b": ", value, b"\r\n")
+    values = []
+    for name, value in headers:
+        content += (name, b": ", value, b"\r\n")
+        values.append(value)
+    if _CONTROL.search(b"".join(values)):
+        raise RuntimeError("Invalid HTTP header value.")
+    if not cycle.keep_alive:
+        content.append(b"connection: close\r\n")
+    content += (last, b"\r\n")
+    cycle.response_started = True
+    cycle.waiting_for_100_continue = False
+    return b"".join(content)
+
+
+def _complete(cycle: RequestResponseCycle, transport: CorkedTransport) -> None:
+    """What uvicorn's `send` does once a response's last bytes are written."""
+    cycle.response_complete = True
+    cycle.message_event.set()
+    if not cycle.keep_alive:
+        transport.close()
+    cycle.on_response()  # the protocol's on_response_complete: sends what is held
+
+
+def start_chunked(
+    transport: CorkedTransport,
+    on_writable: list[Callable[[], object]],
+    send: Callable[..., object],
+    status: int,
+    headers: list[tuple[bytes, bytes]],
+) -> BodyWriter | None:
+    """Start a chunked response to the request `send` belongs to, as `send` of its start would,
+    and give the BodyWriter that writes its body and ends it; None, nothing written, when this
+    cannot (as for `respond`): then use `send`. `headers` as for `respond`, without
+    `content-length`."""
+    cycle = _cycle_of(transport, send)
+    if cycle is None:
+        return None
+    if cycle.disconnected:
+        return None  # `send` takes it silently
+    transport.write(_head(cycle, status, headers, b"transfer-encoding: chunked\r\n"))
+    cycle.chunked_encoding = True
+    cycle.expected_content_length = 0
     return BodyWriter(cycle, transport, on_writable)
 
 
@@ -232,37 +287,14 @@ def respond(
     False, nothing written, when this cannot: `send` is not uvicorn's own of this connection, the
     response has started, the request is a HEAD, or the client's socket is full. Then use `send`.
     """
-    cycle = getattr(send, "__self__", None)
-    if (
-        not isinstance(cycle, RequestResponseCycle)
-        or cycle.transport is not cast(Any, transport)
-        or cycle.response_started
-        or cycle.flow.write_paused
-        or cycle.scope["method"] == "HEAD"
-    ):
+    cycle = _cycle_of(transport, send)
+    if cycle is None:
         return False
     if cycle.disconnected:
         return True  # as `send` does: the client left, nothing to write
-    content = [STATUS_LINE[status]]
-    for name, value in cycle.default_headers:
-        content += (name, b": ", value, b"\r\n")
-    values = []
-    for name, value in headers:
-        content += (name, b": ", value, b"\r\n")
-        values.append(value)
-    if _CONTROL.search(b"".join(values)):
-        raise RuntimeError("Invalid HTTP header value.")
-    if not cycle.keep_alive:
-        content.append(b"connection: close\r\n")
-    content += (b"\r\n", body)
-    cycle.response_started = True
-    cycle.waiting_for_100_continue = False
+    head = _head(cycle, status, headers, b"")
     cycle.chunked_encoding = False
     cycle.expected_content_length = 0
-    transport.write_held(b"".join(content))  # on_response() or close() sends it
-    cycle.response_complete = True
-    cycle.message_event.set()
-    if not cycle.keep_alive:
-        transport.close()
-    cycle.on_response()
+    transport.write_held(head + body)  # on_response() or close() sends it
+    _complete(cycle, transport)
     return True

@@ -309,6 +309,45 @@ def test_a_pushed_stream_is_written_by_the_body_writer_its_end_with_its_last_eve
         srv.stop()
 
 
+def test_a_pushed_stream_starts_and_ends_as_uvicorn_would_write_it() -> None:
+    def raw(protocol: type[asyncio.Protocol] | None, request: bytes) -> tuple[bytes, bool]:
+        stream = Pushed(2)
+
+        async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+            if scope["type"] == "lifespan":
+                await _app(scope, receive, send)
+                return
+            await EventStream(stream, {"x-request-id": "r-1"}, push=stream.push)(scope, receive, send)
+
+        srv = InThreadServer(app, http=protocol)
+        try:
+            with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as sock:
+                sock.sendall(request)
+                data = b""
+                while not data.endswith(b"0\r\n\r\n"):
+                    chunk = sock.recv(65536)
+                    assert chunk, data
+                    data += chunk
+                sock.settimeout(2)
+                try:
+                    closed = sock.recv(100) == b""
+                except TimeoutError:
+                    closed = False
+        finally:
+            srv.stop()
+        assert stream.pushed is (protocol is not None)
+        return b"\r\n".join(line for line in data.split(b"\r\n") if not line.startswith(b"date:")), closed
+
+    for request in (
+        b"GET /s HTTP/1.1\r\nhost: t\r\n\r\n",
+        b"GET /s HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n",
+    ):
+        pushed, pushed_closed = raw(GatewayHttpProtocol, request)
+        sent, sent_closed = raw(None, request)
+        assert pushed == sent
+        assert pushed_closed is sent_closed is (b"close" in request)
+
+
 def test_the_body_writer_says_when_the_client_is_full_and_when_it_takes_bytes_again() -> None:
     piece = b"y" * 65536
     told: dict[str, Any] = {}
