@@ -12,7 +12,13 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import Receive, Scope, Send
 
 from router.errors import RouterError
-from router.server import BODY_WRITER_EXTENSION, DISCONNECT_EXTENSION, WHOLE_ANSWER_EXTENSION, BodyWriter
+from router.server import (
+    BODY_WRITER_EXTENSION,
+    DISCONNECT_EXTENSION,
+    WHOLE_ANSWER_EXTENSION,
+    BodyWriter,
+    ConnectionLost,
+)
 
 log = logging.getLogger("lorafleet.router")
 
@@ -117,10 +123,10 @@ class EventStream(Response):
         # The gateway's own server says when the connection is lost (router/server.py); under
         # another, a task watches `receive` for the disconnect.
         extensions = scope.get("extensions", {})
-        on_lost: list[Callable[[], object]] | None = extensions.get(DISCONNECT_EXTENSION)
+        on_lost: ConnectionLost | None = extensions.get(DISCONNECT_EXTENSION)
         watcher = None
         if on_lost is not None:
-            on_lost.append(stop)
+            on_lost.add(stop)  # at once if the client already left: the first await is cancelled
         else:
             watcher = asyncio.ensure_future(_client_left(receive))
             watcher.add_done_callback(watched)
@@ -149,8 +155,7 @@ class EventStream(Response):
             raise
         finally:
             if on_lost is not None:
-                if stop in on_lost:
-                    on_lost.remove(stop)
+                on_lost.discard(stop)
             elif watcher is not None:
                 watcher.remove_done_callback(watched)
                 watcher.cancel()

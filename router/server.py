@@ -36,9 +36,8 @@ from typing import Any, cast
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
 
-# The scope extension through which a response hears of its client's leaving: a list; a callable
-# appended to it is called once if the connection is lost, unless removed before. Cheaper than a
-# task watching `receive` for `http.disconnect`.
+# The scope extension through which a response hears of its client's leaving: a ConnectionLost.
+# Cheaper than a task watching `receive` for `http.disconnect`.
 DISCONNECT_EXTENSION = "lorafleet.on_disconnect"
 # The scope extension that starts a chunked response and gives its BodyWriter: `start_chunked`,
 # bound to the connection, taking the request's ASGI `send`, the status and the headers.
@@ -118,6 +117,33 @@ class CorkedTransport:
         return getattr(self._transport, name)
 
 
+class ConnectionLost:
+    """The callbacks to call once when a connection is lost (DISCONNECT_EXTENSION)."""
+
+    __slots__ = ("_callbacks", "lost")
+
+    def __init__(self) -> None:
+        self._callbacks: list[Callable[[], object]] = []
+        self.lost = False
+
+    def add(self, callback: Callable[[], object]) -> None:
+        """Call `callback` once when the connection is lost; at once if it is already."""
+        if self.lost:
+            callback()
+        else:
+            self._callbacks.append(callback)
+
+    def discard(self, callback: Callable[[], object]) -> None:
+        if callback in self._callbacks:
+            self._callbacks.remove(callback)
+
+    def fire(self) -> None:
+        self.lost = True
+        callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            callback()
+
+
 class BodyWriter:
     """A chunked response written outside ASGI's `send`, at once: for a stream relayed from another
     connection's callbacks, where there is no task to await `send` in. Made by `start_chunked`
@@ -173,7 +199,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(CorkedTransport(transport, self.loop))  # type: ignore[arg-type]
         # Per connection, and nothing in them refers back to the protocol: no reference cycle.
-        self._on_lost: list[Callable[[], object]] = []
+        self._on_lost = ConnectionLost()
         self._on_writable: list[Callable[[], object]] = []
         self._extensions = {
             DISCONNECT_EXTENSION: self._on_lost,
@@ -187,10 +213,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
-        callbacks = self._on_lost[:]
-        self._on_lost.clear()
-        for callback in callbacks:
-            callback()
+        self._on_lost.fire()
 
     def resume_writing(self) -> None:
         super().resume_writing()

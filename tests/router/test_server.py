@@ -253,6 +253,40 @@ def test_a_stream_stops_when_its_client_leaves(protocol: type[asyncio.Protocol] 
         srv.stop()
 
 
+@pytest.mark.parametrize("protocol", [GatewayHttpProtocol, None], ids=["gateway-protocol", "plain-uvicorn"])
+def test_a_stream_whose_client_left_before_it_started_stops_at_once(
+    protocol: type[asyncio.Protocol] | None,
+) -> None:
+    """As when the client hangs up while the gateway waits for the engine's head."""
+    produced: list[int] = []
+    closed = threading.Event()
+
+    async def events() -> AsyncIterator[bytes]:
+        try:
+            for i in range(200):  # 10 s if nobody stops it
+                produced.append(i)
+                yield f"data: {i}\n\n".encode()
+                await asyncio.sleep(0.05)
+        finally:
+            closed.set()
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            await _app(scope, receive, send)
+            return
+        await asyncio.sleep(0.5)  # the client leaves meanwhile
+        await EventStream(events(), {})(scope, receive, send)
+
+    srv = InThreadServer(app, http=protocol)
+    try:
+        with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as sock:
+            sock.sendall(b"GET /s HTTP/1.1\r\nhost: t\r\n\r\n")
+        wait_until(closed.is_set, 5, "the stream ran for a client that had left")
+        assert len(produced) < 10
+    finally:
+        srv.stop()
+
+
 class Pushed:
     """A stream written through the server's BodyWriter from loop callbacks (as the relay writes
     from the engine connection's), or iterated under a server that has none."""
