@@ -12,7 +12,7 @@ Nothing waits longer than the rest of the turn that wrote it.
 
 A whole answer of the app's own (`respond`, WHOLE_ANSWER_EXTENSION) is written at once, head and
 body, without the two awaited `send`s and their checks of every header (uvicorn's `send` for a JSON
-answer costs ~7 us; this ~2 us).
+answer costs ~7 us; this ~3 us).
 
 A relayed stream is started by `start_chunked` (BODY_WRITER_EXTENSION), and its events are written
 by its `BodyWriter` straight from the engine connection's callbacks, framed as uvicorn frames them,
@@ -21,9 +21,10 @@ with no task woken and no `send` awaited for each event.
 It subclasses uvicorn's protocol (uvicorn is pinned in requirements/engine-cpu.lock) and relies on
 its `loop`, `scope`, `flow`, `on_message_begin`, `on_response_complete` and `resume_writing`, and
 on its RequestResponseCycle (`send` a bound method of it; `response_started`, `response_complete`,
-`chunked_encoding`, `disconnected`, and for `respond` the rest of what its `send` sets and calls:
-`default_headers`, `keep_alive`, `message_event`, `on_response`), and on `STATUS_LINE`;
-tests/router/test_server.py checks what each gives, so an upgrade that changes them fails there.
+`chunked_encoding`, `disconnected`, and for `respond` and `start_chunked` the rest of what its
+`send` sets and calls: `default_headers`, `keep_alive`, `message_event`, `on_response`), and on
+`STATUS_LINE`; tests/router/test_server.py checks what each gives, so an upgrade that changes them
+fails there.
 """
 
 from __future__ import annotations
