@@ -32,7 +32,7 @@ from lorafleet.baseid import BaseIdentity
 from lorafleet.errors import LorafleetError
 from lorafleet.registry import Registry
 from monitor.entropy import EntropyAccumulator, EntropySampler
-from monitor.metrics import Arm, VersionState
+from monitor.metrics import Arm, ErrorReason, VersionState
 from router.answer import (
     Answer,
     Usage,
@@ -352,6 +352,9 @@ class Gateway:
             )
             exc.headers = self._headers(target.route, target.version, target.arm, request_id)
             raise
+        except asyncio.CancelledError:  # the client left (CompletionsFastPath): the engine was let go
+            self._cancelled(target, target.version, target.arm, start)
+            raise
         out_headers = self._headers(target.route, attempt.model, attempt.arm, request_id)
         if attempt.response.status != 200:
             return await self.forwarder.pass_error(attempt, target, out_headers, start)
@@ -389,7 +392,11 @@ class Gateway:
         start: float,
     ) -> Response:
         try:
-            raw = await attempt.response.read()
+            try:
+                raw = await attempt.response.read()
+            except asyncio.CancelledError:
+                self._cancelled(target, attempt.version, attempt.arm, start)
+                raise
             seen: Answer | dict[str, Any] | None = read_answer(raw)
             if seen is None:  # JSON, but not of the usual shape: read it generically
                 seen = orjson.loads(raw)
@@ -415,6 +422,18 @@ class Gateway:
             self._observe_answer, endpoint, upstream, target, attempt, request, seen, duration
         )
         return AnswerResponse(sent, out_headers, after)
+
+    def _cancelled(self, target: Target, version: str, arm: Arm, start: float) -> None:
+        self.observer.record(
+            Outcome(
+                target.route,
+                version,
+                arm,
+                499,
+                time.perf_counter() - start,
+                error=ErrorReason.CLIENT_CANCELLED,
+            )
+        )
 
     async def _observe_answer(
         self,

@@ -15,6 +15,7 @@ Any other method or spelling of those paths reaches the Starlette routes below.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -46,6 +47,7 @@ from router.ids import new_request_id
 from router.peers import FORWARDED_HEADER, ask_peers
 from router.requests import CHAT, COMPLETIONS
 from router.responses import REQUEST_ID_HEADER, error_response, internal_error
+from router.server import DISCONNECT_EXTENSION, ConnectionLost
 
 
 async def read_json(request: Request, limit: int, empty: Any = None) -> Any:
@@ -227,6 +229,20 @@ class CompletionsFastPath:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in reversed(scope["headers"])}
         request_id = headers.get(REQUEST_ID_HEADER) or new_request_id()
         headers[REQUEST_ID_HEADER] = request_id
+        # Under the gateway's server, a client that leaves before its answer cancels the work on
+        # it: the engine's connection is closed, so the engine stops generating for nobody.
+        on_lost: ConnectionLost | None = scope.get("extensions", {}).get(DISCONNECT_EXTENSION)
+        task = asyncio.current_task()
+        left = False
+
+        def leave() -> None:
+            nonlocal left
+            left = True
+            if task is not None:
+                task.cancel()
+
+        if on_lost is not None:
+            on_lost.add(leave)
         response: Response
         try:
             raw = await _read_body(
@@ -238,6 +254,15 @@ class CompletionsFastPath:
             response = error_response(exc)
         except Exception as exc:
             response = internal_error(exc, request_id)
+        except asyncio.CancelledError:
+            if not left:
+                raise
+            if task is not None:
+                task.uncancel()
+            return True  # nobody to answer
+        finally:
+            if on_lost is not None:
+                on_lost.discard(leave)
         await response(scope, receive, send)
         return True
 

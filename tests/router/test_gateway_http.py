@@ -475,6 +475,36 @@ def test_a_client_that_leaves_mid_stream_is_not_an_error_of_the_version(
     assert mine["requests"] == 1 and mine["errors"] == 0 and mine["error_ratio"] == 0
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream-before-its-head"])
+def test_a_client_that_leaves_while_the_engine_works_lets_the_engine_go(
+    gateway: Callable[..., Any],
+    fake_engines: Callable[..., Any],
+    versions: tuple[Registry, list[str]],
+    fault_proxy: Callable[..., Any],
+    stream: bool,
+) -> None:
+    """A client that gives up (its timeout, a closed tab) before the answer: the engine's request
+    is abandoned at once (its connection closed: vLLM aborts the generation), and counted as
+    cancelled by the client, not as an error of the version."""
+    _, (v1, _) = versions
+    slow = fault_proxy(fake_engines().url, script=["hang"])  # no answer, not even a head, for 30 s
+    gw = gateway(_routes(v1), [slow.url])
+    engine = gw.app.state.gateway.fleet.engines[slow.url]
+    body = {"model": "banking", "messages": MESSAGES, "stream": stream}
+    with pytest.raises(httpx.TimeoutException):
+        httpx.post(f"{gw.url}/v1/chat/completions", json=body, timeout=1)
+    series = f'lorafleet_router_errors_total{{reason="client_cancelled",route="banking",version="{v1}"}} 1.0'
+    _metrics_showing(gw.url, series, 10, "the request its client left was not counted as cancelled")
+    wait_until(
+        lambda: engine.in_flight == 0 and _busy_connections(gw.url, slow.url) == 0,
+        5,
+        "the engine's request was not let go",
+    )
+    monitor = httpx.get(f"{gw.url}/admin/monitor", headers=AUTH).json()["versions"]
+    (mine,) = [v for v in monitor if v["version"] == v1]
+    assert mine["errors"] == 0
+
+
 def test_a_missing_routes_file_is_a_warning_at_start_up(
     gateway: Callable[..., Any], caplog: pytest.LogCaptureFixture
 ) -> None:
