@@ -190,7 +190,7 @@ def create_app(
         gateway.reload_now()
         rollouts = Rollouts(route_store, registry, metrics, clock=clock, bases_served=fleet.bases)
         app.state.gateway = gateway
-        fast_path.gateway = gateway
+        fast_path.attach(gateway)
         app.state.http = http
         app.state.rollouts = rollouts
         app.state.metrics = metrics

@@ -171,7 +171,7 @@ class Http1Pool:
         resent = False
         while True:
             conn = await self._acquire(origin, timeouts, in_line_until)
-            response = Http1Response(conn, timeouts.read_s, self.max_answer_bytes, deadline)
+            response = Http1Response(conn, timeouts.read_s, self.max_answer_bytes, deadline, loop)
             conn.start(response)
             try:
                 if not conn.write(head, body):
@@ -566,8 +566,16 @@ class Http1Response:
     `pipe()`."""
 
     def __init__(
-        self, conn: _Connection, read_s: float, max_answer_bytes: int, until: float | None = None
+        self,
+        conn: _Connection,
+        read_s: float,
+        max_answer_bytes: int,
+        until: float | None = None,
+        loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
+        # The loop given, not looked up at each wait: asyncio.get_running_loop() makes a getpid
+        # system call each time on Python 3.11.
+        self._loop = loop or asyncio.get_running_loop()
         self._conn: _Connection | None = conn
         self._read_s = read_s
         self._until = until
@@ -640,7 +648,7 @@ class Http1Response:
 
     async def _wait(self) -> None:
         """Until the connection says something, or `read_s` passes, or the deadline."""
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         waiter = self._waiter = loop.create_future()
         now = self._wait_since = time.monotonic()
         if self._timer is None:
@@ -754,7 +762,7 @@ class Http1Response:
             return
         now = self._wait_since = time.monotonic()
         if self._timer is None:
-            self._set_timer(asyncio.get_running_loop(), now)
+            self._set_timer(self._loop, now)
 
     def hold(self) -> None:
         """pipe(): stop reading the engine (the sink's client is not taking its bytes)."""

@@ -211,6 +211,14 @@ class CompletionsFastPath:
     def __init__(self, api_keys: Sequence[str] = ()) -> None:
         self.api_keys = [k.encode() for k in api_keys]
         self.gateway: Gateway | None = None  # set while the app serves (its lifespan)
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    def attach(self, gateway: Gateway) -> None:
+        """Serve through `gateway`, on the running event loop."""
+        self.gateway = gateway
+        # Named, not looked up per request: asyncio.current_task() without it makes a getpid
+        # system call each time on Python 3.11 (get_running_loop checks the process id).
+        self.loop = asyncio.get_running_loop()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> bool:
         """Answer the request and return True, or return False (untouched) for the app's stack."""
@@ -232,7 +240,7 @@ class CompletionsFastPath:
         # Under the gateway's server, a client that leaves before its answer cancels the work on
         # it: the engine's connection is closed, so the engine stops generating for nobody.
         on_lost: ConnectionLost | None = scope.get("extensions", {}).get(DISCONNECT_EXTENSION)
-        task = asyncio.current_task()
+        task = asyncio.current_task(self.loop)
         left = False
 
         def leave() -> None:
