@@ -46,8 +46,7 @@ from router.gateway import Gateway
 from router.ids import new_request_id
 from router.peers import FORWARDED_HEADER, ask_peers
 from router.requests import CHAT, COMPLETIONS
-from router.responses import REQUEST_ID_HEADER, error_response, internal_error
-from router.server import DISCONNECT_EXTENSION, ConnectionLost
+from router.responses import REQUEST_ID_HEADER, ClientLeaving, error_response, internal_error
 
 
 async def read_json(request: Request, limit: int, empty: Any = None) -> Any:
@@ -239,18 +238,9 @@ class CompletionsFastPath:
         headers[REQUEST_ID_HEADER] = request_id
         # Under the gateway's server, a client that leaves before its answer cancels the work on
         # it: the engine's connection is closed, so the engine stops generating for nobody.
-        on_lost: ConnectionLost | None = scope.get("extensions", {}).get(DISCONNECT_EXTENSION)
         task = asyncio.current_task(self.loop)
-        left = False
-
-        def leave() -> None:
-            nonlocal left
-            left = True
-            if task is not None:
-                task.cancel()
-
-        if on_lost is not None:
-            on_lost.add(leave)
+        assert task is not None
+        leaving = ClientLeaving(scope, receive, task, watch=False)
         response: Response
         try:
             raw = await _read_body(
@@ -263,14 +253,11 @@ class CompletionsFastPath:
         except Exception as exc:
             response = internal_error(exc, request_id)
         except asyncio.CancelledError:
-            if not left:
+            if not leaving.swallow():
                 raise
-            if task is not None:
-                task.uncancel()
             return True  # nobody to answer
         finally:
-            if on_lost is not None:
-                on_lost.discard(leave)
+            leaving.close()
         await response(scope, receive, send)
         return True
 

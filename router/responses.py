@@ -72,6 +72,47 @@ async def _client_left(receive: Receive) -> None:
         pass
 
 
+class ClientLeaving:
+    """Cancels `task`, the one serving a request, when its client leaves: told by the gateway's
+    server (DISCONNECT_EXTENSION; at once if the client has already left) or, with `watch`, under
+    another server by one task watching `receive` for the disconnect. `swallow()` says whether a
+    CancelledError came from the client's leaving, and takes that cancellation back; `close()`
+    stops listening."""
+
+    __slots__ = ("_lost", "_task", "_watcher", "left")
+
+    def __init__(self, scope: Scope, receive: Receive, task: asyncio.Task[Any], watch: bool) -> None:
+        self._task = task
+        self.left = False
+        self._watcher: asyncio.Future[None] | None = None
+        self._lost: ConnectionLost | None = scope.get("extensions", {}).get(DISCONNECT_EXTENSION)
+        if self._lost is not None:
+            self._lost.add(self._leave)
+        elif watch:
+            self._watcher = asyncio.ensure_future(_client_left(receive))
+            self._watcher.add_done_callback(self._watched)
+
+    def _leave(self) -> None:
+        self.left = True
+        self._task.cancel()
+
+    def _watched(self, watcher: asyncio.Future[None]) -> None:
+        if not watcher.cancelled():
+            self._leave()
+
+    def swallow(self) -> bool:
+        if self.left:
+            self._task.uncancel()
+        return self.left
+
+    def close(self) -> None:
+        if self._lost is not None:
+            self._lost.discard(self._leave)
+        elif self._watcher is not None:
+            self._watcher.remove_done_callback(self._watched)
+            self._watcher.cancel()
+
+
 class EventStream(Response):
     """A `text/event-stream` answer sent event by event as `events` yields them, never buffered.
 
@@ -109,27 +150,9 @@ class EventStream(Response):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         task = asyncio.current_task()
         assert task is not None
-        client_left = False
-
-        def stop() -> None:
-            nonlocal client_left
-            client_left = True
-            task.cancel()
-
-        def watched(watcher: asyncio.Future[None]) -> None:
-            if not watcher.cancelled():
-                stop()
-
-        # The gateway's own server says when the connection is lost (router/server.py); under
-        # another, a task watches `receive` for the disconnect.
+        # If the client has already left, the first await below is cancelled.
+        leaving = ClientLeaving(scope, receive, task, watch=True)
         extensions = scope.get("extensions", {})
-        on_lost: ConnectionLost | None = extensions.get(DISCONNECT_EXTENSION)
-        watcher = None
-        if on_lost is not None:
-            on_lost.add(stop)  # at once if the client already left: the first await is cancelled
-        else:
-            watcher = asyncio.ensure_future(_client_left(receive))
-            watcher.add_done_callback(watched)
         complete = False
         try:
             start = extensions.get(BODY_WRITER_EXTENSION) if self.push is not None else None
@@ -149,16 +172,11 @@ class EventStream(Response):
                     complete = event.endswith(DONE_EVENT)
                     await send({"type": "http.response.body", "body": event, "more_body": not complete})
         except asyncio.CancelledError:
-            if client_left:
-                task.uncancel()
+            if leaving.swallow():
                 return
             raise
         finally:
-            if on_lost is not None:
-                on_lost.discard(stop)
-            elif watcher is not None:
-                watcher.remove_done_callback(watched)
-                watcher.cancel()
+            leaving.close()
             aclose = getattr(self.events, "aclose", None)
             if aclose is not None:
                 await aclose()  # a relay stopped early records its outcome now, not when collected
