@@ -171,7 +171,7 @@ class Http1Pool:
         resent = False
         while True:
             conn = await self._acquire(origin, timeouts, in_line_until)
-            response = Http1Response(conn, timeouts.read_s, self.max_answer_bytes, deadline, loop)
+            response = Http1Response(conn, loop, timeouts.read_s, self.max_answer_bytes, deadline)
             conn.start(response)
             try:
                 if not conn.write(head, body):
@@ -568,14 +568,14 @@ class Http1Response:
     def __init__(
         self,
         conn: _Connection,
+        loop: asyncio.AbstractEventLoop,
         read_s: float,
         max_answer_bytes: int,
         until: float | None = None,
-        loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         # The loop given, not looked up at each wait: asyncio.get_running_loop() makes a getpid
         # system call each time on Python 3.11.
-        self._loop = loop or asyncio.get_running_loop()
+        self._loop = loop
         self._conn: _Connection | None = conn
         self._read_s = read_s
         self._until = until
