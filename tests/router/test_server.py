@@ -221,15 +221,17 @@ def test_pipelined_requests_and_streams_answer_in_order(server: InThreadServer) 
         assert client.post("/after", content=b"x").json() == {"path": "/after", "echo": "x"}
 
 
-@pytest.mark.parametrize("protocol", [GatewayHttpProtocol, None], ids=["gateway-protocol", "plain-uvicorn"])
-def test_a_stream_stops_when_its_client_leaves(protocol: type[asyncio.Protocol] | None) -> None:
-    """Told by the protocol's disconnect extension, or found by watching `receive` elsewhere."""
+def _slow_stream_server(
+    protocol: type[asyncio.Protocol] | None, wait_s: float = 0.0
+) -> tuple[InThreadServer, list[int], threading.Event]:
+    """A server answering each request, after `wait_s`, with 200 events 50 ms apart (10 s if
+    nobody stops it); the events it produced, and an event set when the stream was closed."""
     produced: list[int] = []
     closed = threading.Event()
 
     async def events() -> AsyncIterator[bytes]:
         try:
-            for i in range(200):  # 10 s if nobody stops it
+            for i in range(200):
                 produced.append(i)
                 yield f"data: {i}\n\n".encode()
                 await asyncio.sleep(0.05)
@@ -240,9 +242,16 @@ def test_a_stream_stops_when_its_client_leaves(protocol: type[asyncio.Protocol] 
         if scope["type"] == "lifespan":
             await _app(scope, receive, send)
             return
+        await asyncio.sleep(wait_s)
         await EventStream(events(), {"x-test": "1"})(scope, receive, send)
 
-    srv = InThreadServer(app, http=protocol)
+    return InThreadServer(app, http=protocol), produced, closed
+
+
+@pytest.mark.parametrize("protocol", [GatewayHttpProtocol, None], ids=["gateway-protocol", "plain-uvicorn"])
+def test_a_stream_stops_when_its_client_leaves(protocol: type[asyncio.Protocol] | None) -> None:
+    """Told by the protocol's disconnect extension, or found by watching `receive` elsewhere."""
+    srv, produced, closed = _slow_stream_server(protocol)
     try:
         with httpx.stream("GET", f"{srv.url}/s", timeout=10) as r:
             assert r.headers["x-test"] == "1" and r.headers["content-type"].startswith("text/event-stream")
@@ -258,26 +267,7 @@ def test_a_stream_whose_client_left_before_it_started_stops_at_once(
     protocol: type[asyncio.Protocol] | None,
 ) -> None:
     """As when the client hangs up while the gateway waits for the engine's head."""
-    produced: list[int] = []
-    closed = threading.Event()
-
-    async def events() -> AsyncIterator[bytes]:
-        try:
-            for i in range(200):  # 10 s if nobody stops it
-                produced.append(i)
-                yield f"data: {i}\n\n".encode()
-                await asyncio.sleep(0.05)
-        finally:
-            closed.set()
-
-    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "lifespan":
-            await _app(scope, receive, send)
-            return
-        await asyncio.sleep(0.5)  # the client leaves meanwhile
-        await EventStream(events(), {})(scope, receive, send)
-
-    srv = InThreadServer(app, http=protocol)
+    srv, produced, closed = _slow_stream_server(protocol, wait_s=0.5)  # the client leaves meanwhile
     try:
         with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as sock:
             sock.sendall(b"GET /s HTTP/1.1\r\nhost: t\r\n\r\n")
