@@ -174,6 +174,11 @@ def _exchange(sock: socket.socket, request: bytes) -> bytes:
     return data
 
 
+def _without_date(raw: bytes) -> list[bytes]:
+    """A response's lines but its `date` header, which differs from one second to the next."""
+    return [line for line in raw.split(b"\r\n") if not line.startswith(b"date:")]
+
+
 def test_a_whole_answer_is_written_at_once_as_uvicorn_would_write_it(server: InThreadServer) -> None:
     def post(path: str, extra: bytes = b"") -> bytes:
         return b"POST %b HTTP/1.1\r\nhost: t\r\n%bcontent-length: 2\r\n\r\nhi" % (path.encode(), extra)
@@ -188,11 +193,7 @@ def test_a_whole_answer_is_written_at_once_as_uvicorn_would_write_it(server: InT
             assert RESPONDED[-1] is True
             assert Counted.writes == [first]  # one write, sent when complete
             assert WRITTEN_WHEN_ANSWERED == [1]
-
-            def same(raw: bytes) -> list[bytes]:
-                return [line for line in raw.split(b"\r\n") if not line.startswith(b"date:")]
-
-            assert same(first) == same(by_send)
+            assert _without_date(first) == _without_date(by_send)
         closing = _exchange(sock, post("/whole-x", b"connection: close\r\n"))
         assert b"\r\nconnection: close\r\n" in closing and RESPONDED[-1] is True
         assert sock.recv(100) == b""  # closed after the answer, as uvicorn closes it
@@ -334,7 +335,7 @@ def test_a_pushed_stream_is_written_by_the_body_writer_its_end_with_its_last_eve
 
 
 def test_a_pushed_stream_starts_and_ends_as_uvicorn_would_write_it() -> None:
-    def raw(protocol: type[asyncio.Protocol] | None, request: bytes) -> tuple[bytes, bool]:
+    def raw(protocol: type[asyncio.Protocol] | None, request: bytes) -> tuple[list[bytes], bool]:
         stream = Pushed(2)
 
         async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -360,7 +361,7 @@ def test_a_pushed_stream_starts_and_ends_as_uvicorn_would_write_it() -> None:
         finally:
             srv.stop()
         assert stream.pushed is (protocol is not None)
-        return b"\r\n".join(line for line in data.split(b"\r\n") if not line.startswith(b"date:")), closed
+        return _without_date(data), closed
 
     for request in (
         b"GET /s HTTP/1.1\r\nhost: t\r\n\r\n",
