@@ -1010,6 +1010,10 @@ class Server:
         t = self.ps.cpu_times()
         return float(t.user + t.system)
 
+    def user_s(self) -> float:
+        """CPU time in user space only (the rest of cpu_s is the kernel's, system calls mostly)."""
+        return float(self.ps.cpu_times().user)
+
     def rss_bytes(self) -> int:
         return int(self.ps.memory_info().rss)
 

@@ -91,8 +91,10 @@ def measure(
         counter_start=counter.next,
     )
     cpu0 = target.server.cpu_s() if target.server else 0.0
+    user0 = target.server.user_s() if target.server else 0.0
     result = lg.run(spec)
     result["cpu_s"] = (target.server.cpu_s() - cpu0) if target.server else float("nan")
+    result["user_s"] = (target.server.user_s() - user0) if target.server else float("nan")
     counter.next = result.get("counter", counter.next)
     if result["errors"]:
         print(f"  {target.name} {mode.key}: {result['errors']} errors, first: {result['first_error']}")
@@ -105,6 +107,7 @@ def pooled(cells: list[dict[str, Any]]) -> dict[str, float]:
     n = sum(len(c["lat"]) for c in cells)
     rps = [len(c["lat"]) / c["elapsed_s"] for c in cells if c["elapsed_s"]]
     cpu = sum(c["cpu_s"] for c in cells)
+    user = sum(c["user_s"] for c in cells)
     return {
         "p50": fakes.pct(lat, 50),
         "p99": fakes.pct(lat, 99),
@@ -112,19 +115,21 @@ def pooled(cells: list[dict[str, Any]]) -> dict[str, float]:
         "ttft99": fakes.pct(ttft, 99) if ttft else float("nan"),
         "rps": statistics.median(rps) if rps else float("nan"),
         "cpu_us": cpu / n * 1e6 if n else float("nan"),
+        "user_us": user / n * 1e6 if n else float("nan"),
         "n": n,
         "errors": sum(c["errors"] for c in cells),
     }
 
 
 def paired(a: list[dict[str, Any]], b: list[dict[str, Any]], what: str) -> tuple[float, float, float]:
-    """Median, min and max over rounds of a/b for requests/s ('rps') or CPU per request ('cpu')."""
+    """Median, min and max over rounds of a/b for requests/s ('rps'), CPU per request ('cpu') or
+    its user-space part ('user')."""
 
     def value(c: dict[str, Any]) -> float:
         n = len(c["lat"])
         if what == "rps":
             return n / c["elapsed_s"] if c["elapsed_s"] else float("nan")
-        return c["cpu_s"] / n if n else float("nan")
+        return c["cpu_s" if what == "cpu" else "user_s"] / n if n else float("nan")
 
     ratios = [value(x) / value(y) for x, y in zip(a, b, strict=True) if value(y)]
     if not ratios:
@@ -267,7 +272,7 @@ def report(
     out(f"{args.rounds} rounds, interleaved; latencies pooled over rounds, req/s the median round")
     out(
         f"{'mode':<12} {'target':<21} {'p50 ms':>8} {'p99 ms':>8} {'ttft50':>8} {'ttft99':>8} "
-        f"{'req/s':>8} {'cpu us/req':>10} {'n':>7} {'err':>4}"
+        f"{'req/s':>8} {'cpu us/req':>10} {'user':>5} {'n':>7} {'err':>4}"
     )
     stats: dict[tuple[str, str], dict[str, float]] = {}
     for mode in modes:
@@ -276,7 +281,8 @@ def report(
             stats[(mode.key, t.name)] = s
             out(
                 f"{mode.key:<12} {t.name:<21} {f(s['p50'], 3):>8} {f(s['p99'], 3):>8} {f(s['ttft50'], 3):>8} "
-                f"{f(s['ttft99'], 3):>8} {f(s['rps'], 0):>8} {f(s['cpu_us'], 0):>10} {s['n']:>7} {s['errors']:>4}"
+                f"{f(s['ttft99'], 3):>8} {f(s['rps'], 0):>8} {f(s['cpu_us'], 0):>10} {f(s['user_us'], 0):>5} "
+                f"{s['n']:>7} {s['errors']:>4}"
             )
     by_name = {t.name: t for t in targets}
     c1j, c1s = modes[0].key, modes[1].key
@@ -320,11 +326,13 @@ def report(
         for key in (cnj, cns):
             med, lo, hi = paired(by_name[a].cells[key], by_name[b].cells[key], "rps")
             cpu_med, _, _ = paired(by_name[b].cells[key], by_name[a].cells[key], "cpu")
+            user_med, _, _ = paired(by_name[b].cells[key], by_name[a].cells[key], "user")
             out(
                 f"  req/s {a} / {b:<8} {key:<12} {f(med)} [{f(lo)}-{f(hi)}]   "
-                f"CPU-per-request ratio {b}/{a}: {f(cpu_med)}   ({note})"
+                f"CPU-per-request ratio {b}/{a}: {f(cpu_med)} (user {f(user_med)})   ({note})"
             )
     out()
+    out("cpu us/req: user and system time of the system under test per request; user: its user-space part.")
     out("The CPU-per-request ratio is the throughput ratio the two would reach each on a dedicated core;")
     out("req/s is what they reached here, with other work on the machine. direct shares its core with the")
     out("load generator, so it is a floor on latency, not a throughput reference.")
