@@ -1091,14 +1091,22 @@ PROXIES = {
 
 
 def start_proxy(
-    core: int | None, upstream: str, log: Path, kind: str = "proxy", env: dict[str, str] | None = None
+    core: int | None,
+    upstream: str,
+    log: Path,
+    kind: str = "proxy",
+    env: dict[str, str] | None = None,
+    wrap: Sequence[str] = (),
+    timeout_s: float = 60,
 ) -> tuple[Server, str]:
-    """One of the PROXIES (this file's sub-commands), pinned to `core`, in front of `upstream`."""
+    """One of the PROXIES (this file's sub-commands), pinned to `core`, in front of `upstream`.
+
+    `wrap`: a command that runs the proxy (valgrind's, say)."""
     port = free_port()
-    argv = [sys.executable, str(Path(__file__)), kind, "--port", str(port), "--upstream", upstream]
+    argv = [*wrap, sys.executable, str(Path(__file__)), kind, "--port", str(port), "--upstream", upstream]
     server = Server(PROXIES[kind], argv, core, env=env, log=log)
     url = f"http://127.0.0.1:{port}"
-    server.wait_http(url + "/health")
+    server.wait_http(url + "/health", timeout_s)
     return server, url
 
 
@@ -1163,11 +1171,14 @@ def start_gateway(
     env: dict[str, str] | None = None,
     log_level: str = "warning",
     source: Path | None = None,
+    wrap: Sequence[str] = (),
+    timeout_s: float = 60,
 ) -> tuple[Server, str]:
     """`lorafleet gateway` as a user runs it (uvicorn, one worker), with LORAFLEET_ROUTER_* overrides.
 
     `source`: run the lorafleet of that source tree instead (an earlier commit checked out with
-    `git worktree`: the same run measures the code before and after a change)."""
+    `git worktree`: the same run measures the code before and after a change). `wrap`: a command
+    that runs the gateway (valgrind's, say)."""
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "routes.yaml").write_text(routes)
     port = free_port()
@@ -1180,6 +1191,7 @@ def start_gateway(
         env["PYTHONPATH"] = str(source)  # before the editable install's path
         _check_imports_from(source, env)
     argv = [
+        *wrap,
         *command,
         "gateway",
         "--routes",
@@ -1195,7 +1207,7 @@ def start_gateway(
     ]
     server = Server("lorafleet gateway", argv, core, env=env, log=log)
     url = f"http://127.0.0.1:{port}"
-    server.wait_http(url + "/health", ok=lambda b: json.loads(b).get("engines_healthy", 0) > 0)
+    server.wait_http(url + "/health", timeout_s, ok=lambda b: json.loads(b).get("engines_healthy", 0) > 0)
     if core is not None:
         server.pin_all(core)
     return server, url
