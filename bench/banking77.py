@@ -132,6 +132,7 @@ def main() -> None:
     mode = "full" if args.per_intent == 0 else str(args.per_intent)
     shape = "the full training set" if mode == "full" else f"{mode} training examples per intent"
     out(fakes.machine_header(f"BANKING77, all 77 intents, {shape} (issue 20)"))
+    out(f"command: python bench/banking77.py {' '.join(sys.argv[1:])}")
     work = args.work or Path(tempfile.mkdtemp(prefix="lorafleet-banking77-"))
     work.mkdir(parents=True, exist_ok=True)
     train_rows, val_rows, test_rows = splits(
