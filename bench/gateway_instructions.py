@@ -159,9 +159,10 @@ def main() -> None:
             "LORAFLEET_ROUTER_ENTROPY_MAX_PER_S": "0",
             "LORAFLEET_ROUTER_ENTROPY_SAMPLE_PERCENT": str(args.entropy_percent),
         }
-        for name, source in (("gateway", None), ("gateway-before", before)):
-            if name == "gateway-before" and source is None:
-                continue
+        gateways: list[tuple[str, Path | None]] = [("gateway", None)]
+        if before is not None:
+            gateways.append(("gateway-before", before))
+        for name, source in gateways:
             wrap, dumps = grind(name)
             gw, url = fakes.start_gateway(
                 layout.sut,
@@ -217,7 +218,6 @@ def main() -> None:
         "instructions per request without the idle rate (median of rounds [min-max]); "
         "idle: instructions per second with no load"
     )
-    proxy_t = counted[0]
     for t in counted:
         cells = []
         for kind, values in t.per_request.items():
@@ -226,19 +226,19 @@ def main() -> None:
             )
         out(f"  {t.name:<15} {'; '.join(cells)}; idle {t.idle_per_s / 1e3:.0f} k/s")
     out()
-    out("ratios, per round (same round, same load): the proxy's instructions per request over each's")
-    for t in counted[1:]:
-        for kind in t.per_request:
-            ratios = [p / g for p, g in zip(proxy_t.per_request[kind], t.per_request[kind], strict=True)]
+    out(
+        "ratios, per round (same round, same load), a's instructions per request over b's (> 1: b executes less)"
+    )
+    by_name = {t.name: t for t in counted}
+    for a, b in (("proxy", "gateway"), ("proxy", "gateway-before"), ("gateway-before", "gateway")):
+        if a not in by_name or b not in by_name:
+            continue
+        for kind, values in by_name[b].per_request.items():
+            ratios = [x / y for x, y in zip(by_name[a].per_request[kind], values, strict=True)]
             out(
-                f"  proxy / {t.name:<15} {kind:<6} {statistics.median(ratios):.3f}x "
-                f"[{min(ratios):.3f}-{max(ratios):.3f}]  (> 1: the gateway executes less per request)"
+                f"  {a} / {b:<15} {kind:<6} {statistics.median(ratios):.3f}x "
+                f"[{min(ratios):.3f}-{max(ratios):.3f}]"
             )
-        if "gateway-before" in (c.name for c in counted) and t.name == "gateway":
-            earlier = next(c for c in counted if c.name == "gateway-before")
-            for kind in t.per_request:
-                ratios = [x / y for x, y in zip(earlier.per_request[kind], t.per_request[kind], strict=True)]
-                out(f"  gateway-before / gateway {kind:<6} {statistics.median(ratios):.3f}x")
     if args.save:
         print(f"saved {out.save('gateway_instructions')}", file=sys.stderr)
 
