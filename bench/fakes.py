@@ -801,21 +801,25 @@ class LoadSpec:
     requests: int | None = None
     path: str = "/v1/chat/completions"
     headers: dict[str, str] = field(default_factory=dict)
-    counter_start: int = 0  # "@N@" in the body becomes a per-request counter from here
+    counter_start: int | None = None  # "@N@" in the body: a request number, from here or the last one's next
 
 
 class LoadGenerator:
     """An HTTP/1.1 keep-alive client on raw asyncio streams; measures latency and time to first token.
 
-    TTFT is the time to the first received bytes holding a non-empty `"content":"` delta.
+    TTFT is the time to the first received bytes holding a non-empty `"content":"` delta. Request
+    numbers go on across runs unless a spec sets `counter_start`, so every user id is new.
     """
+
+    def __init__(self) -> None:
+        self.next_number = 0
 
     async def run(self, spec: LoadSpec) -> dict[str, Any]:
         host, _, port = spec.url.removeprefix("http://").rstrip("/").partition(":")
         head = f"POST {spec.path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
         head += "".join(f"{k}: {v}\r\n" for k, v in spec.headers.items())
         parts = spec.body.encode().split(b"@N@")
-        counter = [spec.counter_start]
+        counter = [self.next_number if spec.counter_start is None else spec.counter_start]
         lat: list[float] = []
         ttft: list[float] = []
         errors: list[str] = []
@@ -863,6 +867,7 @@ class LoadGenerator:
 
         await asyncio.gather(*(worker(i) for i in range(spec.concurrency)))
         elapsed = time.perf_counter() - start
+        self.next_number = counter[0]
         return {
             "lat": [round(x, 4) for x in lat],
             "ttft": [round(x, 4) for x in ttft],
@@ -1414,14 +1419,18 @@ class LoadGenClient:
         if core is not None:
             os.sched_setaffinity(self.proc.pid, {core})
 
-    def run(self, spec: LoadSpec) -> dict[str, Any]:
+    def run(self, spec: LoadSpec, server: Server | None = None) -> dict[str, Any]:
+        """The spec's result; with a `server`, also the CPU seconds it used meanwhile (`cpu_s`, `user_s`)."""
         assert self.proc.stdin is not None and self.proc.stdout is not None
+        cpu0, user0 = (server.cpu_s(), server.user_s()) if server else (0.0, 0.0)
         self.proc.stdin.write(json.dumps(spec.__dict__) + "\n")
         self.proc.stdin.flush()
         line = self.proc.stdout.readline()
         if not line:
             raise RuntimeError("the load generator died")
         result: dict[str, Any] = json.loads(line)
+        result["cpu_s"] = server.cpu_s() - cpu0 if server else float("nan")
+        result["user_s"] = server.user_s() - user0 if server else float("nan")
         return result
 
     def close(self) -> None:

@@ -95,20 +95,15 @@ def main() -> None:
             servers.append(gw)
             targets[name] = (gw, url)
         body = fakes.chat_body("bench", False)
-        n = 0
         served = {name: 0 for name in targets}
         for name, (_, url) in targets.items():  # warm-up: connections, caches, the first flushes
-            warm = lg.run(
-                LoadSpec(url=url, body=body, stream=False, concurrency=8, duration_s=2, counter_start=n)
-            )
+            warm = lg.run(LoadSpec(url=url, body=body, stream=False, concurrency=8, duration_s=2))
             served[name] += len(warm["lat"])
-            n += 100_000
         cells: dict[str, list[dict[str, Any]]] = {name: [] for name in targets}
         for r in range(args.rounds):
             order = list(targets) if r % 2 == 0 else list(reversed(targets))
             for name in order:
                 gw, url = targets[name]
-                cpu0 = gw.cpu_s()
                 result = lg.run(
                     LoadSpec(
                         url=url,
@@ -116,11 +111,9 @@ def main() -> None:
                         stream=False,
                         concurrency=args.concurrency,
                         duration_s=args.seconds,
-                        counter_start=n,
-                    )
+                    ),
+                    gw,
                 )
-                n = result.get("counter", n) + 1
-                result["cpu_s"] = gw.cpu_s() - cpu0
                 cells[name].append(result)
                 served[name] += len(result["lat"])
                 rps = len(result["lat"]) / result["elapsed_s"]

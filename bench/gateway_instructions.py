@@ -124,20 +124,16 @@ def main() -> None:
     counted: list[Counted] = []
     lg = fakes.LoadGenClient(layout.loadgen)
     before = fakes.worktree(args.baseline, work / "before") if args.baseline else None
-    counter = 0
 
     def load(target: Counted, stream: bool, n: int) -> None:
-        nonlocal counter
         spec = LoadSpec(
             url=target.url,
             body=fakes.chat_body(target.model, stream, max_tokens=16),
             stream=stream,
             concurrency=args.concurrency,
             requests=n,
-            counter_start=counter,
         )
         result = lg.run(spec)
-        counter = int(result.get("counter", counter))
         if result["errors"] or len(result["lat"]) != n:
             raise RuntimeError(
                 f"{target.name}: {len(result['lat'])} of {n} answered, first error: {result['first_error']}"

@@ -72,30 +72,15 @@ class Mode:
         return f"c={self.concurrency} {'stream' if self.stream else 'json'}"
 
 
-class Counter:
-    """Request numbers continue across measurements, so every user id is new."""
-
-    def __init__(self) -> None:
-        self.next = 0
-
-
-def measure(
-    lg: fakes.LoadGenClient, target: Target, mode: Mode, counter: Counter, max_tokens: int = 16
-) -> dict[str, Any]:
+def measure(lg: fakes.LoadGenClient, target: Target, mode: Mode, max_tokens: int = 16) -> dict[str, Any]:
     spec = LoadSpec(
         url=target.url,
         body=fakes.chat_body(target.model, mode.stream, max_tokens=max_tokens),
         stream=mode.stream,
         concurrency=mode.concurrency,
         duration_s=mode.seconds,
-        counter_start=counter.next,
     )
-    cpu0 = target.server.cpu_s() if target.server else 0.0
-    user0 = target.server.user_s() if target.server else 0.0
-    result = lg.run(spec)
-    result["cpu_s"] = (target.server.cpu_s() - cpu0) if target.server else float("nan")
-    result["user_s"] = (target.server.user_s() - user0) if target.server else float("nan")
-    counter.next = result.get("counter", counter.next)
+    result = lg.run(spec, target.server)
     if result["errors"]:
         print(f"  {target.name} {mode.key}: {result['errors']} errors, first: {result['first_error']}")
     return result
@@ -226,10 +211,9 @@ def run_fake(args: argparse.Namespace, out: fakes.Tee) -> None:
                     t.server.stop()
             targets = [t for t in targets if t.name in wanted]
             out(f"targets: {', '.join(t.name for t in targets)} (--only)")
-        counter = Counter()
         for t in targets:  # warm-up: connections, pools, caches
             for mode in (Mode(8, False, 1.0), Mode(8, True, 1.0), Mode(args.concurrency, False, 0.5)):
-                measure(lg, t, mode, counter)
+                measure(lg, t, mode)
         modes = [
             Mode(1, False, args.c1_seconds),
             Mode(1, True, args.c1_seconds),
@@ -241,7 +225,7 @@ def run_fake(args: argparse.Namespace, out: fakes.Tee) -> None:
             for mode in modes:
                 order = targets[r % len(targets) :] + targets[: r % len(targets)]
                 for t in order:
-                    t.cells.setdefault(mode.key, []).append(measure(lg, t, mode, counter))
+                    t.cells.setdefault(mode.key, []).append(measure(lg, t, mode))
         stats = report(out, targets, modes, args)
     finally:
         lg.close()
@@ -513,7 +497,6 @@ async def run_real(args: argparse.Namespace, out: fakes.Tee) -> None:
             direct_lp = Target("direct+logprobs", engine_url, names[0])
             gateway = Target("gateway", gw_url, "bench", gw)
             targets = [direct, direct_lp, gateway]
-            counter = Counter()
             modes = [Mode(1, False, 0), Mode(1, True, 0)]
             tokens = args.real_tokens
             out(
@@ -530,11 +513,8 @@ async def run_real(args: argparse.Namespace, out: fakes.Tee) -> None:
                             stream=mode.stream,
                             concurrency=1,
                             requests=3,
-                            counter_start=counter.next,
                         )
-                        cpu0 = gw.cpu_s()
-                        res = await asyncio.to_thread(lg.run, spec)
-                        res["cpu_s"] = gw.cpu_s() - cpu0 if t is gateway else float("nan")
+                        res = await asyncio.to_thread(lg.run, spec, t.server)
                         t.cells.setdefault(mode.key, []).append(res)
             out(f"{'mode':<12} {'target':<16} {'p50 ms':>9} {'p99 ms':>9} {'ttft50':>9} {'n':>4} {'err':>4}")
             stats = {}

@@ -81,7 +81,6 @@ def main() -> None:
     servers: list[fakes.Server] = []
     lg = fakes.LoadGenClient(layout.loadgen)
     before = fakes.worktree(args.baseline, work / "before")
-    counter = 0
     cells: dict[str, list[tuple[int, float, Path]]] = {"gateway": [], "gateway-before": []}
     try:
         upstream, up_url = fakes.start_upstream(layout.upstream, work / "upstream.log", config)
@@ -102,18 +101,14 @@ def main() -> None:
             gateways[name] = (gw, url)
 
         def load(url: str, seconds: float) -> dict[str, object]:
-            nonlocal counter
             spec = LoadSpec(
                 url=url,
                 body=fakes.chat_body("bench", args.stream, max_tokens=16),
                 stream=args.stream,
                 concurrency=args.concurrency,
                 duration_s=seconds,
-                counter_start=counter,
             )
-            result = lg.run(spec)
-            counter = int(result.get("counter", counter))  # type: ignore[call-overload]
-            return result
+            return lg.run(spec)
 
         for _, url in gateways.values():  # warm-up: connections, pools, caches
             load(url, 2)

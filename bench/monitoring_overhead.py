@@ -87,12 +87,10 @@ def throughput(
         )
         servers.append(gw)
         gateways[name] = (gw, url)
-    counter = 0
     cells: dict[tuple[str, str], list[dict[str, Any]]] = {}
     modes = [(False, "json"), (True, "stream")]
 
     def run(name: str, stream: bool, seconds: float) -> dict[str, Any]:
-        nonlocal counter
         gw, url = gateways[name]
         spec = LoadSpec(
             url=url,
@@ -100,12 +98,8 @@ def throughput(
             stream=stream,
             concurrency=args.concurrency,
             duration_s=seconds,
-            counter_start=counter,
         )
-        cpu0 = gw.cpu_s()
-        result = lg.run(spec)
-        result["cpu_s"] = gw.cpu_s() - cpu0
-        counter = result.get("counter", counter)
+        result = lg.run(spec, gw)
         if result["errors"]:
             print(f"  {name}: {result['errors']} errors, first: {result['first_error']}", file=sys.stderr)
         return result
@@ -263,7 +257,6 @@ def memory(
     )
     done = 0
     errors = 0
-    counter = 10_000_000
     rss: dict[int, int] = {}
     for target in checkpoints:
         while done < target:
@@ -277,10 +270,8 @@ def memory(
                     stream=stream,
                     concurrency=args.concurrency,
                     requests=n,
-                    counter_start=counter,
                 )
                 result = lg.run(spec)
-                counter = result.get("counter", counter)
                 errors += result["errors"]
                 done += n
         rss[target] = gw.rss_bytes()

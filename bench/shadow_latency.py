@@ -51,15 +51,10 @@ def f(x: float, digits: int = 2) -> str:
 class Bench:
     def __init__(self, lg: fakes.LoadGenClient) -> None:
         self.lg = lg
-        self.counter = 0
         self.cells: dict[tuple[str, str], list[dict[str, Any]]] = {}
 
     def run(self, name: str, gw: Server, url: str, key: str, spec: LoadSpec) -> None:
-        spec.counter_start = self.counter
-        cpu0 = gw.cpu_s()
-        result = self.lg.run(spec)
-        result["cpu_s"] = gw.cpu_s() - cpu0
-        self.counter = result.get("counter", self.counter)
+        result = self.lg.run(spec, gw)
         if result["errors"]:
             print(
                 f"  {name} {key}: {result['errors']} errors, first: {result['first_error']}", file=sys.stderr

@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
 
 import fakes
-from gateway_overhead import Counter, Mode, Target, f, measure, paired, pooled
+from gateway_overhead import Mode, Target, f, measure, paired, pooled
 
 CLIENTS = {
     "http1pool": "lean-proxy",
@@ -93,10 +93,9 @@ def main() -> None:
             servers.append(server)
             targets.append(Target(name, url, "bench", server))
         out(f"logs: {work}")
-        counter = Counter()
         for t in targets:
             for mode in (Mode(8, False, 1.0), Mode(8, True, 1.0), Mode(args.concurrency, False, 0.5)):
-                measure(lg, t, mode, counter)
+                measure(lg, t, mode)
         modes = [
             Mode(1, False, args.c1_seconds),
             Mode(args.concurrency, False, args.cn_seconds),
@@ -107,7 +106,7 @@ def main() -> None:
             for mode in modes:
                 order = targets[r % len(targets) :] + targets[: r % len(targets)]
                 for t in order:
-                    t.cells.setdefault(mode.key, []).append(measure(lg, t, mode, counter))
+                    t.cells.setdefault(mode.key, []).append(measure(lg, t, mode))
     finally:
         lg.close()
         for s in reversed(servers):
