@@ -3,9 +3,39 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+LORA_RANK_SIZES = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # what vLLM's --max-lora-rank accepts
+DEFAULT_MAX_LORA_RANK = 16
+
+
+class LoraRankError(ValueError):
+    """An adapter's rank that no engine setting can hold, or that the given one cannot."""
+
+
+def rank_size(rank: int) -> int:
+    """The smallest --max-lora-rank vLLM accepts that holds adapters of `rank`."""
+    for size in LORA_RANK_SIZES:
+        if size >= rank:
+            return size
+    raise LoraRankError(f"LoRA rank {rank} is above {LORA_RANK_SIZES[-1]}, the largest vLLM serves")
+
+
+def max_lora_rank_for(requested: int | None, ranks: Mapping[str, int]) -> int:
+    """The engine's --max-lora-rank: `requested` if given (it must hold every version of `ranks`,
+    version name -> LoRA rank), else the default or, if more, what the largest of them needs."""
+    if requested is None:
+        return max([DEFAULT_MAX_LORA_RANK, *(rank_size(r) for r in ranks.values())])
+    for name, rank in ranks.items():
+        if rank > requested:
+            raise LoraRankError(
+                f"{name} has LoRA rank {rank}, above --max-lora-rank {requested}: "
+                f"give --max-lora-rank {rank_size(rank)}, or leave it out to size it from the adapters"
+            )
+    return requested
 
 
 class Device(enum.StrEnum):
@@ -34,7 +64,10 @@ class EngineSettings(BaseSettings):
     max_cpu_loras: int | None = Field(
         default=None, ge=1, description="Adapters cached in memory (--max-cpu-loras)."
     )
-    max_lora_rank: int = Field(default=16, ge=1, description="Largest LoRA rank the engine accepts.")
+    max_lora_rank: int = Field(
+        default=DEFAULT_MAX_LORA_RANK,
+        description=f"Largest LoRA rank the engine accepts: one of {', '.join(map(str, LORA_RANK_SIZES))}.",
+    )
     max_model_len: int = Field(default=2048, ge=64, description="Context length (tokens).")
     kv_cache_gib: float = Field(
         default=1.0, gt=0, description="KV cache size on the CPU (VLLM_CPU_KVCACHE_SPACE)."
@@ -55,6 +88,16 @@ class EngineSettings(BaseSettings):
     log_file: str | None = Field(
         default=None, description="Where the engine's output goes; default: inherit."
     )
+
+    @field_validator("max_lora_rank")
+    @classmethod
+    def _a_size_vllm_accepts(cls, value: int) -> int:
+        if value not in LORA_RANK_SIZES:
+            sizes = ", ".join(map(str, LORA_RANK_SIZES))
+            raise ValueError(
+                f"{value} is not a size vLLM accepts ({sizes}); {rank_size(value)} holds rank {value}"
+            )
+        return value
 
     @property
     def url(self) -> str:

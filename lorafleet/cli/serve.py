@@ -30,7 +30,11 @@ def engine(
     port: int = typer.Option(8100, help="Port to listen on."),
     served_model_name: str = typer.Option("base", help="Name the base model is served under."),
     max_loras: int = typer.Option(4, help="Adapters in one batch."),
-    max_lora_rank: int = typer.Option(16, help="Largest LoRA rank accepted."),
+    max_lora_rank: int | None = typer.Option(
+        None,
+        help="Largest LoRA rank accepted: 1, 8, 16, 32, 64, 128, 256, 320 or 512. Default: 16, or what the "
+        "largest --adapter version's rank needs.",
+    ),
     max_cpu_loras: int | None = typer.Option(None, help="Adapters cached in memory."),
     max_model_len: int = typer.Option(2048, help="Context length."),
     kv_cache_gib: float = typer.Option(1.0, help="KV cache size on the CPU, GiB."),
@@ -42,19 +46,39 @@ def engine(
 ) -> None:
     """Start a vLLM OpenAI server with LoRA enabled and keep it running (restarts it if it crashes)."""
     from serve.engine import Engine, Supervisor
-    from serve.settings import Device, EngineSettings
+    from serve.settings import (
+        DEFAULT_MAX_LORA_RANK,
+        LORA_RANK_SIZES,
+        Device,
+        EngineSettings,
+        LoraRankError,
+        max_lora_rank_for,
+    )
 
     try:
         chosen = Device(device.lower())
     except ValueError:
         raise typer.BadParameter(f"'{device}': use auto, cpu or cuda", param_hint="--device") from None
+    if max_lora_rank is not None and max_lora_rank not in LORA_RANK_SIZES:
+        sizes = ", ".join(map(str, LORA_RANK_SIZES))
+        raise typer.BadParameter(
+            f"{max_lora_rank} is not a size vLLM accepts: {sizes}", param_hint="--max-lora-rank"
+        )
+    reg = Registry(registry_path(registry))
+    versions = [reg.resolve(name) for name in adapter]
+    try:
+        rank = max_lora_rank_for(max_lora_rank, {v.name: v.info().lora_rank for v in versions})
+    except LoraRankError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--adapter") from None
+    if max_lora_rank is None and rank != DEFAULT_MAX_LORA_RANK:
+        info(f"--max-lora-rank {rank}: the rank the --adapter versions need")
     settings = EngineSettings(
         base_model=base_model,
         host=host,
         port=port,
         served_model_name=served_model_name,
         max_loras=max_loras,
-        max_lora_rank=max_lora_rank,
+        max_lora_rank=rank,
         max_cpu_loras=max_cpu_loras,
         max_model_len=max_model_len,
         kv_cache_gib=kv_cache_gib,
@@ -63,11 +87,7 @@ def engine(
         startup_timeout_s=startup_timeout_s,
     )
     model_dir = basemodel.resolve(settings.base_model)
-    reg = Registry(registry_path(registry))
-    adapters = {name: reg.resolve(name).adapter_path for name in adapter}
-    supervisor = Supervisor(
-        Engine(settings, model_dir), {reg.resolve(n).name: p for n, p in adapters.items()}, info
-    )
+    supervisor = Supervisor(Engine(settings, model_dir), {v.name: v.adapter_path for v in versions}, info)
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
