@@ -137,11 +137,13 @@ def finetune(
         ),
     )
     from lorafleet.registry import Registry
+    from serve.settings import DEFAULT_MAX_LORA_RANK, rank_size
 
+    reg = Registry(registry_path(registry))
     result = run_finetune(
         data,
         task,
-        Registry(registry_path(registry)),
+        reg,
         cfg,
         seed=cfg.seed,
         few_shot=few_shot,
@@ -172,3 +174,9 @@ def finetune(
     print(f"time: {timing}")
     print(f"registered: {result.version}")
     print(f"path: {result.path}")
+    rank = reg.get(result.version).info().lora_rank
+    if rank > DEFAULT_MAX_LORA_RANK:
+        info(
+            f"note: LoRA rank {rank}: engines serve it with --max-lora-rank {rank_size(rank)} or more "
+            f"(`lorafleet serve engine --adapter {result.version}` sizes it; the default is {DEFAULT_MAX_LORA_RANK})"
+        )

@@ -194,3 +194,16 @@ def test_the_config_files_seed_is_used_unless_seed_is_given(tmp_path: Path) -> N
         "finetune", data, "--task", "tiny", "--registry", tmp_path / "r", "--config", config, "--seed", "3"
     )
     assert "(seed 3)" in proc.stderr, proc.stderr
+
+
+def test_finetune_of_a_rank_above_the_engines_default_says_how_to_serve_it(tmp_path: Path) -> None:
+    proc = lorafleet(
+        "finetune", tiny_csv(tmp_path / "tiny.csv"), "--task", "tiny", "--registry", tmp_path / "r",
+        "--rank", "24", "--epochs", "0.2", "--skip-baseline", "--quiet",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    name = f"tiny-v1-{dt.date.today():%Y%m%d}"
+    assert (
+        f"note: LoRA rank 24: engines serve it with --max-lora-rank 32 or more (`lorafleet serve engine "
+        f"--adapter {name}` sizes it; the default is 16)"
+    ) in proc.stderr
