@@ -33,7 +33,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from lorafleet import basemodel
-from lorafleet.textstats import mean_entropy
+from lorafleet.textstats import match_label, mean_entropy
 from training.check import read_valid
 from training.choices import LabelTrie
 from training.config import Precision
@@ -328,20 +328,25 @@ def _result(
     choice: Generation | None = None,
 ) -> ModelResult:
     expected = [e.answer for e in test]
-    shown = choice.answers if choice is not None else gen.answers
+    task = task_kind(expected, labels)
+    scores = score(expected, gen.answers, labels, confusion=task is TaskKind.LABELS)
+    choice_scores = None
+    shown, right = gen.answers, scores.correct
+    if choice is not None:  # the headline of a label task: constrained choice
+        choice_scores = score(expected, choice.answers, labels)
+        shown, right = choice.answers, choice_scores.correct
     errors = [
         WrongAnswer(input=e.user_text, expected=e.answer, got=got)
-        for e, got in zip(test, shown, strict=True)
-        if normalize(got) != normalize(e.answer)
+        for e, got, ok in zip(test, shown, right, strict=True)
+        if not ok
     ]
     in_set = None
     if labels:
-        known = {normalize(lab) for lab in labels}
-        in_set = sum(normalize(a) in known for a in gen.answers) / len(gen.answers) if gen.answers else 0.0
-    task = task_kind(expected, labels)
+        named = sum(match_label(a, labels) is not None for a in gen.answers)
+        in_set = named / len(gen.answers) if gen.answers else 0.0
     return ModelResult(
         kind=kind,
-        scores=score(expected, gen.answers, labels, confusion=task is TaskKind.LABELS),
+        scores=scores,
         json_scores=json_scores(expected, gen.answers) if task is TaskKind.JSON else None,
         text_scores=text_scores(expected, gen.answers) if task is TaskKind.TEXT else None,
         errors=errors,
@@ -349,9 +354,9 @@ def _result(
         answers=gen.answers,
         entropies=gen.entropies if entropy else None,
         choice=None
-        if choice is None
+        if choice is None or choice_scores is None
         else ChoiceResult(
-            scores=score(expected, choice.answers, labels),
+            scores=choice_scores,
             answers=choice.answers,
             seconds=round(choice.seconds, 2),
         ),

@@ -3,8 +3,9 @@
 
 Definitions (what tests/training/test_scoring.py checks by hand):
 - answers are compared after `normalize` (surrounding whitespace and trailing punctuation removed);
-  given a label set, an answer is the label it names as the gateway matches it live
-  (`lorafleet.textstats.match_label`: also quotes and case), so offline and live accuracy agree;
+  given a label set, an answer, and the expected one alike, is the label it names as the gateway
+  matches it live (`lorafleet.textstats.match_label`: also quotes and case), so offline and live
+  accuracy agree;
   `exact_match` is plain string equality of the raw answer and the expected one;
 - the labels are the given label set, else the distinct expected answers; an answer outside them is
   wrong, counts against the expected label's recall, and sits in the confusion's `OTHER` column;
@@ -92,9 +93,16 @@ def score(
             confusion=Confusion(labels=[], columns=[], matrix=[]),
             correct=correct,
         )
-    label_list = sorted({normalize(lab) for lab in labels} if labels else set(gold))
+    if labels:
+        # The expected answer and the model's through the one matcher: a label that ends in
+        # punctuation (BANKING77's `reverted_card_payment?`) is named by its own answer.
+        label_list = sorted(set(labels))
+        gold = [match_label(e, label_list) or g for e, g in zip(expected, gold, strict=True)]
+        pred = [match_label(g, label_list) or OTHER for g in got]
+    else:
+        label_list = sorted(set(gold))
+        pred = [normalize(g) for g in got]
     label_list += sorted(set(gold) - set(label_list))
-    pred = [match_label(g, label_list) or OTHER for g in got] if labels else [normalize(g) for g in got]
     index = {lab: i for i, lab in enumerate(label_list)}
     columns = [*label_list, OTHER]
     matrix = [[0] * len(columns) for _ in label_list]

@@ -57,3 +57,16 @@ def test_a_label_set_matches_answers_as_the_gateway_does() -> None:
     )
     assert s.correct == [True, False]
     assert s.confusion.matrix == [[1, 0, 0], [0, 0, 1]]
+
+
+def test_a_label_ending_in_punctuation_is_named_by_its_own_answer() -> None:
+    """BANKING77's `reverted_card_payment?`: the expected answer and the model's are matched alike."""
+    labels = ["card_arrival", "reverted_card_payment?"]
+    s = score(
+        ["reverted_card_payment?", "reverted_card_payment?", "card_arrival"],
+        ["reverted_card_payment?", "card_arrival", "card_arrival"],
+        labels=labels,
+    )
+    assert s.correct == [True, False, True]
+    assert s.confusion.labels == labels
+    assert s.per_label["reverted_card_payment?"].recall == pytest.approx(0.5)
