@@ -5,6 +5,8 @@
     python bench/banking77.py --per-intent 10 --test-per-intent 5   a stratified test sample
     python bench/banking77.py --per-intent 10 --adapter /tmp/b77-a/adapter --no-base
                                                  score an earlier run's adapter (same splits), no training
+    python bench/banking77.py ... --work /tmp/b77-b --compare /tmp/b77-a
+                                                 and test the difference to an earlier run, paired
 
 What a new user does: a plain system prompt that does not list the labels (`--list-labels` adds
 them), `lorafleet train`'s defaults (chosen from the data: training/defaults.py) unless a flag
@@ -12,7 +14,11 @@ overrides one, validation on 2 examples per intent of the official train split (
 and the official test split (all 3,080, or `--test-per-intent N` of each intent, with a 95% Wilson
 interval). The adapter is scored by constrained choice among the 77 labels (the headline) and by
 free generation beside it, and so is the base model (zero-shot). Prints the training and eval time
-on this machine's cores; writes results/banking77-<mode>-<date>.txt.
+on this machine's cores; writes results/banking77-<mode>-<date>.txt, and the evaluation (every
+answer) to the work folder's eval.json. `--compare DIR` sets this run's adapter against the run
+whose work folder is DIR, example by example on the same test split: the accuracy difference, its
+95% paired-bootstrap interval and McNemar's p-value (training/significance.py, what `lorafleet
+eval` uses for tuned against base).
 
 The paper's figures (its Table 3, USE+ConveRT; BERT-large in brackets): 10 examples per intent
 85.2% (83.4%), full training set 93.4% (93.6%) accuracy on the test split.
@@ -31,12 +37,15 @@ import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
 
 import fakes
+
+if TYPE_CHECKING:
+    from training.evaluate import EvalReport
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "banking77"
 SYSTEM = "You classify online banking customer questions by intent. Answer with the intent's name only."
@@ -120,12 +129,20 @@ def main() -> None:
     parser.add_argument(
         "--threads", type=int, help="CPU threads for training and eval (default: the idle cores)."
     )
+    parser.add_argument(
+        "--compare", type=Path, metavar="DIR", help="An earlier run's work folder to test this one against."
+    )
     parser.add_argument("--no-save", dest="save", action="store_false")
     args = parser.parse_args()
+    if args.compare and not (args.compare / "eval.json").is_file():
+        sys.exit(
+            f"error: --compare {args.compare}: no eval.json there (runs before 2026-12-04 did not write it)"
+        )
 
     from training.config import TrainConfig
     from training.csvimport import labels_system_prompt
-    from training.evaluate import evaluate
+    from training.evaluate import EvalReport, evaluate
+    from training.significance import compare
     from training.train import train
 
     out = fakes.Tee()
@@ -217,9 +234,32 @@ def main() -> None:
     use, bert = PAPER["full" if mode == "full" else "10"] if mode in ("10", "full") else (None, None)
     if use is not None:
         out(f"paper (Casanueva et al. 2020, test accuracy): USE+ConveRT {use:.3f}, BERT-large {bert:.3f}")
+    (work / "eval.json").write_text(report.model_dump_json())
+    if args.compare:
+        if (args.compare / "test.jsonl").read_bytes() != (work / "test.jsonl").read_bytes():
+            sys.exit(f"error: --compare {args.compare}: its test.jsonl differs from this run's")
+        earlier = EvalReport.model_validate_json((args.compare / "eval.json").read_text())
+        expected = [label for _, label in test_rows]
+        a, b = (tuned_correct(r, expected) for r in (earlier, report))
+        c = compare(str(args.compare), a, b)
+        low, high = c.interval_points
+        out(
+            f"against {args.compare} (accuracy {c.baseline_accuracy:.3f}), paired on the {len(expected)} test "
+            f"examples: {c.gain_points:+.1f} points [{low:+.1f}, {high:+.1f}], McNemar p = {c.mcnemar.p_value:.3g} "
+            f"({c.mcnemar.only_b} right only here, {c.mcnemar.only_a} only there)"
+        )
     out(f"work folder: {work}")
     if args.save:
         print(f"saved {out.save(f'banking77-{mode}')}", file=sys.stderr)
+
+
+def tuned_correct(report: EvalReport, expected: list[str]) -> list[bool]:
+    """Per test example: the tuned model's constrained choice among the labels is right."""
+    choice = report.models["tuned"].choice
+    answers = choice.answers if choice is not None else []
+    if len(answers) != len(expected):
+        sys.exit(f"error: {len(answers)} constrained answers for {len(expected)} test examples")
+    return [got == want for got, want in zip(answers, expected, strict=True)]
 
 
 def read_config_file_value(key: str, value: str) -> dict[str, Any]:
