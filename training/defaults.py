@@ -13,6 +13,10 @@ Why these numbers (docs/training.md has the measurements):
   a number of epochs, so the steps are 12 per label (at least 300, at most 3,000), as epochs of the
   data at hand, at least 2 and at most 20; early stopping on the validation loss (patience 2
   epochs, the best epoch kept) makes a generous maximum cheap;
+- rank 64 for a label set of more than 32 labels: on BANKING77's 77 intents from 10 examples each,
+  rank 16 scored 0.736, rank 32 0.785 and rank 64 0.795 (two seeds: 0.795, 0.794; 5.9 points over
+  rank 16, McNemar p < 1e-20), while the demo's 10 intents reach 0.95 at rank 16. Measured at 10
+  and 77 labels only: the threshold between them is a judgement, not a measurement;
 - a task that is not a label set (free text, JSON) gets 3 epochs, with the same early stopping.
 """
 
@@ -27,7 +31,8 @@ from training.config import TrainConfig
 # Llama-style names (SmolLM2, Llama 3, Mistral): the attention and MLP projections.
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 RANK = 16
-ALPHA = 32.0
+MANY_LABELS, MANY_LABELS_RANK = 32, 64  # more than this many labels: this rank
+ALPHA = 32.0  # at RANK: alpha is twice the rank
 LEARNING_RATE = 5e-4
 STEPS_PER_LABEL = 12
 MIN_STEPS, MAX_STEPS = 300, 3000
@@ -54,6 +59,11 @@ def target_steps(labels: int) -> int:
     return min(MAX_STEPS, max(MIN_STEPS, STEPS_PER_LABEL * labels))
 
 
+def rank_for(labels: int | None) -> int:
+    """The LoRA rank: more for a label set of many labels."""
+    return MANY_LABELS_RANK if labels is not None and labels > MANY_LABELS else RANK
+
+
 def epochs_for(shape: DataShape) -> float:
     """At most this many epochs; early stopping usually ends sooner."""
     if shape.labels is None:
@@ -78,11 +88,12 @@ def choose(config: TrainConfig, shape: DataShape, layers: Sequence[str]) -> tupl
         targets = adapted_layers(layers)
         chosen["target_modules"] = targets
         why.append(f"target_modules: every attention and MLP projection ({', '.join(targets)})")
+    rank = config.rank or rank_for(shape.labels)
     if config.rank is None:
-        chosen["rank"] = RANK
-        why.append(f"rank: {RANK}")
+        chosen["rank"] = rank
+        many = f" ({shape.labels} labels, more than {MANY_LABELS})" if rank == MANY_LABELS_RANK else ""
+        why.append(f"rank: {rank}{many}")
     if config.alpha is None:
-        rank = config.rank or RANK
         chosen["alpha"] = ALPHA * rank / RANK
         why.append(f"alpha: {chosen['alpha']:g} (twice the rank)")
     if config.learning_rate is None:

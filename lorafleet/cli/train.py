@@ -36,7 +36,13 @@ LrOpt = Annotated[
     float | None, typer.Option("--lr", help="Learning rate (default: 5e-4).", rich_help_panel=_TRAIN)
 ]
 RankOpt = Annotated[
-    int | None, typer.Option("--rank", "-r", help="LoRA rank (default: 16).", rich_help_panel=_TRAIN)
+    int | None,
+    typer.Option(
+        "--rank",
+        "-r",
+        help="LoRA rank (default: 16; 64 for a label set of more than 32 labels).",
+        rich_help_panel=_TRAIN,
+    ),
 ]
 AlphaOpt = Annotated[
     float | None,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from training.config import TrainConfig
-from training.defaults import DataShape, adapted_layers, choose, epochs_for, target_steps
+from training.defaults import DataShape, adapted_layers, choose, epochs_for, rank_for, target_steps
 from training.stopping import best_epoch, should_stop, still_falling
 
 LLAMA = [
@@ -65,12 +65,18 @@ def test_every_projection_is_adapted_and_other_models_get_their_linear_layers() 
 def test_only_unset_fields_are_chosen_and_each_says_why() -> None:
     shape = DataShape(examples=770, labels=77, batch_size=8)
     chosen, why = choose(TrainConfig(), shape, LLAMA)
-    assert (chosen.rank, chosen.alpha, chosen.learning_rate, chosen.epochs) == (16, 32.0, 5e-4, 10.0)
+    assert (chosen.rank, chosen.alpha, chosen.learning_rate, chosen.epochs) == (64, 128.0, 5e-4, 10.0)
     assert chosen.target_modules == adapted_layers(LLAMA)
-    assert len(why) == 5 and any("77 labels" in w for w in why)
+    assert len(why) == 5 and "rank: 64 (77 labels, more than 32)" in why
     mine, why = choose(TrainConfig(rank=8, epochs=1.0, target_modules=["q_proj"]), shape, LLAMA)
     assert (mine.rank, mine.alpha, mine.epochs, mine.target_modules) == (8, 16.0, 1.0, ["q_proj"])
     assert [w.split(":")[0] for w in why] == ["alpha", "learning_rate"]
+
+
+def test_the_rank_is_16_but_64_for_a_label_set_of_more_than_32_labels() -> None:
+    assert [rank_for(n) for n in (None, 2, 10, 32, 33, 77, 150)] == [16, 16, 16, 16, 64, 64, 64]
+    few, why = choose(TrainConfig(), DataShape(examples=480, labels=10, batch_size=8), LLAMA)
+    assert (few.rank, few.alpha) == (16, 32.0) and "rank: 16" in why
 
 
 # Validation losses as recorded: before training, then after each epoch.
