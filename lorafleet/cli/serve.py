@@ -33,7 +33,7 @@ def engine(
     max_lora_rank: int | None = typer.Option(
         None,
         help="Largest LoRA rank accepted: 1, 8, 16, 32, 64, 128, 256, 320 or 512. Default: 16, or what the "
-        "largest --adapter version's rank needs.",
+        "largest rank among the --adapter versions and the registry's needs.",
     ),
     max_cpu_loras: int | None = typer.Option(None, help="Adapters cached in memory."),
     max_model_len: int = typer.Option(2048, help="Context length."),
@@ -66,12 +66,17 @@ def engine(
         )
     reg = Registry(registry_path(registry))
     versions = [reg.resolve(name) for name in adapter]
+    ranks = {v.name: v.info().lora_rank for v in versions}
     try:
-        rank = max_lora_rank_for(max_lora_rank, {v.name: v.info().lora_rank for v in versions})
+        rank = max_lora_rank_for(max_lora_rank, ranks)
     except LoraRankError as exc:
         raise typer.BadParameter(str(exc), param_hint="--adapter") from None
-    if max_lora_rank is None and rank != DEFAULT_MAX_LORA_RANK:
-        info(f"--max-lora-rank {rank}: the rank the --adapter versions need")
+    if max_lora_rank is None:  # sized for any version of the registry a gateway may place here
+        ranks.update({v.name: v.info().lora_rank for v in reg.versions()})
+        rank = max_lora_rank_for(None, ranks)
+        if rank != DEFAULT_MAX_LORA_RANK:
+            largest = max(ranks, key=lambda name: ranks[name])
+            info(f"--max-lora-rank {rank}: {largest} has LoRA rank {ranks[largest]} (registry {reg.root})")
     settings = EngineSettings(
         base_model=base_model,
         host=host,

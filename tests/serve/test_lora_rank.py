@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -46,21 +47,26 @@ def test_settings_refuse_a_size_vllm_does_not_accept() -> None:
         EngineSettings(max_lora_rank=20)
 
 
-def test_serve_engine_refuses_an_adapter_above_its_rank_before_starting_anything(tmp_path: Path) -> None:
-    reg = Registry(tmp_path / "reg")
+def stored_version(root: Path, rank: int) -> str:
+    """A version of rank `rank` in the registry at `root` (its adapter a config file only)."""
+    reg = Registry(root)
     with reg.new_version("cards") as draft:
         draft.adapter_path.mkdir()
-        (draft.adapter_path / "adapter_config.json").write_text('{"peft_type": "LORA", "r": 64}\n')
+        (draft.adapter_path / "adapter_config.json").write_text(f'{{"peft_type": "LORA", "r": {rank}}}\n')
         (draft.path / "README.md").write_text("---\nlorafleet: {}\n---\n")
         draft.write_json(
             "version.json",
             VersionInfo(
                 name=str(draft.ref), task="cards", number=1, created_at=dt.datetime.now(dt.UTC),
-                base_model="base", adapter_sha256="0" * 64, lora_rank=64,
+                base_model="base", adapter_sha256="0" * 64, lora_rank=rank,
             ),
         )  # fmt: skip
-        name = str(draft.ref)
-    argv = [LORAFLEET, "serve", "engine", "--registry", reg.root, "--adapter", "cards", "--port", "1"]
+        return str(draft.ref)
+
+
+def test_serve_engine_refuses_an_adapter_above_its_rank_before_starting_anything(tmp_path: Path) -> None:
+    name = stored_version(tmp_path / "reg", 64)
+    argv = [LORAFLEET, "serve", "engine", "--registry", tmp_path / "reg", "--adapter", "cards", "--port", "1"]
     proc = subprocess.run(
         [*map(str, argv), "--max-lora-rank", "16"], capture_output=True, text=True, timeout=120
     )
@@ -72,3 +78,15 @@ def test_serve_engine_refuses_an_adapter_above_its_rank_before_starting_anything
     assert proc.returncode == 2
     assert "48 is not a size vLLM accepts: 1, 8, 16, 32, 64, 128, 256, 320, 512" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_serve_engine_without_the_flag_holds_every_rank_in_its_registry(tmp_path: Path) -> None:
+    name = stored_version(tmp_path / "reg", 40)
+    with socket.socket() as taken:  # the engine stops at its taken port, after choosing its rank
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        argv = [LORAFLEET, "serve", "engine", "--registry", tmp_path / "reg", "--port", port]
+        proc = subprocess.run([*map(str, argv)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert f"--max-lora-rank 64: {name} has LoRA rank 40 (registry {tmp_path / 'reg'})" in proc.stderr
