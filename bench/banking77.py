@@ -239,12 +239,11 @@ def main() -> None:
         if (args.compare / "test.jsonl").read_bytes() != (work / "test.jsonl").read_bytes():
             sys.exit(f"error: --compare {args.compare}: its test.jsonl differs from this run's")
         earlier = EvalReport.model_validate_json((args.compare / "eval.json").read_text())
-        expected = [label for _, label in test_rows]
-        a, b = (tuned_correct(r, expected) for r in (earlier, report))
+        a, b = (tuned_correct(r, len(test_rows)) for r in (earlier, report))
         c = compare(str(args.compare), a, b)
         low, high = c.interval_points
         out(
-            f"against {args.compare} (accuracy {c.baseline_accuracy:.3f}), paired on the {len(expected)} test "
+            f"against {args.compare} (accuracy {c.baseline_accuracy:.3f}), paired on the {len(test_rows)} test "
             f"examples: {c.gain_points:+.1f} points [{low:+.1f}, {high:+.1f}], McNemar p = {c.mcnemar.p_value:.3g} "
             f"({c.mcnemar.only_b} right only here, {c.mcnemar.only_a} only there)"
         )
@@ -253,13 +252,13 @@ def main() -> None:
         print(f"saved {out.save(f'banking77-{mode}')}", file=sys.stderr)
 
 
-def tuned_correct(report: EvalReport, expected: list[str]) -> list[bool]:
-    """Per test example: the tuned model's constrained choice among the labels is right."""
+def tuned_correct(report: EvalReport, examples: int) -> list[bool]:
+    """Per test example: the tuned model's constrained choice among the labels is right (as scored)."""
     choice = report.models["tuned"].choice
-    answers = choice.answers if choice is not None else []
-    if len(answers) != len(expected):
-        sys.exit(f"error: {len(answers)} constrained answers for {len(expected)} test examples")
-    return [got == want for got, want in zip(answers, expected, strict=True)]
+    correct = choice.scores.correct if choice is not None else []
+    if len(correct) != examples:
+        sys.exit(f"error: {len(correct)} constrained answers for {examples} test examples")
+    return correct
 
 
 def read_config_file_value(key: str, value: str) -> dict[str, Any]:
