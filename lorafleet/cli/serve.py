@@ -66,17 +66,17 @@ def engine(
         )
     reg = Registry(registry_path(registry))
     versions = [reg.resolve(name) for name in adapter]
-    ranks = {v.name: v.info().lora_rank for v in versions}
+    # Given, the rank must hold the --adapter versions; else it is sized for them and for any
+    # version of the registry a gateway may place here.
+    held = versions if max_lora_rank is not None else [*versions, *reg.versions()]
+    ranks = {v.name: v.info().lora_rank for v in held}
     try:
         rank = max_lora_rank_for(max_lora_rank, ranks)
     except LoraRankError as exc:
         raise typer.BadParameter(str(exc), param_hint="--adapter") from None
-    if max_lora_rank is None:  # sized for any version of the registry a gateway may place here
-        ranks.update({v.name: v.info().lora_rank for v in reg.versions()})
-        rank = max_lora_rank_for(None, ranks)
-        if rank != DEFAULT_MAX_LORA_RANK:
-            largest = max(ranks, key=lambda name: ranks[name])
-            info(f"--max-lora-rank {rank}: {largest} has LoRA rank {ranks[largest]} (registry {reg.root})")
+    if max_lora_rank is None and rank != DEFAULT_MAX_LORA_RANK:
+        largest = max(ranks, key=lambda name: ranks[name])
+        info(f"--max-lora-rank {rank}: {largest} has LoRA rank {ranks[largest]} (registry {reg.root})")
     settings = EngineSettings(
         base_model=base_model,
         host=host,
