@@ -330,11 +330,15 @@ def _result(
     expected = [e.answer for e in test]
     task = task_kind(expected, labels)
     scores = score(expected, gen.answers, labels, confusion=task is TaskKind.LABELS)
-    choice_scores = None
+    chosen = None
     shown, right = gen.answers, scores.correct
     if choice is not None:  # the headline of a label task: constrained choice
-        choice_scores = score(expected, choice.answers, labels)
-        shown, right = choice.answers, choice_scores.correct
+        chosen = ChoiceResult(
+            scores=score(expected, choice.answers, labels),
+            answers=choice.answers,
+            seconds=round(choice.seconds, 2),
+        )
+        shown, right = choice.answers, chosen.scores.correct
     errors = [
         WrongAnswer(input=e.user_text, expected=e.answer, got=got)
         for e, got, ok in zip(test, shown, right, strict=True)
@@ -353,13 +357,7 @@ def _result(
         seconds=round(gen.seconds, 2),
         answers=gen.answers,
         entropies=gen.entropies if entropy else None,
-        choice=None
-        if choice is None or choice_scores is None
-        else ChoiceResult(
-            scores=choice_scores,
-            answers=choice.answers,
-            seconds=round(choice.seconds, 2),
-        ),
+        choice=chosen,
         in_label_set=in_set,
     )
 
