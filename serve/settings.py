@@ -24,6 +24,16 @@ def rank_size(rank: int) -> int:
     raise LoraRankError(f"LoRA rank {rank} is above {LORA_RANK_SIZES[-1]}, the largest vLLM serves")
 
 
+def accepted_size(value: int) -> int:
+    """`value` itself if vLLM accepts it as --max-lora-rank; the error names the size to give instead."""
+    if value not in LORA_RANK_SIZES:
+        sizes = ", ".join(map(str, LORA_RANK_SIZES))
+        raise LoraRankError(
+            f"{value} is not a size vLLM accepts ({sizes}); {rank_size(value)} holds rank {value}"
+        )
+    return value
+
+
 def max_lora_rank_for(requested: int | None, ranks: Mapping[str, int]) -> int:
     """The engine's --max-lora-rank: `requested` if given (it must hold every version of `ranks`,
     version name -> LoRA rank), else the default or, if more, what the largest of them needs."""
@@ -92,12 +102,7 @@ class EngineSettings(BaseSettings):
     @field_validator("max_lora_rank")
     @classmethod
     def _a_size_vllm_accepts(cls, value: int) -> int:
-        if value not in LORA_RANK_SIZES:
-            sizes = ", ".join(map(str, LORA_RANK_SIZES))
-            raise ValueError(
-                f"{value} is not a size vLLM accepts ({sizes}); {rank_size(value)} holds rank {value}"
-            )
-        return value
+        return accepted_size(value)
 
     @property
     def url(self) -> str:

@@ -48,10 +48,10 @@ def engine(
     from serve.engine import Engine, Supervisor
     from serve.settings import (
         DEFAULT_MAX_LORA_RANK,
-        LORA_RANK_SIZES,
         Device,
         EngineSettings,
         LoraRankError,
+        accepted_size,
         max_lora_rank_for,
     )
 
@@ -59,11 +59,11 @@ def engine(
         chosen = Device(device.lower())
     except ValueError:
         raise typer.BadParameter(f"'{device}': use auto, cpu or cuda", param_hint="--device") from None
-    if max_lora_rank is not None and max_lora_rank not in LORA_RANK_SIZES:
-        sizes = ", ".join(map(str, LORA_RANK_SIZES))
-        raise typer.BadParameter(
-            f"{max_lora_rank} is not a size vLLM accepts: {sizes}", param_hint="--max-lora-rank"
-        )
+    if max_lora_rank is not None:
+        try:
+            accepted_size(max_lora_rank)
+        except LoraRankError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--max-lora-rank") from None
     reg = Registry(registry_path(registry))
     versions = [reg.resolve(name) for name in adapter]
     # Given, the rank must hold the --adapter versions; else it is sized for them and for any

@@ -76,7 +76,7 @@ def test_serve_engine_refuses_an_adapter_above_its_rank_before_starting_anything
         [*map(str, argv), "--max-lora-rank", "48"], capture_output=True, text=True, timeout=120
     )
     assert proc.returncode == 2
-    assert "48 is not a size vLLM accepts: 1, 8, 16, 32, 64, 128, 256, 320, 512" in proc.stderr
+    assert "48 is not a size vLLM accepts (1, 8, 16, 32, 64, 128, 256, 320, 512); 64 holds" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 
