@@ -81,25 +81,37 @@ def write(path: Path, rows: list[tuple[str, str]], system: str) -> None:
             fh.write(json.dumps({"messages": messages}) + "\n")
 
 
+def chosen_intents(data: Path, count: int) -> set[str]:
+    """`count` of the intents, the first of one seeded order: a smaller count's are among a larger's."""
+    intents = sorted(read(data / "train.csv"))
+    if not 2 <= count <= len(intents):
+        sys.exit(f"error: --intents {count}: choose between 2 and {len(intents)}")
+    random.Random(SEED).shuffle(intents)
+    return set(intents[:count])
+
+
 def splits(
-    data: Path, per_intent: int, val_per_intent: int, test_per_intent: int
+    data: Path, per_intent: int, val_per_intent: int, test_per_intent: int, intents: set[str] | None = None
 ) -> tuple[list[tuple[str, str]], list[tuple[str, str]], list[tuple[str, str]]]:
+    """Every intent draws its examples as it would among all 77, so a subset's are the full run's."""
     rng = random.Random(SEED)
     train_rows: list[tuple[str, str]] = []
     val_rows: list[tuple[str, str]] = []
     for intent, texts in read(data / "train.csv").items():
         texts = texts[:]
         rng.shuffle(texts)
-        val_rows += [(t, intent) for t in texts[:val_per_intent]]
-        rest = texts[val_per_intent:]
-        train_rows += [(t, intent) for t in (rest[:per_intent] if per_intent else rest)]
+        if intents is None or intent in intents:
+            val_rows += [(t, intent) for t in texts[:val_per_intent]]
+            rest = texts[val_per_intent:]
+            train_rows += [(t, intent) for t in (rest[:per_intent] if per_intent else rest)]
     test_rows: list[tuple[str, str]] = []
     for intent, texts in read(data / "test.csv").items():
         texts = texts[:]
         if test_per_intent:
             rng.shuffle(texts)
             texts = texts[:test_per_intent]
-        test_rows += [(t, intent) for t in texts]
+        if intents is None or intent in intents:
+            test_rows += [(t, intent) for t in texts]
     rng.shuffle(train_rows)
     return train_rows, val_rows, test_rows
 
@@ -113,6 +125,9 @@ def main() -> None:
     parser.add_argument("--val-per-intent", type=int, default=2)
     parser.add_argument(
         "--test-per-intent", type=int, default=0, help="A stratified test sample; 0: all 3,080."
+    )
+    parser.add_argument(
+        "--intents", type=int, default=77, help="Keep this many of the 77 intents (a seeded choice)."
     )
     parser.add_argument("--list-labels", action="store_true", help="List the 77 labels in the system prompt.")
     parser.add_argument("--no-base", dest="base", action="store_false", help="Skip the base model's scores.")
@@ -148,12 +163,14 @@ def main() -> None:
     out = fakes.Tee()
     mode = "full" if args.per_intent == 0 else str(args.per_intent)
     shape = "the full training set" if mode == "full" else f"{mode} training examples per intent"
-    out(fakes.machine_header(f"BANKING77, all 77 intents, {shape} (issue 20)"))
+    which = "all 77 intents" if args.intents == 77 else f"{args.intents} of the 77 intents"
+    out(fakes.machine_header(f"BANKING77, {which}, {shape} (issue 20)"))
     out(f"command: python bench/banking77.py {' '.join(sys.argv[1:])}")
     work = args.work or Path(tempfile.mkdtemp(prefix="lorafleet-banking77-"))
     work.mkdir(parents=True, exist_ok=True)
+    intents = chosen_intents(args.data, args.intents) if args.intents != 77 else None
     train_rows, val_rows, test_rows = splits(
-        args.data, args.per_intent, args.val_per_intent, args.test_per_intent
+        args.data, args.per_intent, args.val_per_intent, args.test_per_intent, intents
     )
     labels = sorted({lab for _, lab in train_rows})
     system = labels_system_prompt(labels) if args.list_labels else SYSTEM
@@ -164,6 +181,8 @@ def main() -> None:
         f"disjoint), test {len(test_rows)} (official test split"
         + (f", {args.test_per_intent} per intent, seed {SEED})" if args.test_per_intent else ", all)")
     )
+    if intents is not None:
+        out(f"intents ({len(intents)}, seed {SEED}): {', '.join(sorted(intents))}")
     out(f"system prompt ({'lists the labels' if args.list_labels else 'no labels'}): {system[:160]!r}")
     overrides: dict[str, Any] = {}
     for item in args.set:
@@ -231,7 +250,7 @@ def main() -> None:
         out(
             f"{name:<8} {main.accuracy:>18.3f} {f'[{low:.3f}, {high:.3f}]':>16} {main.macro_f1:>9.3f} {free:>10} {share:>15}"
         )
-    use, bert = PAPER["full" if mode == "full" else "10"] if mode in ("10", "full") else (None, None)
+    use, bert = PAPER[mode] if mode in PAPER and intents is None else (None, None)
     if use is not None:
         out(f"paper (Casanueva et al. 2020, test accuracy): USE+ConveRT {use:.3f}, BERT-large {bert:.3f}")
     (work / "eval.json").write_text(report.model_dump_json())
@@ -249,7 +268,8 @@ def main() -> None:
         )
     out(f"work folder: {work}")
     if args.save:
-        print(f"saved {out.save(f'banking77-{mode}')}", file=sys.stderr)
+        subset = "" if intents is None else f"-i{args.intents}"
+        print(f"saved {out.save(f'banking77-{mode}{subset}')}", file=sys.stderr)
 
 
 def tuned_correct(report: EvalReport, examples: int) -> list[bool]:
