@@ -15,9 +15,10 @@ Why these numbers (docs/training.md has the measurements):
   epochs, the best epoch kept) makes a generous maximum cheap;
 - rank 64 for a label set of more than 32 labels: on BANKING77's 77 intents from 10 examples each,
   rank 16 scored 0.736, rank 32 0.785 and rank 64 0.795 (two seeds: 0.795, 0.794; 5.9 points over
-  rank 16, McNemar p < 1e-20); on 48 of the intents rank 64 gained 1.8 points (p = 0.017), on 24
-  and 12 of them 0.6 and 1.7 (p = 0.50, 0.13: within the noise, for 4 times the adapter's size),
-  and the demo's 10 intents reach 0.95 at rank 16: the threshold lies between 24 and 48;
+  rank 16, McNemar p < 1e-20); on 48 and 36 of the intents rank 64 gained 1.8 and 2.9 points
+  (p = 0.017, 0.0008), on 24 and 12 of them 0.6 and 1.7 (p = 0.50, 0.13: within the noise, for 4
+  times the adapter's size), and the demo's 10 intents reach 0.95 at rank 16: the threshold lies
+  between 24 and 36;
 - a task that is not a label set (free text, JSON) gets 3 epochs, with the same early stopping.
 """
 
