@@ -35,6 +35,7 @@ import orjson
 from monitor.entropy import DEFAULT_TOP_LOGPROBS
 
 _NULL = b"null"
+_NO_LOGPROBS = msgspec.Raw(_NULL)  # what `Choice.logprobs` holds when the answer has none
 
 
 # gc=False: no reference cycles are possible, and untracked objects are cheaper to make.
@@ -111,7 +112,7 @@ class Choice(msgspec.Struct, gc=False):
     message: _Message | None = None  # chat, whole answer
     delta: _Message | None = None  # chat, stream event
     text: str | None = None  # completions
-    logprobs: msgspec.Raw = msgspec.Raw(_NULL)
+    logprobs: msgspec.Raw = _NO_LOGPROBS
 
     @property
     def content(self) -> str | None:
@@ -162,7 +163,7 @@ _KEY = b'"logprobs":'
 
 
 def _present(value: msgspec.Raw) -> bool:
-    return not (len(value) == len(_NULL) and bytes(value) == _NULL)
+    return value != _NO_LOGPROBS
 
 
 def read_answer(raw: bytes) -> Answer | None:
