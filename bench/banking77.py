@@ -7,6 +7,8 @@
                                                  score an earlier run's adapter (same splits), no training
     python bench/banking77.py ... --work /tmp/b77-b --compare /tmp/b77-a
                                                  and test the difference to an earlier run, paired
+    python bench/banking77.py ... --compare bench/results/banking77-10-<date>.txt
+                                                 the same against a committed run's verdicts
 
 What a new user does: a plain system prompt that does not list the labels (`--list-labels` adds
 them), `lorafleet train`'s defaults (chosen from the data: training/defaults.py) unless a flag
@@ -15,10 +17,12 @@ and the official test split (all 3,080, or `--test-per-intent N` of each intent,
 interval). The adapter is scored by constrained choice among the 77 labels (the headline) and by
 free generation beside it, and so is the base model (zero-shot). Prints the training and eval time
 on this machine's cores; writes results/banking77-<mode>-<date>.txt, and the evaluation (every
-answer) to the work folder's eval.json. `--compare DIR` sets this run's adapter against the run
-whose work folder is DIR, example by example on the same test split: the accuracy difference, its
-95% paired-bootstrap interval and McNemar's p-value (training/significance.py, what `lorafleet
-eval` uses for tuned against base).
+answer) to the work folder's eval.json; the results file ends with the tuned model's verdict on
+each test example (1 right, 0 wrong) and the test split's SHA-256. `--compare` sets this run's
+adapter against an earlier run, example by example on the same test split: the accuracy difference,
+its 95% paired-bootstrap interval and McNemar's p-value (training/significance.py, what `lorafleet
+eval` uses for tuned against base). The earlier run is its work folder (its eval.json) or its
+results file (its verdicts: a committed run can be paired with long after its work folder is gone).
 
 The paper's figures (its Table 3, USE+ConveRT; BERT-large in brackets): 10 examples per intent
 85.2% (83.4%), full training set 93.4% (93.6%) accuracy on the test split.
@@ -28,10 +32,12 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
 import math
 import os
 import random
+import re
 import sys
 import tempfile
 import time
@@ -145,18 +151,23 @@ def main() -> None:
         "--threads", type=int, help="CPU threads for training and eval (default: the idle cores)."
     )
     parser.add_argument(
-        "--compare", type=Path, metavar="DIR", help="An earlier run's work folder to test this one against."
+        "--compare",
+        type=Path,
+        metavar="DIR|FILE",
+        help="An earlier run to test this one against: its work folder or its results file.",
     )
     parser.add_argument("--no-save", dest="save", action="store_false")
     args = parser.parse_args()
-    if args.compare and not (args.compare / "eval.json").is_file():
+    if args.compare and args.compare.is_dir() and not (args.compare / "eval.json").is_file():
         sys.exit(
             f"error: --compare {args.compare}: no eval.json there (runs before 2026-12-04 did not write it)"
         )
+    if args.compare and not args.compare.exists():
+        sys.exit(f"error: --compare {args.compare}: no such folder or file")
 
     from training.config import TrainConfig
     from training.csvimport import labels_system_prompt
-    from training.evaluate import EvalReport, evaluate
+    from training.evaluate import evaluate
     from training.significance import compare
     from training.train import train
 
@@ -254,22 +265,45 @@ def main() -> None:
     if use is not None:
         out(f"paper (Casanueva et al. 2020, test accuracy): USE+ConveRT {use:.3f}, BERT-large {bert:.3f}")
     (work / "eval.json").write_text(report.model_dump_json())
+    test_sha = hashlib.sha256((work / "test.jsonl").read_bytes()).hexdigest()
+    correct = tuned_correct(report, len(test_rows))
     if args.compare:
-        if (args.compare / "test.jsonl").read_bytes() != (work / "test.jsonl").read_bytes():
-            sys.exit(f"error: --compare {args.compare}: its test.jsonl differs from this run's")
-        earlier = EvalReport.model_validate_json((args.compare / "eval.json").read_text())
-        a, b = (tuned_correct(r, len(test_rows)) for r in (earlier, report))
-        c = compare(str(args.compare), a, b)
+        earlier = earlier_verdicts(args.compare, test_sha, len(test_rows))
+        c = compare(str(args.compare), earlier, correct)
         low, high = c.interval_points
         out(
             f"against {args.compare} (accuracy {c.baseline_accuracy:.3f}), paired on the {len(test_rows)} test "
             f"examples: {c.gain_points:+.1f} points [{low:+.1f}, {high:+.1f}], McNemar p = {c.mcnemar.p_value:.3g} "
             f"({c.mcnemar.only_b} right only here, {c.mcnemar.only_a} only there)"
         )
+    out(f"{VERDICTS} {test_sha}): {''.join('1' if ok else '0' for ok in correct)}")
     out(f"work folder: {work}")
     if args.save:
         subset = "" if intents is None else f"-i{args.intents}"
         print(f"saved {out.save(f'banking77-{mode}{subset}')}", file=sys.stderr)
+
+
+VERDICTS = "verdicts of the tuned model (constrained choice) on test.jsonl (sha256"
+_VERDICTS_LINE = re.compile(re.escape(VERDICTS) + r" ([0-9a-f]{64})\): ([01]+)$", re.M)
+
+
+def earlier_verdicts(earlier: Path, test_sha: str, examples: int) -> list[bool]:
+    """Per test example, whether the earlier run's tuned model was right: from its work folder's
+    eval.json or its results file's verdicts line; exits if its test split is not this run's."""
+    if earlier.is_dir():
+        if hashlib.sha256((earlier / "test.jsonl").read_bytes()).hexdigest() != test_sha:
+            sys.exit(f"error: --compare {earlier}: its test.jsonl differs from this run's")
+        from training.evaluate import EvalReport
+
+        return tuned_correct(EvalReport.model_validate_json((earlier / "eval.json").read_text()), examples)
+    found = _VERDICTS_LINE.search(earlier.read_text())
+    if found is None:
+        sys.exit(f"error: --compare {earlier}: no verdicts line in it (results before 2026-12-05 have none)")
+    if found.group(1) != test_sha:
+        sys.exit(
+            f"error: --compare {earlier}: it was tested on another test split (sha256 {found.group(1)[:12]}…)"
+        )
+    return [c == "1" for c in found.group(2)]
 
 
 def tuned_correct(report: EvalReport, examples: int) -> list[bool]:
