@@ -86,18 +86,6 @@ class CorkedTransport:
         else:
             self._pending.append(data)
 
-    def write_now(self, data: bytes) -> None:
-        """Write `data` with what is pending, at once: a piece of a stream, which no other write of
-        this turn follows (a corked write would cost a callback and the same one send)."""
-        pending = self._pending
-        if pending is not None:
-            self._pending = None
-            self._held = False
-            pending.append(data)
-            data = b"".join(pending)
-        if not self._transport.is_closing():
-            self._transport.write(data)
-
     def writelines(self, lines: Any) -> None:
         for data in lines:
             self.write(data)
@@ -183,7 +171,7 @@ class BodyWriter:
         if last:
             self._transport.write_held(chunk)
         else:
-            self._transport.write_now(chunk)
+            self._transport.write(chunk)
         return not cycle.flow.write_paused
 
     def when_writable(self, callback: Callable[[], object]) -> None:

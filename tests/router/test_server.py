@@ -55,27 +55,6 @@ def test_writes_of_one_turn_leave_together_in_order() -> None:
     assert inner.writes == [b"HTTP/1.1 200 OK\r\n\r\nbody", b"next turn"]
 
 
-def test_a_stream_piece_leaves_at_once_with_what_is_pending() -> None:
-    async def scenario() -> RecordingTransport:
-        inner = RecordingTransport()
-        corked = CorkedTransport(inner, asyncio.get_running_loop())
-        corked.write(b"head ")
-        corked.write_now(b"first event")  # the head goes with it, in one write
-        corked.write_now(b"second event")
-        await asyncio.sleep(0)  # the head's flush finds nothing left
-        corked.write_held(b"last event ")
-        corked.write_now(b"never after the held bytes")
-        await asyncio.sleep(0)
-        return inner
-
-    inner = asyncio.run(scenario())
-    assert inner.writes == [
-        b"head first event",
-        b"second event",
-        b"last event never after the held bytes",
-    ]
-
-
 def test_close_sends_what_is_pending_first_and_a_reset_drops_it() -> None:
     async def scenario() -> tuple[RecordingTransport, RecordingTransport]:
         loop = asyncio.get_running_loop()
