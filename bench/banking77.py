@@ -276,15 +276,20 @@ def main() -> None:
             f"examples: {c.gain_points:+.1f} points [{low:+.1f}, {high:+.1f}], McNemar p = {c.mcnemar.p_value:.3g} "
             f"({c.mcnemar.only_b} right only here, {c.mcnemar.only_a} only there)"
         )
-    out(f"{VERDICTS} {test_sha}): {''.join('1' if ok else '0' for ok in correct)}")
+    out(verdicts_line(correct, test_sha))
     out(f"work folder: {work}")
     if args.save:
         subset = "" if intents is None else f"-i{args.intents}"
         print(f"saved {out.save(f'banking77-{mode}{subset}')}", file=sys.stderr)
 
 
-VERDICTS = "verdicts of the tuned model (constrained choice) on test.jsonl (sha256"
-_VERDICTS_LINE = re.compile(re.escape(VERDICTS) + r" ([0-9a-f]{64})\): ([01]+)$", re.M)
+_VERDICTS = "verdicts of the tuned model (constrained choice) on test.jsonl (sha256"
+_VERDICTS_LINE = re.compile(re.escape(_VERDICTS) + r" ([0-9a-f]{64})\): ([01]+)$", re.M)
+
+
+def verdicts_line(correct: list[bool], test_sha: str) -> str:
+    """The results file's line that `earlier_verdicts` reads back: 1 right, 0 wrong, per example."""
+    return f"{_VERDICTS} {test_sha}): {''.join('1' if ok else '0' for ok in correct)}"
 
 
 def earlier_verdicts(earlier: Path, test_sha: str, examples: int) -> list[bool]:
