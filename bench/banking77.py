@@ -187,6 +187,9 @@ def main() -> None:
     system = labels_system_prompt(labels) if args.list_labels else SYSTEM
     for name, rows in (("train", train_rows), ("val", val_rows), ("test", test_rows)):
         write(work / f"{name}.jsonl", rows, system)
+    test_sha = hashlib.sha256((work / "test.jsonl").read_bytes()).hexdigest()
+    # Read before training: a comparison that cannot be made is said at once, not 30 minutes later.
+    earlier = earlier_verdicts(args.compare, test_sha, len(test_rows)) if args.compare else None
     out(
         f"data: {args.data}; train {len(train_rows)}, val {len(val_rows)} (official train split, "
         f"disjoint), test {len(test_rows)} (official test split"
@@ -265,10 +268,8 @@ def main() -> None:
     if use is not None:
         out(f"paper (Casanueva et al. 2020, test accuracy): USE+ConveRT {use:.3f}, BERT-large {bert:.3f}")
     (work / "eval.json").write_text(report.model_dump_json())
-    test_sha = hashlib.sha256((work / "test.jsonl").read_bytes()).hexdigest()
     correct = tuned_correct(report, len(test_rows))
-    if args.compare:
-        earlier = earlier_verdicts(args.compare, test_sha, len(test_rows))
+    if earlier is not None:
         c = compare(str(args.compare), earlier, correct)
         low, high = c.interval_points
         out(
