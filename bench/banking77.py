@@ -158,12 +158,6 @@ def main() -> None:
     )
     parser.add_argument("--no-save", dest="save", action="store_false")
     args = parser.parse_args()
-    if args.compare and args.compare.is_dir() and not (args.compare / "eval.json").is_file():
-        sys.exit(
-            f"error: --compare {args.compare}: no eval.json there (runs before 2026-12-04 did not write it)"
-        )
-    if args.compare and not args.compare.exists():
-        sys.exit(f"error: --compare {args.compare}: no such folder or file")
 
     from training.config import TrainConfig
     from training.csvimport import labels_system_prompt
@@ -296,7 +290,13 @@ def verdicts_line(correct: list[bool], test_sha: str) -> str:
 def earlier_verdicts(earlier: Path, test_sha: str, examples: int) -> list[bool]:
     """Per test example, whether the earlier run's tuned model was right: from its work folder's
     eval.json or its results file's verdicts line; exits if its test split is not this run's."""
+    if not earlier.exists():
+        sys.exit(f"error: --compare {earlier}: no such folder or file")
     if earlier.is_dir():
+        if not (earlier / "eval.json").is_file():
+            sys.exit(
+                f"error: --compare {earlier}: no eval.json there (runs before 2026-12-04 did not write it)"
+            )
         if hashlib.sha256((earlier / "test.jsonl").read_bytes()).hexdigest() != test_sha:
             sys.exit(f"error: --compare {earlier}: its test.jsonl differs from this run's")
         from training.evaluate import EvalReport

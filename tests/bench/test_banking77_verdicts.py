@@ -30,3 +30,10 @@ def test_a_run_on_another_test_split_or_without_verdicts_is_refused_by_name(tmp_
     results.write_text("# a results file from before 2026-12-05\n")
     with pytest.raises(SystemExit, match=r"old\.txt: no verdicts line in it"):
         earlier_verdicts(results, SPLIT, examples=1)
+
+
+def test_a_missing_run_or_a_folder_without_its_evaluation_is_refused_by_name(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match=r"gone: no such folder or file"):
+        earlier_verdicts(tmp_path / "gone", SPLIT, examples=1)
+    with pytest.raises(SystemExit, match=r"no eval\.json there"):
+        earlier_verdicts(tmp_path, SPLIT, examples=1)
