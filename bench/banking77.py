@@ -297,6 +297,8 @@ def earlier_verdicts(earlier: Path, test_sha: str, examples: int) -> list[bool]:
             sys.exit(
                 f"error: --compare {earlier}: no eval.json there (runs before 2026-12-04 did not write it)"
             )
+        if not (earlier / "test.jsonl").is_file():
+            sys.exit(f"error: --compare {earlier}: no test.jsonl there to check its test split against")
         if hashlib.sha256((earlier / "test.jsonl").read_bytes()).hexdigest() != test_sha:
             sys.exit(f"error: --compare {earlier}: its test.jsonl differs from this run's")
         from training.evaluate import EvalReport

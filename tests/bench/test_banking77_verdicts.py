@@ -37,3 +37,6 @@ def test_a_missing_run_or_a_folder_without_its_evaluation_is_refused_by_name(tmp
         earlier_verdicts(tmp_path / "gone", SPLIT, examples=1)
     with pytest.raises(SystemExit, match=r"no eval\.json there"):
         earlier_verdicts(tmp_path, SPLIT, examples=1)
+    (tmp_path / "eval.json").write_text("{}")
+    with pytest.raises(SystemExit, match=r"no test\.jsonl there"):
+        earlier_verdicts(tmp_path, SPLIT, examples=1)
