@@ -77,6 +77,13 @@ class TrainConfig(BaseModel):
         description="Epochs without a better validation loss before training stops (the best epoch is "
         "kept); 0: train every epoch.",
     )
+    keep_within: float = Field(
+        default=0.0,
+        ge=0,
+        lt=1,
+        description="Keep the adapter of the latest epoch whose validation loss is within this share of "
+        "the lowest (0.02: 2%); 0: the lowest's own epoch.",
+    )
     weight_decay: float = Field(default=0.0, ge=0)
     warmup_ratio: float = Field(default=0.05, ge=0, lt=1, description="Share of steps with linear warm-up.")
     batch_size: int = Field(default=8, ge=1, le=1024, description="Examples per optimiser step.")

@@ -2,8 +2,9 @@
 
 `losses[0]` is the validation loss before training, `losses[i]` the one after epoch i. Training
 stops when `patience` epochs in a row did not beat the best loss, and the adapter of the best
-epoch is the one kept. `still_falling` says when the last epoch was still the best by a clear
-margin: more epochs may help. Only may: on BANKING77's full training set a third epoch kept its
+epoch is the one kept, or of the latest epoch within a share of its loss (`kept_epoch`).
+`still_falling` says when the last epoch was still the best by a clear margin: more epochs may
+help. Only may: on BANKING77's full training set a third epoch kept its
 epoch 2 (mid-schedule, the learning rate not yet decayed) at the same validation loss as the
 two-epoch run's end, and scored 2 points less on the test split (docs/training.md).
 """
@@ -18,6 +19,16 @@ STILL_FALLING_RATIO = 0.02  # the last epoch cut the loss by more than this shar
 def best_epoch(losses: Sequence[float]) -> int:
     """The epoch with the lowest validation loss (the earliest of equal ones)."""
     return min(range(len(losses)), key=lambda i: (losses[i], i))
+
+
+def kept_epoch(losses: Sequence[float], within: float = 0.0) -> int:
+    """The epoch whose adapter is kept: the latest whose loss is within `within` (a share) of the
+    lowest, so that a later epoch no worse than the best by more than the loss's noise wins."""
+    best = best_epoch(losses)
+    if within <= 0:
+        return best
+    limit = losses[best] * (1 + within)
+    return max(i for i, loss in enumerate(losses) if loss <= limit)
 
 
 def should_stop(losses: Sequence[float], patience: int) -> bool:

@@ -40,7 +40,7 @@ from training.config import Balance, Precision, TooLong, TrainConfig
 from training.dataset import Example, label_set
 from training.errors import OutputExistsError, TrainingError
 from training.outputs import check_output_dir
-from training.stopping import best_epoch, should_stop, still_falling
+from training.stopping import kept_epoch, should_stop, still_falling
 from training.tokens import model_context
 
 HISTORY_FILE = "loss_history.json"
@@ -67,7 +67,9 @@ class LossHistory(BaseModel):
     seconds: float = 0.0
     tokens_per_s: float = 0.0
     best_epoch: float | None = Field(
-        default=None, description="The epoch of the lowest validation loss: the adapter kept."
+        default=None,
+        description="The epoch whose adapter was kept: the lowest validation loss's, or the latest "
+        "within keep_within of it.",
     )
     stopped_at_epoch: float | None = Field(
         default=None, description="Where early stopping ended training, if it did."
@@ -560,7 +562,7 @@ def train(
                 history.val.append(LossPoint(step=step, epoch=round(step / steps_per_epoch, 4), loss=vl))
                 bar.write(f"epoch {step / steps_per_epoch:.2f}: validation loss {vl:.4f}", file=sys.stderr)
                 losses = [p.loss for p in history.val]
-                if best_epoch(losses) == len(losses) - 1:
+                if kept_epoch(losses, config.keep_within) == len(losses) - 1:
                     best = {k: v.detach().clone() for k, v in model.named_parameters() if v.requires_grad}
                 if should_stop(losses, config.early_stopping_patience):
                     history.stopped_at_epoch = history.val[-1].epoch
@@ -575,15 +577,22 @@ def train(
     history.tokens_per_s = round(tokens / seconds, 1) if seconds else 0.0
     if history.val:
         losses = [p.loss for p in history.val]
-        kept = history.val[best_epoch(losses)]
+        kept = history.val[kept_epoch(losses, config.keep_within)]
+        lowest = min(losses)
         history.best_epoch = kept.epoch
         if best is not None and kept is not history.val[-1]:
             with torch.no_grad():
                 for name, value in model.named_parameters():
                     if name in best:
                         value.copy_(best[name])
+        if kept is not history.val[-1] or kept.loss > lowest:
+            why = (
+                "the lowest"
+                if kept.loss <= lowest
+                else f"within {config.keep_within * 100:g}% of the lowest, {lowest:.4f}"
+            )
             history.notes.append(
-                f"kept the adapter of epoch {kept.epoch:g} (validation loss {kept.loss:.4f}, the lowest)"
+                f"kept the adapter of epoch {kept.epoch:g} (validation loss {kept.loss:.4f}, {why})"
             )
         if still_falling(losses):
             history.notes.append(

@@ -6,7 +6,7 @@ import pytest
 
 from training.config import TrainConfig
 from training.defaults import DataShape, adapted_layers, choose, epochs_for, rank_for, target_steps
-from training.stopping import best_epoch, should_stop, still_falling
+from training.stopping import best_epoch, kept_epoch, should_stop, still_falling
 
 LLAMA = [
     "embed_tokens",
@@ -92,6 +92,16 @@ def test_early_stopping_on_recorded_histories() -> None:
     assert not should_stop(PLATEAU, patience=3)
     assert not should_stop(PLATEAU, patience=0)  # 0: never stop early
     assert best_epoch([1.0, 0.5, 0.5]) == 1  # the earlier of two equal losses
+
+
+def test_the_kept_epoch_may_be_a_later_one_within_the_noise() -> None:
+    three = [4.485, 0.063, 0.0397, 0.0404]  # BANKING77's full set, 3 epochs
+    assert kept_epoch(three) == 2  # 0: the lowest's own
+    assert kept_epoch(three, within=0.02) == 3  # 1.8% over it: the last
+    assert kept_epoch(three, within=0.01) == 2
+    assert kept_epoch(PLATEAU, within=0.1) == 4  # 0.97 is within 10% of 0.90
+    assert kept_epoch(PLATEAU, within=0.06) == 3  # 0.95, not 0.97
+    assert kept_epoch([1.0, 0.5, 0.5]) == 1  # ties: the earlier, as before
 
 
 def test_a_loss_still_falling_at_the_end_is_flagged() -> None:
