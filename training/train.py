@@ -564,7 +564,7 @@ def train(
                 losses = [p.loss for p in history.val]
                 if kept_epoch(losses, config.keep_within) == len(losses) - 1:
                     best = {k: v.detach().clone() for k, v in model.named_parameters() if v.requires_grad}
-                if should_stop(losses, config.early_stopping_patience):
+                if step < total_steps and should_stop(losses, config.early_stopping_patience):
                     history.stopped_at_epoch = history.val[-1].epoch
                     bar.write(
                         f"early stopping: no better validation loss for {config.early_stopping_patience} epochs",
