@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lorafleet.errors import ConfigFileError, describe_validation_error
 
@@ -34,6 +34,13 @@ class TooLong(StrEnum):
     ERROR = "error"  # stop before training, naming each one (file:line)
     CUT = "cut"  # keep its answer and the end of its prompt: the start of the prompt is cut
     DROP = "drop"  # leave it out
+
+
+class Keep(StrEnum):
+    """Which epoch's adapter training keeps."""
+
+    BEST = "best"  # the lowest validation loss's (or the latest within keep_within of it); early stopping
+    LAST = "last"  # the last epoch's: the whole schedule runs, its learning rate decayed to the end
 
 
 class Precision(StrEnum):
@@ -76,6 +83,11 @@ class TrainConfig(BaseModel):
         ge=0,
         description="Epochs without a better validation loss before training stops (the best epoch is "
         "kept); 0: train every epoch.",
+    )
+    keep: Keep = Field(
+        default=Keep.BEST,
+        description="best: the epoch of the lowest validation loss, with early stopping; last: every epoch "
+        "runs and the last one is kept (early_stopping_patience and keep_within do not apply).",
     )
     keep_within: float = Field(
         default=0.0,
@@ -137,6 +149,23 @@ class TrainConfig(BaseModel):
         if value is not None and not math.isfinite(value):
             raise ValueError(f"must be a finite number, got {value}")
         return value
+
+    @model_validator(mode="after")
+    def _keep_last(self) -> TrainConfig:
+        if self.keep is not Keep.LAST:
+            return self
+        clashes = [
+            f"{name}={getattr(self, name):g}"
+            for name in ("early_stopping_patience", "keep_within")
+            if name in self.model_fields_set and getattr(self, name) > 0
+        ]
+        if clashes:
+            raise ValueError(
+                f"keep=last trains every epoch and keeps the last; {' and '.join(clashes)} apply only to "
+                "keep=best: leave them out"
+            )
+        self.early_stopping_patience = 0
+        return self
 
     def save(self, folder: Path) -> Path:
         target = folder / TRAIN_CONFIG_FILE

@@ -2,7 +2,7 @@
 
 `losses[0]` is the validation loss before training, `losses[i]` the one after epoch i. Training
 stops when `patience` epochs in a row did not beat the best loss, and the adapter of the best epoch
-is the one kept, or of the latest epoch within a share of its loss (`kept_epoch`). `still_falling`
+is the one kept, or of the latest epoch within a share of its loss, or simply the last (`kept_epoch`). `still_falling`
 says when the last epoch was still the best by a clear margin: more epochs may help. Only may: on
 BANKING77's full training set a third epoch kept its epoch 2 (mid-schedule, the learning rate not
 yet decayed) at the same validation loss as the two-epoch run's end, and scored 2 points less on
@@ -21,9 +21,12 @@ def best_epoch(losses: Sequence[float]) -> int:
     return min(range(len(losses)), key=lambda i: (losses[i], i))
 
 
-def kept_epoch(losses: Sequence[float], within: float = 0.0) -> int:
-    """The epoch whose adapter is kept: the latest whose loss is within `within` (a share) of the
-    lowest, so that a later epoch no worse than the best by more than the loss's noise wins."""
+def kept_epoch(losses: Sequence[float], within: float = 0.0, *, last: bool = False) -> int:
+    """The epoch whose adapter is kept: the last one if `last`, else the latest whose loss is within
+    `within` (a share) of the lowest, so that a later epoch no worse than the best by more than the
+    loss's noise wins."""
+    if last:
+        return len(losses) - 1
     best = best_epoch(losses)
     if within <= 0:
         return best

@@ -36,11 +36,11 @@ from pydantic import BaseModel, Field
 
 from lorafleet import basemodel
 from training.check import read_valid
-from training.config import Balance, Precision, TooLong, TrainConfig
+from training.config import Balance, Keep, Precision, TooLong, TrainConfig
 from training.dataset import Example, label_set
 from training.errors import OutputExistsError, TrainingError
 from training.outputs import check_output_dir
-from training.stopping import kept_epoch, should_stop, still_falling
+from training.stopping import best_epoch, kept_epoch, should_stop, still_falling
 from training.tokens import model_context
 
 HISTORY_FILE = "loss_history.json"
@@ -68,8 +68,8 @@ class LossHistory(BaseModel):
     tokens_per_s: float = 0.0
     best_epoch: float | None = Field(
         default=None,
-        description="The epoch whose adapter was kept: the lowest validation loss's, or the latest "
-        "within keep_within of it.",
+        description="The epoch whose adapter was kept: the lowest validation loss's, the latest "
+        "within keep_within of it, or the last (keep=last).",
     )
     stopped_at_epoch: float | None = Field(
         default=None, description="Where early stopping ended training, if it did."
@@ -523,6 +523,7 @@ def train(
 
     history = LossHistory(notes=[f"chosen from the data: {n}" for n in notes])
     best: dict[str, Any] | None = None  # the LoRA weights of the best epoch so far
+    keep_last = config.keep is Keep.LAST
     if val_data:
         history.val.append(LossPoint(step=0, epoch=0.0, loss=validation_loss(compute, model, val_data, 16)))
     step, tokens, seconds = 0, 0, 0.0
@@ -562,7 +563,7 @@ def train(
                 history.val.append(LossPoint(step=step, epoch=round(step / steps_per_epoch, 4), loss=vl))
                 bar.write(f"epoch {step / steps_per_epoch:.2f}: validation loss {vl:.4f}", file=sys.stderr)
                 losses = [p.loss for p in history.val]
-                if kept_epoch(losses, config.keep_within) == len(losses) - 1:
+                if not keep_last and kept_epoch(losses, config.keep_within) == len(losses) - 1:
                     best = {k: v.detach().clone() for k, v in model.named_parameters() if v.requires_grad}
                 if step < total_steps and should_stop(losses, config.early_stopping_patience):
                     history.stopped_at_epoch = history.val[-1].epoch
@@ -577,7 +578,7 @@ def train(
     history.tokens_per_s = round(tokens / seconds, 1) if seconds else 0.0
     if history.val:
         losses = [p.loss for p in history.val]
-        kept = history.val[kept_epoch(losses, config.keep_within)]
+        kept = history.val[kept_epoch(losses, config.keep_within, last=keep_last)]
         lowest = min(losses)
         history.best_epoch = kept.epoch
         if best is not None and kept is not history.val[-1]:
@@ -586,11 +587,13 @@ def train(
                     if name in best:
                         value.copy_(best[name])
         if kept is not history.val[-1] or kept.loss > lowest:
-            why = (
-                "the lowest"
-                if kept.loss <= lowest
-                else f"within {config.keep_within * 100:g}% of the lowest, {lowest:.4f}"
-            )
+            if kept.loss <= lowest:
+                why = "the lowest"
+            elif keep_last:
+                first = history.val[best_epoch(losses)]
+                why = f"the last; the lowest, {lowest:.4f}, was epoch {first.epoch:g}'s"
+            else:
+                why = f"within {config.keep_within * 100:g}% of the lowest, {lowest:.4f}"
             history.notes.append(
                 f"kept the adapter of epoch {kept.epoch:g} (validation loss {kept.loss:.4f}, {why})"
             )

@@ -244,8 +244,12 @@ def train(
 
 
 def _describe(cfg: Any) -> str:
+    epochs = (
+        f"{cfg.epochs:g} epochs, the last kept"
+        if cfg.keep == "last"
+        else f"at most {cfg.epochs:g} epochs (early stopping after {cfg.early_stopping_patience})"
+    )
     return (
-        f"r={cfg.rank} alpha={cfg.alpha:g} on {','.join(cfg.target_modules)}, at most "
-        f"{cfg.epochs:g} epochs (early stopping after {cfg.early_stopping_patience}), lr {cfg.learning_rate:g}, "
+        f"r={cfg.rank} alpha={cfg.alpha:g} on {','.join(cfg.target_modules)}, {epochs}, lr {cfg.learning_rate:g}, "
         f"batch {cfg.batch_size}, seed {cfg.seed}"
     )

@@ -102,6 +102,19 @@ def test_the_kept_epoch_may_be_a_later_one_within_the_noise() -> None:
     assert kept_epoch(PLATEAU, within=0.1) == 4  # 0.97 is within 10% of 0.90
     assert kept_epoch(PLATEAU, within=0.06) == 3  # 0.95, not 0.97
     assert kept_epoch([1.0, 0.5, 0.5]) == 1  # ties: the earlier, as before
+    assert kept_epoch(PLATEAU, last=True) == 4  # keep=last: whatever the losses
+
+
+def test_keep_last_runs_every_epoch_and_refuses_the_settings_of_keep_best() -> None:
+    cfg = TrainConfig(keep="last")
+    assert cfg.early_stopping_patience == 0  # the whole schedule runs
+    assert TrainConfig.model_validate_json(cfg.model_dump_json()) == cfg  # train_config.json reloads
+    with pytest.raises(ValueError, match=r"keep=last .* early_stopping_patience=2 apply only to keep=best"):
+        TrainConfig(keep="last", early_stopping_patience=2)
+    with pytest.raises(ValueError, match=r"keep_within=0.02"):
+        TrainConfig(keep="last", keep_within=0.02)
+    assert TrainConfig(keep="last", early_stopping_patience=0).keep == "last"
+    assert TrainConfig().early_stopping_patience == 2  # keep=best, as before
 
 
 def test_a_loss_still_falling_at_the_end_is_flagged() -> None:

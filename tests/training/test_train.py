@@ -169,6 +169,21 @@ def test_config_errors_name_the_field_and_the_value(tmp_path: Path) -> None:
     assert "dropout" in proc.stderr and "1.5" in proc.stderr and "Traceback" not in proc.stderr
 
 
+def test_keep_last_trains_the_whole_schedule_and_keeps_its_end(
+    tiny_data: dict[str, Path], tmp_path: Path
+) -> None:
+    from training.train import train
+
+    out = tmp_path / "adapter"
+    result = train(
+        TrainConfig(epochs=2, rank=4, keep="last"), tiny_data["train"], tiny_data["val"], out, progress=False
+    )
+    h = result.history
+    assert [p.epoch for p in h.val] == [0, 1, 2] and h.stopped_at_epoch is None
+    assert h.best_epoch == 2
+    assert TrainConfig.model_validate_json((out / "train_config.json").read_text()).keep == "last"
+
+
 def test_train_cli_with_class_weights_on_imbalanced_labels(tmp_path: Path) -> None:
     data = tmp_path / "train.jsonl"
     rows = [line("Where is my card?", "card_arrival")] * 6 + [line("I lost my card", "lost_card")] * 2
