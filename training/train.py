@@ -600,8 +600,8 @@ def train(
         if still_falling(losses):
             history.notes.append(
                 f"warning: the validation loss was still falling at the end ({losses[-2]:.4f} -> "
-                f"{losses[-1]:.4f} over the last epoch): more epochs may help (--epochs), or not: "
-                "compare the two on the test split"
+                f"{losses[-1]:.4f} over the last epoch): more epochs may help (--epochs, with keep: last "
+                "to keep their decayed end), or not: compare the two on the test split"
             )
 
     out.mkdir(parents=True, exist_ok=True)
