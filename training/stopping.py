@@ -2,11 +2,12 @@
 
 `losses[0]` is the validation loss before training, `losses[i]` the one after epoch i. Training
 stops when `patience` epochs in a row did not beat the best loss, and the adapter of the best epoch
-is the one kept, or of the latest epoch within a share of its loss, or simply the last (`kept_epoch`). `still_falling`
-says when the last epoch was still the best by a clear margin: more epochs may help. Only may: on
-BANKING77's full training set a third epoch kept its epoch 2 (mid-schedule, the learning rate not
-yet decayed) at the same validation loss as the two-epoch run's end, and scored 2 points less on
-the test split; the same run's decayed end (keep=last) scored 0.6 more (docs/training.md).
+is the one kept, or of the latest epoch within a share of its loss, or simply the last
+(`kept_epoch`). `still_falling` says when the last epoch was still the best by a clear margin: more
+epochs may help. Only may: on BANKING77's full training set a third epoch kept its epoch 2
+(mid-schedule, the learning rate not yet decayed) at the same validation loss as the two-epoch
+run's end, and scored 2 points less on the test split; the same run's decayed end (keep=last)
+scored 0.6 more (docs/training.md).
 """
 
 from __future__ import annotations
