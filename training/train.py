@@ -579,7 +579,8 @@ def train(
     if history.val:
         losses = [p.loss for p in history.val]
         kept = history.val[kept_epoch(losses, config.keep_within, last=keep_last)]
-        lowest = min(losses)
+        first_lowest = history.val[best_epoch(losses)]
+        lowest = first_lowest.loss
         history.best_epoch = kept.epoch
         if best is not None and kept is not history.val[-1]:
             with torch.no_grad():
@@ -590,8 +591,7 @@ def train(
             if kept.loss <= lowest:
                 why = "the lowest"
             elif keep_last:
-                first = history.val[best_epoch(losses)]
-                why = f"the last; the lowest, {lowest:.4f}, was epoch {first.epoch:g}'s"
+                why = f"the last; the lowest, {lowest:.4f}, was epoch {first_lowest.epoch:g}'s"
             else:
                 why = f"within {config.keep_within * 100:g}% of the lowest, {lowest:.4f}"
             history.notes.append(
