@@ -16,7 +16,9 @@ answer costs ~7 us; this ~3 us).
 
 A relayed stream is started by `start_chunked` (BODY_WRITER_EXTENSION), and its events are written
 by its `BodyWriter` straight from the engine connection's callbacks, framed as uvicorn frames them,
-with no task woken and no `send` awaited for each event.
+with no task woken and no `send` awaited for each event. Its head is held until its first event:
+an engine sends its head at once and its first event after the prefill, so the head would
+otherwise take a send of its own; the client has nothing to read before the first event anyway.
 
 It subclasses uvicorn's protocol (uvicorn is pinned in requirements/engine-cpu.lock) and relies on
 its `loop`, `scope`, `flow`, `on_message_begin`, `on_response_complete` and `resume_writing`, and
@@ -290,7 +292,8 @@ def start_chunked(
         return None
     if cycle.disconnected:
         return None  # `send` takes it silently
-    transport.write(_head(cycle, status, headers, b"transfer-encoding: chunked\r\n"))
+    # Held: the head leaves with the first event (or the end), in its send.
+    transport.write_held(_head(cycle, status, headers, b"transfer-encoding: chunked\r\n"))
     cycle.chunked_encoding = True
     cycle.expected_content_length = 0
     return BodyWriter(cycle, transport, on_writable)

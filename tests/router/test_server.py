@@ -329,6 +329,9 @@ def test_a_pushed_stream_is_written_by_the_body_writer_its_end_with_its_last_eve
             assert client.get("/s").status_code == 200  # the connection was kept alive
         assert stream.pushed is (protocol is not None)
         if protocol is not None:
+            first = Counted.writes[0]  # the head held for the first event, to leave in its send
+            assert first.startswith(b"HTTP/1.1 200 OK\r\n")
+            assert first.endswith(b"\r\n\r\n9\r\ndata: 0\n\n\r\n")
             assert Counted.writes[-1] == b"e\r\ndata: [DONE]\n\n\r\n0\r\n\r\n"  # the end with the last event
     finally:
         srv.stop()
